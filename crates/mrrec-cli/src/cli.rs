@@ -1,0 +1,175 @@
+//! The command tree of DESIGN §10.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mrrec",
+    version,
+    about = "Streaming LLM recommender: memory + reasoning + RL over Kafka",
+    long_about = None
+)]
+pub struct Cli {
+    /// Configuration file (TOML) layered over the embedded defaults; env
+    /// MRREC__SECTION__KEY overrides both.
+    #[arg(long, global = true, env = "MRREC_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter (RUST_LOG takes precedence), e.g. info, debug, mrrec_stream=debug.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole loop in one process on embedded defaults.
+    Demo {
+        /// MovieLens-100K directory (otherwise a synthetic catalog).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run one stage, all stages, or a pipeline file.
+    Run(RunArgs),
+    /// Topic administration.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Load a dataset into the input topics.
+    #[command(subcommand)]
+    Load(LoadCommand),
+    /// Inspect a user's memory.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
+    /// Send one request through the topics and print the response.
+    Recommend {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        query: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+    },
+    /// Policy model tools.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Serve the policy over mistral.rs's OpenAI-compatible HTTP API.
+    #[command(subcommand)]
+    Llm(LlmCommand),
+    /// Run the RL trainer.
+    Train {
+        /// One training round, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Measure recommendation quality (DESIGN §11, §13).
+    Eval(EvalArgs),
+    /// Benchmarks; the last stdout line is one JSON object.
+    Bench {
+        #[arg(value_enum)]
+        which: BenchKind,
+        /// `bench recommend`: only the LLM call, ours vs. bare mistral.rs.
+        #[arg(long)]
+        llm_only: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StageName {
+    Distill,
+    Recommend,
+    Reward,
+    Train,
+    All,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RunArgs {
+    /// Which stage to run.
+    #[arg(long, value_enum)]
+    pub stage: Option<StageName>,
+    /// A pipeline definition (pipelines/*.toml).
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every mrrec topic (idempotent).
+    Create,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LoadCommand {
+    /// MovieLens-100K from its directory (u.item, u.data, u.user).
+    #[command(name = "ml-100k")]
+    Ml100k {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Items and events as JSON lines (DESIGN §2).
+    Jsonl {
+        #[arg(long)]
+        items: PathBuf,
+        #[arg(long)]
+        events: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemoryCommand {
+    /// Print every memory entry of a user.
+    Show {
+        #[arg(long)]
+        user: String,
+    },
+    /// Search a user's memory.
+    Search {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        query: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Build the embedded policy model (tokenizer, config, weights).
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LlmCommand {
+    /// Serve the current policy.
+    Serve,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub items: Option<PathBuf>,
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    #[arg(long)]
+    pub requests: Option<PathBuf>,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchKind {
+    Ingest,
+    Retrieve,
+    Recommend,
+    Train,
+}

@@ -1,0 +1,215 @@
+//! mrrec's configuration (DESIGN §9): typed sections, layered as
+//! embedded defaults (`config/default.toml`) → `--config FILE` → environment
+//! (`MRREC__SECTION__KEY`), then validated as a whole. Unknown keys are errors,
+//! and every problem found is reported at once, each naming its key.
+
+mod load;
+mod validate;
+
+pub use load::{ConfigError, ConfigIssue, DEFAULT_TOML, ENV_PREFIX};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub store: StoreConfig,
+    pub index: IndexConfig,
+    pub llm: LlmConfig,
+    pub agent: AgentConfig,
+    pub reward: RewardConfig,
+    pub train: TrainConfig,
+    pub policy: PolicyConfig,
+    pub metrics: MetricsConfig,
+    pub stream: StreamConfig,
+}
+
+/// The value of `kafka.brokers` that selects the in-process broker.
+pub const EMBEDDED_BROKERS: &str = "embedded";
+
+/// Where Kafka is and how to talk to it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`host:port,…`) or `embedded` for the in-process broker.
+    pub brokers: String,
+    /// Consumer group ids are `{group_prefix}{stage}`.
+    pub group_prefix: String,
+    /// librdkafka properties passed through unchanged (security settings, tuning).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Whether the in-process broker is selected.
+    pub fn is_embedded(&self) -> bool {
+        self.brokers.trim() == EMBEDDED_BROKERS
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    /// Property values may be secrets (SASL passwords, key passphrases): only names are shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_prefix", &self.group_prefix)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Topic naming and layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicsConfig {
+    /// Prefix of every topic name (`mrrec.`).
+    pub prefix: String,
+    /// Partitions per topic (mrrec.policy always has one).
+    pub partitions: i32,
+    /// Replication factor used by `mrrec topics create`.
+    pub replication: i32,
+}
+
+/// Which memory store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Redis,
+    Embedded,
+}
+
+/// The memory store.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// Redis URL (`redis://` or `rediss://`), for the redis backend.
+    pub url: String,
+    /// Directory of the embedded store.
+    pub path: PathBuf,
+}
+
+impl fmt::Debug for StoreConfig {
+    /// The URL may carry a password: it is shown without its userinfo.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("backend", &self.backend)
+            .field("url", &redact_url(&self.url))
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host/…` → `scheme://***@host/…`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The tantivy indexes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexConfig {
+    pub path: PathBuf,
+}
+
+/// Which LLM backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmBackend {
+    Embedded,
+    Http,
+}
+
+/// The policy LLM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LlmConfig {
+    pub backend: LlmBackend,
+    /// Model directory; empty means the newest version under `policy.dir`.
+    pub model_dir: String,
+    /// OpenAI-compatible base URL, for the http backend.
+    pub url: String,
+}
+
+/// The recommendation agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Most retrieve steps per trajectory.
+    pub max_steps: u32,
+    /// Trajectories sampled per request.
+    pub group_size: u32,
+}
+
+/// The reward join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RewardConfig {
+    /// Attribution window after a request, in milliseconds.
+    pub window_ms: u64,
+}
+
+/// When the trainer runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub every_rewards: u64,
+    pub every_ms: u64,
+}
+
+/// Policy versions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyConfig {
+    pub dir: PathBuf,
+}
+
+/// Prometheus endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetricsConfig {
+    /// `host:port`, or empty to disable.
+    pub listen: String,
+}
+
+/// The stream runtime shared by every stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamConfig {
+    pub batch_max_records: usize,
+    pub batch_max_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Config {
+    /// Embedded defaults, then `file` if given, then `MRREC__…` variables of the process.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        load::load(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        load::load(file, env)
+    }
+
+    /// The embedded defaults alone.
+    pub fn defaults() -> Config {
+        load::load(None, std::iter::empty()).expect("config/default.toml is valid")
+    }
+
+    /// Parses a TOML document layered over the defaults (no environment).
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        load::load_str(text, "<string>", std::iter::empty())
+    }
+
+    /// The consumer group id of `stage`.
+    pub fn group_id(&self, stage: &str) -> String {
+        format!("{}{stage}", self.kafka.group_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! Layering, unknown keys, type errors and validation.
+
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_are_valid_and_complete() {
+    let config = Config::defaults();
+    assert!(config.kafka.is_embedded());
+    assert_eq!(config.topics.prefix, "mrrec.");
+    assert_eq!(config.store.backend, StoreBackend::Embedded);
+    assert_eq!(config.group_id("distill"), "mrrec-distill");
+}
+
+#[test]
+fn file_then_environment_override_defaults() {
+    let config = Config::from_toml_str(
+        "[topics]\npartitions = 12\n[kafka]\nbrokers = \"k1:9092,k2:9092\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.topics.partitions, 12);
+    assert_eq!(config.kafka.brokers, "k1:9092,k2:9092");
+
+    let dir = std::env::temp_dir().join(format!("mrrec-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "[topics]\npartitions = 12\n").unwrap();
+    let config = Config::load_with_env(
+        Some(&file),
+        env(&[
+            ("MRREC__TOPICS__PARTITIONS", "3"),
+            ("MRREC__KAFKA__BROKERS", "127.0.0.1:19092"),
+            ("MRREC__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2"),
+            ("MRREC__METRICS__LISTEN", ""),
+            ("OTHER", "ignored"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.topics.partitions, 3);
+    assert_eq!(config.kafka.brokers, "127.0.0.1:19092");
+    assert_eq!(config.kafka.properties["sasl.password"], "hunter2");
+    assert!(
+        !format!("{config:?}").contains("hunter2"),
+        "secrets must not be printed"
+    );
+    assert_eq!(config.metrics.listen, "");
+}
+
+#[test]
+fn unknown_keys_are_named_all_at_once() {
+    let error =
+        Config::from_toml_str("[kafka]\nbrokerz = \"x\"\n[nope]\na = 1\n[agent]\nmax_steps = 99\n")
+            .unwrap_err();
+    assert!(error.mentions("kafka.brokerz"), "{error}");
+    assert!(error.mentions("nope"), "{error}");
+    assert!(error.mentions("agent.max_steps"), "{error}");
+    let error = Config::load_with_env(
+        None,
+        env(&[("MRREC__KAFKA__BROKRS", "x"), ("MRREC__X", "1")]),
+    )
+    .unwrap_err();
+    assert!(error.mentions("kafka.brokrs"), "{error}");
+    assert!(error.mentions("MRREC__X"), "{error}");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let error = Config::from_toml_str("[topics]\npartitions = \"many\"\n").unwrap_err();
+    assert!(error.mentions("topics.partitions"), "{error}");
+    let error =
+        Config::load_with_env(None, env(&[("MRREC__TOPICS__PARTITIONS", "abc")])).unwrap_err();
+    assert!(error.mentions("topics.partitions"), "{error}");
+    let error = Config::from_toml_str("[store]\nbackend = \"mongo\"\n").unwrap_err();
+    assert!(error.mentions("store.backend"), "{error}");
+    let error = Config::from_toml_str("[kafka\n").unwrap_err();
+    assert!(error.to_string().contains("<string>"), "{error}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported() {
+    let error = Config::from_toml_str(
+        r#"
+[kafka]
+brokers = "no-port"
+[topics]
+partitions = 0
+[store]
+backend = "redis"
+url = "http://x"
+[agent]
+group_size = 0
+[metrics]
+listen = "nowhere"
+[kafka.properties]
+"group.id" = "x"
+"#,
+    )
+    .unwrap_err();
+    for key in [
+        "kafka.brokers",
+        "topics.partitions",
+        "store.url",
+        "agent.group_size",
+        "metrics.listen",
+        "kafka.properties.group.id",
+    ] {
+        assert!(error.mentions(key), "{key} missing from {error}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let error = Config::load_with_env(
+        Some(std::path::Path::new("/nonexistent/mrrec.toml")),
+        env(&[]),
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("/nonexistent/mrrec.toml"),
+        "{error}"
+    );
+}
+
+#[test]
+fn urls_are_redacted() {
+    assert_eq!(
+        redact_url("redis://:pw@host:6379/0"),
+        "redis://***@host:6379/0"
+    );
+    assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+}

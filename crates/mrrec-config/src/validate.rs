@@ -1,0 +1,156 @@
+//! Semantic checks that types alone cannot express.
+
+use crate::{Config, ConfigIssue, LlmBackend, StoreBackend};
+
+pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
+    let mut issues = Vec::new();
+    let mut fail = |key: &str, message: String| {
+        issues.push(ConfigIssue {
+            key: key.into(),
+            message,
+        })
+    };
+
+    let kafka = &config.kafka;
+    if !kafka.is_embedded() {
+        let brokers: Vec<&str> = kafka.brokers.split(',').map(str::trim).collect();
+        if brokers.iter().any(|b| !is_host_port(b)) {
+            fail(
+                "kafka.brokers",
+                format!(
+                    "expected host:port[,host:port…] or `embedded`, got {:?}",
+                    kafka.brokers
+                ),
+            );
+        }
+    }
+    if !is_kafka_name(&kafka.group_prefix, true) {
+        fail(
+            "kafka.group_prefix",
+            "may only hold letters, digits, `.`, `_` and `-`".into(),
+        );
+    }
+    for key in kafka.properties.keys() {
+        if ["bootstrap.servers", "group.id", "enable.auto.commit"].contains(&key.as_str()) {
+            fail(
+                &format!("kafka.properties.{key}"),
+                "is set by mrrec itself and cannot be overridden".into(),
+            );
+        }
+    }
+
+    let topics = &config.topics;
+    if !is_kafka_name(&topics.prefix, true) || topics.prefix.len() > 200 {
+        fail(
+            "topics.prefix",
+            "may only hold letters, digits, `.`, `_` and `-` (at most 200)".into(),
+        );
+    }
+    if !(1..=10_000).contains(&topics.partitions) {
+        fail(
+            "topics.partitions",
+            format!("{} is not between 1 and 10000", topics.partitions),
+        );
+    }
+    if !(1..=32).contains(&topics.replication) {
+        fail(
+            "topics.replication",
+            format!("{} is not between 1 and 32", topics.replication),
+        );
+    }
+
+    match config.store.backend {
+        StoreBackend::Redis => {
+            if !(config.store.url.starts_with("redis://")
+                || config.store.url.starts_with("rediss://")
+                || config.store.url.starts_with("redis+unix://"))
+            {
+                fail(
+                    "store.url",
+                    "must start with redis://, rediss:// or redis+unix://".into(),
+                );
+            }
+        }
+        StoreBackend::Embedded => {
+            if config.store.path.as_os_str().is_empty() {
+                fail("store.path", "must not be empty".into());
+            }
+        }
+    }
+    if config.index.path.as_os_str().is_empty() {
+        fail("index.path", "must not be empty".into());
+    }
+    if config.llm.backend == LlmBackend::Http
+        && !(config.llm.url.starts_with("http://") || config.llm.url.starts_with("https://"))
+    {
+        fail("llm.url", "must start with http:// or https://".into());
+    }
+    if config.agent.max_steps > 16 {
+        fail(
+            "agent.max_steps",
+            format!("{} is over the limit of 16", config.agent.max_steps),
+        );
+    }
+    if !(1..=64).contains(&config.agent.group_size) {
+        fail(
+            "agent.group_size",
+            format!("{} is not between 1 and 64", config.agent.group_size),
+        );
+    }
+    if config.reward.window_ms == 0 {
+        fail("reward.window_ms", "must be positive".into());
+    }
+    if config.train.every_rewards == 0 {
+        fail("train.every_rewards", "must be positive".into());
+    }
+    if config.train.every_ms == 0 {
+        fail("train.every_ms", "must be positive".into());
+    }
+    if config.policy.dir.as_os_str().is_empty() {
+        fail("policy.dir", "must not be empty".into());
+    }
+    let listen = config.metrics.listen.trim();
+    if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+        fail(
+            "metrics.listen",
+            format!("expected ip:port (e.g. 127.0.0.1:9464) or empty, got {listen:?}"),
+        );
+    }
+
+    let stream = &config.stream;
+    if !(1..=100_000).contains(&stream.batch_max_records) {
+        fail(
+            "stream.batch_max_records",
+            format!("{} is not between 1 and 100000", stream.batch_max_records),
+        );
+    }
+    if !(1..=60_000).contains(&stream.batch_max_ms) {
+        fail(
+            "stream.batch_max_ms",
+            format!("{} is not between 1 and 60000", stream.batch_max_ms),
+        );
+    }
+    if stream.backoff_initial_ms == 0 || stream.backoff_initial_ms > stream.backoff_max_ms {
+        fail(
+            "stream.backoff_initial_ms",
+            "must be positive and at most stream.backoff_max_ms".into(),
+        );
+    }
+    if stream.shutdown_timeout_ms == 0 {
+        fail("stream.shutdown_timeout_ms", "must be positive".into());
+    }
+    issues
+}
+
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+fn is_kafka_name(s: &str, allow_empty: bool) -> bool {
+    (allow_empty || !s.is_empty())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}

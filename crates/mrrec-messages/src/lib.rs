@@ -1,0 +1,107 @@
+//! The message contract of every mrrec topic (DESIGN §2): typed serde structs,
+//! their validation, and one way to decode a raw Kafka record into them.
+//!
+//! Decoding is strict about what it needs and lenient about what it does not:
+//! unknown fields are ignored, while a missing required field, a wrong type, a
+//! non-finite or out-of-range number, an oversized payload or invalid UTF-8 is a
+//! [`MessageError`] that names the problem — the reason a stage writes to the DLQ.
+
+mod dlq;
+mod error;
+mod event;
+mod item;
+pub mod limits;
+mod policy;
+mod request;
+mod response;
+mod reward;
+mod topic;
+mod trajectory;
+mod validate;
+
+pub use dlq::{DeadLetter, PayloadEncoding};
+pub use error::MessageError;
+pub use event::{Event, EventKind, Outcome};
+pub use item::Item;
+pub use policy::PolicyAnnouncement;
+pub use request::Request;
+pub use response::{Response, ScoredItem, Step, StepKind};
+pub use reward::{Reward, RewardComponents};
+pub use topic::Topic;
+pub use trajectory::{Segment, SegmentSource, Trajectory};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A message that travels on one mrrec topic.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The topic this message belongs to.
+    const TOPIC: Topic;
+
+    /// Checks every invariant serde cannot express (lengths, ranges, kinds).
+    fn validate(&self) -> Result<(), MessageError>;
+
+    /// The record key this message must be published under (`None`: unkeyed).
+    fn key(&self) -> Option<&str>;
+
+    /// Name of the field the key is taken from, for error messages.
+    const KEY_FIELD: &'static str;
+}
+
+/// Decodes and validates a payload, ignoring the record key.
+pub fn decode<M: Message>(payload: &[u8]) -> Result<M, MessageError> {
+    if payload.is_empty() {
+        return Err(MessageError::Empty);
+    }
+    if payload.len() > limits::MAX_PAYLOAD_BYTES {
+        return Err(MessageError::TooLarge {
+            size: payload.len(),
+            max: limits::MAX_PAYLOAD_BYTES,
+        });
+    }
+    let text = std::str::from_utf8(payload).map_err(|e| MessageError::NotUtf8(e.valid_up_to()))?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let message: M = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => MessageError::Json(e.into_inner().to_string()),
+            _ => MessageError::Json(format!("at `{path}`: {}", e.into_inner())),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| MessageError::Json(e.to_string()))?;
+    message.validate()?;
+    Ok(message)
+}
+
+/// Decodes a record and checks that its key (when present) is the one the
+/// message must be published under, so a user's records stay on one partition.
+pub fn decode_record<M: Message>(key: Option<&[u8]>, payload: &[u8]) -> Result<M, MessageError> {
+    let message: M = decode(payload)?;
+    if let (Some(key), Some(expected)) = (key, message.key()) {
+        if key != expected.as_bytes() {
+            return Err(MessageError::KeyMismatch {
+                field: M::KEY_FIELD,
+                key: String::from_utf8_lossy(&key[..key.len().min(128)]).into_owned(),
+                expected: expected.to_owned(),
+            });
+        }
+    }
+    Ok(message)
+}
+
+/// Validates and serialises a message.
+pub fn encode<M: Message>(message: &M) -> Result<Vec<u8>, MessageError> {
+    message.validate()?;
+    let bytes = serde_json::to_vec(message).map_err(|e| MessageError::Json(e.to_string()))?;
+    if bytes.len() > limits::MAX_PAYLOAD_BYTES {
+        return Err(MessageError::TooLarge {
+            size: bytes.len(),
+            max: limits::MAX_PAYLOAD_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests;

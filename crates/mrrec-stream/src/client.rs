@@ -1,0 +1,129 @@
+//! Kafka client settings shared by consumers, producers and the admin client,
+//! and where the bootstrap servers come from (a cluster or the embedded broker).
+
+use crate::{EmbeddedBroker, StreamError};
+use mrrec_config::Config;
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+
+/// Where to connect: a cluster from config, or an embedded broker this value keeps alive.
+pub enum Bootstrap {
+    Servers(String),
+    Embedded(EmbeddedBroker),
+}
+
+impl Bootstrap {
+    /// Starts the embedded broker (with every topic created) when `kafka.brokers`
+    /// is `embedded`; otherwise uses the configured servers.
+    pub fn resolve(config: &Config) -> Result<Bootstrap, StreamError> {
+        if config.kafka.is_embedded() {
+            Ok(Bootstrap::Embedded(EmbeddedBroker::start(
+                &config.topics.prefix,
+                config.topics.partitions,
+            )?))
+        } else {
+            Ok(Bootstrap::Servers(config.kafka.brokers.clone()))
+        }
+    }
+
+    pub fn servers(&self) -> &str {
+        match self {
+            Bootstrap::Servers(servers) => servers,
+            Bootstrap::Embedded(broker) => broker.bootstrap_servers(),
+        }
+    }
+}
+
+/// Builds rdkafka client configs with mrrec's settings and the user's pass-through properties.
+#[derive(Clone)]
+pub struct KafkaClients {
+    bootstrap: String,
+    properties: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaClients")
+            .field("bootstrap", &self.bootstrap)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KafkaClients {
+    pub fn new(bootstrap: &str, properties: &BTreeMap<String, String>) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            properties: properties.clone(),
+        }
+    }
+
+    pub fn from_config(config: &Config, bootstrap: &Bootstrap) -> Self {
+        Self::new(bootstrap.servers(), &config.kafka.properties)
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    fn base(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (key, value) in defaults {
+            config.set(*key, *value);
+        }
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A group consumer: auto commit and auto offset store off (the runner
+    /// commits only what is durable), earliest reset, eager rebalancing (so a
+    /// revoke always covers the whole assignment), lag statistics every 5 s.
+    pub fn consumer(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.base(&[
+            ("auto.offset.reset", "earliest"),
+            ("statistics.interval.ms", "5000"),
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
+            ("max.poll.interval.ms", "300000"),
+            // Oversized records must reach the stage (and the DLQ), not stall the
+            // partition: brokers that do not return a first record larger than
+            // the fetch size (tansu 0.6) would otherwise never move past it.
+            ("max.partition.fetch.bytes", "16777216"),
+        ]);
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "range,roundrobin");
+        config
+    }
+
+    /// A producer that waits for all in-sync replicas.
+    pub fn producer(&self) -> ClientConfig {
+        self.base(&[
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+            ("statistics.interval.ms", "0"),
+        ])
+    }
+
+    /// A plain (group-less) consumer, for tools and tests that read topics directly.
+    pub fn reader(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.base(&[("auto.offset.reset", "earliest")]);
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        config
+    }
+
+    /// An admin client.
+    pub fn admin(&self) -> ClientConfig {
+        self.base(&[])
+    }
+}

@@ -1,0 +1,726 @@
+//! The consumer loop that runs a [`Stage`].
+//!
+//! It runs on a dedicated thread with a `BaseConsumer`, so that the rebalance
+//! callback (called inside `poll`) can flush and commit synchronously before a
+//! partition is given away. Stage futures run on the caller's tokio runtime via
+//! `Handle::block_on`.
+//!
+//! One batch at a time goes through: seal (skip records at or below the stage's
+//! stored offset, decode, build dead letters) → publish dead letters and wait
+//! for the acks → `Stage::process` → commit offsets. A retryable failure pauses
+//! the assignment, backs off, and retries the same step; nothing is committed
+//! until every step succeeded, so a crash at any point replays the batch.
+
+use crate::metrics as m;
+use crate::record::{Batch, Decoded, PartitionRange, RecordMeta};
+use crate::{
+    now_ms, Backoff, KafkaClients, OutgoingRecord, Publisher, Shutdown, Stage, StageError,
+    StreamError,
+};
+use mrrec_config::Config;
+use mrrec_messages::{encode, DeadLetter, Topic};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message as _;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+/// How a runner consumes and batches.
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    pub group_id: String,
+    /// Full topic names to subscribe to.
+    pub topics: Vec<String>,
+    pub dlq_topic: String,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+    pub shutdown_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl RunnerSettings {
+    /// Settings for `stage` consuming `topics`, from the configuration.
+    pub fn from_config(config: &Config, stage: &str, topics: &[Topic]) -> Self {
+        let s = &config.stream;
+        Self {
+            group_id: config.group_id(stage),
+            topics: topics
+                .iter()
+                .map(|t| t.name(&config.topics.prefix))
+                .collect(),
+            dlq_topic: Topic::Dlq.name(&config.topics.prefix),
+            batch_max_records: s.batch_max_records,
+            batch_max_wait: Duration::from_millis(s.batch_max_ms),
+            shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
+            backoff_initial: Duration::from_millis(s.backoff_initial_ms),
+            backoff_max: Duration::from_millis(s.backoff_max_ms),
+        }
+    }
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub consumed: u64,
+    pub processed: u64,
+    pub dead_lettered: u64,
+    pub skipped: u64,
+    pub batches: u64,
+    pub retries: u64,
+    pub rebalances: u64,
+}
+
+/// Runs one stage in one consumer group until shutdown or a fatal error.
+pub struct StageRunner<S: Stage> {
+    clients: KafkaClients,
+    settings: RunnerSettings,
+    stage: S,
+}
+
+type PartitionKey = (Arc<str>, i32);
+
+struct RawRecord {
+    meta: RecordMeta,
+    payload: Option<Vec<u8>>,
+}
+
+/// A sealed batch on its way through dead letters → process → commit.
+struct InFlight<M> {
+    batch: Batch<M>,
+    dead_letters: Vec<OutgoingRecord>,
+    dead_kinds: Vec<(Arc<str>, &'static str)>,
+    processed: bool,
+    /// Next offset to commit per partition (last offset + 1, skipped records included).
+    commit: Vec<(PartitionKey, i64)>,
+    consumed: Vec<(Arc<str>, u64)>,
+    skipped: u64,
+    started: Instant,
+}
+
+struct LoopState<S: Stage> {
+    stage: S,
+    name: String,
+    settings: RunnerSettings,
+    handle: Handle,
+    dlq: Publisher,
+    pending: Vec<RawRecord>,
+    batch_started: Option<Instant>,
+    in_flight: Option<InFlight<S::Message>>,
+    /// Last offset known to be in the stage's state (None: nothing stored).
+    stored: HashMap<PartitionKey, Option<i64>>,
+    /// Next offset to commit per partition, kept until the partition is revoked.
+    to_commit: HashMap<PartitionKey, i64>,
+    topics: HashMap<String, Arc<str>>,
+    backoff: Backoff,
+    paused: bool,
+    /// Set after a fatal error: nothing is flushed or committed any more.
+    abandoned: bool,
+    /// A fatal error met inside a rebalance callback, for the loop to return.
+    fatal: Option<String>,
+    report: RunReport,
+}
+
+struct RunnerContext<S: Stage> {
+    name: String,
+    state: Mutex<LoopState<S>>,
+}
+
+impl<S: Stage> RunnerContext<S> {
+    fn lock(&self) -> MutexGuard<'_, LoopState<S>> {
+        // A panic inside a stage poisons the lock; the state itself stays consistent
+        // (every step is retried from its own flags), so keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<S: Stage> ClientContext for RunnerContext<S> {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(m::CONSUMER_LAG, "stage" => self.name.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
+                        .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        metrics::counter!(m::KAFKA_ERRORS, "stage" => self.name.clone()).increment(1);
+        tracing::warn!(stage = %self.name, %error, reason, "kafka client error");
+    }
+}
+
+impl<S: Stage> ConsumerContext for RunnerContext<S> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                let mut state = self.lock();
+                state.report.rebalances += 1;
+                state.on_revoke(consumer, partitions);
+            }
+            Rebalance::Assign(partitions) => {
+                let mut state = self.lock();
+                state.report.rebalances += 1;
+                tracing::info!(stage = %self.name, partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(stage = %self.name, error = %e, "rebalance error")
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            metrics::counter!(m::COMMIT_FAILURES, "stage" => self.name.clone()).increment(1);
+            tracing::warn!(stage = %self.name, error = %e, "offset commit failed; the next commit covers it");
+        }
+    }
+}
+
+impl<S: Stage> StageRunner<S> {
+    pub fn new(clients: KafkaClients, settings: RunnerSettings, stage: S) -> Self {
+        Self {
+            clients,
+            settings,
+            stage,
+        }
+    }
+
+    /// Runs on a dedicated thread until `shutdown` (then drains within the
+    /// shutdown timeout) or a fatal error. Needs a multi-threaded tokio runtime.
+    pub async fn run(self, shutdown: Shutdown) -> Result<RunReport, StreamError> {
+        let handle = Handle::current();
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Err(StreamError::Other(
+                "the stage runner needs a multi-threaded tokio runtime".into(),
+            ));
+        }
+        let name = self.stage.name().to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("mrrec-{name}"))
+            .spawn(move || {
+                let _ = tx.send(self.run_blocking(handle, shutdown));
+            })
+            .map_err(|e| StreamError::Other(format!("cannot start the {name} thread: {e}")))?;
+        rx.await.map_err(|_| StreamError::StageFailed {
+            stage: name,
+            message: "the stage thread panicked".into(),
+        })?
+    }
+
+    fn run_blocking(self, handle: Handle, shutdown: Shutdown) -> Result<RunReport, StreamError> {
+        let name = self.stage.name().to_owned();
+        let dlq = Publisher::new(&self.clients, &name)?;
+        let settings = self.settings.clone();
+        let context = RunnerContext {
+            name: name.clone(),
+            state: Mutex::new(LoopState {
+                stage: self.stage,
+                name: name.clone(),
+                backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
+                settings: settings.clone(),
+                handle,
+                dlq,
+                pending: Vec::new(),
+                batch_started: None,
+                in_flight: None,
+                stored: HashMap::new(),
+                to_commit: HashMap::new(),
+                topics: HashMap::new(),
+                paused: false,
+                abandoned: false,
+                fatal: None,
+                report: RunReport::default(),
+            }),
+        };
+        let consumer: BaseConsumer<RunnerContext<S>> = self
+            .clients
+            .consumer(&settings.group_id)
+            .create_with_context(context)?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        tracing::info!(stage = %name, group = %settings.group_id, ?topics, "stage started");
+
+        let result = run_loop(&consumer, &settings, &shutdown);
+        let report = consumer.context().lock().report.clone();
+        // Dropping the consumer leaves the group (its revoke finds nothing pending).
+        drop(consumer);
+        tracing::info!(stage = %name, ?report, "stage stopped");
+        result.map(|()| report)
+    }
+}
+
+fn run_loop<S: Stage>(
+    consumer: &BaseConsumer<RunnerContext<S>>,
+    settings: &RunnerSettings,
+    shutdown: &Shutdown,
+) -> Result<(), StreamError> {
+    let idle_poll = Duration::from_millis(100);
+    loop {
+        if shutdown.is_triggered() {
+            let mut state = consumer.context().lock();
+            let deadline = Instant::now() + settings.shutdown_timeout;
+            match state.finish_all(consumer, deadline) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(stage = %state.name, "shutdown timeout: uncommitted records will be replayed");
+                }
+                Err(e) => {
+                    state.abandon();
+                    return Err(e);
+                }
+            }
+            state.commit_sync(consumer, None);
+            return Ok(());
+        }
+
+        let wait = {
+            let mut state = consumer.context().lock();
+            if let Some(message) = state.fatal.take() {
+                return Err(StreamError::StageFailed {
+                    stage: state.name.clone(),
+                    message,
+                });
+            }
+            match state.step(consumer) {
+                Ok(()) => state.poll_wait(idle_poll),
+                Err(StageError::Retryable(message)) => {
+                    let delay = state.backoff.next_delay();
+                    state.report.retries += 1;
+                    metrics::gauge!(m::BACKING_OFF, "stage" => state.name.clone()).set(1.0);
+                    tracing::warn!(stage = %state.name, attempt = state.backoff.attempts(), ?delay, "{message}; retrying");
+                    state.pause(consumer);
+                    delay
+                }
+                Err(StageError::Fatal(message)) => {
+                    // Nothing more may be processed or committed: leaving the
+                    // group must not flush what the failed stage has not finished.
+                    state.abandon();
+                    return Err(StreamError::StageFailed {
+                        stage: state.name.clone(),
+                        message,
+                    });
+                }
+            }
+        };
+        poll_for(consumer, wait, shutdown);
+    }
+}
+
+/// Polls for up to `wait` (in slices, to notice shutdown), buffering records.
+fn poll_for<S: Stage>(
+    consumer: &BaseConsumer<RunnerContext<S>>,
+    wait: Duration,
+    shutdown: &Shutdown,
+) {
+    let until = Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match consumer.poll(left.min(Duration::from_millis(100))) {
+            Some(Ok(message)) => {
+                let mut state = consumer.context().lock();
+                if state.abandoned {
+                    return;
+                }
+                let topic = state.intern(message.topic());
+                state.push(RawRecord {
+                    meta: RecordMeta {
+                        topic,
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        timestamp_ms: message.timestamp().to_millis(),
+                    },
+                    payload: message.payload().map(<[u8]>::to_vec),
+                });
+                if state.batch_full() {
+                    return;
+                }
+            }
+            Some(Err(e)) => {
+                let state = consumer.context().lock();
+                metrics::counter!(m::KAFKA_ERRORS, "stage" => state.name.clone()).increment(1);
+                tracing::warn!(stage = %state.name, error = %e, "consume error");
+            }
+            None => {}
+        }
+        if Instant::now() >= until || shutdown.is_triggered() {
+            return;
+        }
+    }
+}
+
+impl<S: Stage> LoopState<S> {
+    fn intern(&mut self, topic: &str) -> Arc<str> {
+        if let Some(name) = self.topics.get(topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(topic);
+        self.topics.insert(topic.to_owned(), name.clone());
+        name
+    }
+
+    fn push(&mut self, record: RawRecord) {
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.pending.push(record);
+    }
+
+    fn batch_full(&self) -> bool {
+        self.pending.len() >= self.settings.batch_max_records
+    }
+
+    fn batch_due(&self) -> bool {
+        !self.pending.is_empty()
+            && (self.batch_full()
+                || self
+                    .batch_started
+                    .is_some_and(|t| t.elapsed() >= self.settings.batch_max_wait))
+    }
+
+    /// How long to poll before the next step.
+    fn poll_wait(&self, idle: Duration) -> Duration {
+        match self.batch_started {
+            Some(started) if !self.pending.is_empty() => self
+                .settings
+                .batch_max_wait
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(1)),
+            _ => idle,
+        }
+    }
+
+    /// Advances the in-flight batch, or seals and advances a due one.
+    fn step(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) -> Result<(), StageError> {
+        if self.in_flight.is_none() {
+            if !self.batch_due() {
+                return Ok(());
+            }
+            self.seal()?;
+        }
+        self.advance(consumer)?;
+        if self.backoff.attempts() > 0 {
+            tracing::info!(stage = %self.name, "recovered after {} retries", self.backoff.attempts());
+            self.backoff.reset();
+            metrics::gauge!(m::BACKING_OFF, "stage" => self.name.clone()).set(0.0);
+        }
+        self.resume(consumer);
+        Ok(())
+    }
+
+    /// Turns the pending records into an in-flight batch.
+    fn seal(&mut self) -> Result<(), StageError> {
+        // Learn stored offsets first, so a failure leaves `pending` untouched.
+        let unknown: Vec<PartitionKey> = self
+            .pending
+            .iter()
+            .map(|r| (r.meta.topic.clone(), r.meta.partition))
+            .filter(|key| !self.stored.contains_key(key))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for key in unknown {
+            let stored = self
+                .handle
+                .block_on(self.stage.stored_offset(&key.0, key.1))?;
+            self.stored.insert(key, stored);
+        }
+
+        let started = self.batch_started.take().unwrap_or_else(Instant::now);
+        let mut records = Vec::with_capacity(self.pending.len());
+        let mut ranges: Vec<PartitionRange> = Vec::new();
+        let mut commit: HashMap<PartitionKey, i64> = HashMap::new();
+        let mut consumed: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut dead_letters = Vec::new();
+        let mut dead_kinds = Vec::new();
+        let mut skipped = 0;
+        let ts = now_ms();
+        for raw in std::mem::take(&mut self.pending) {
+            let meta = raw.meta;
+            let key = (meta.topic.clone(), meta.partition);
+            *consumed.entry(meta.topic.clone()).or_default() += 1;
+            let next = commit.entry(key.clone()).or_insert(meta.offset + 1);
+            *next = (*next).max(meta.offset + 1);
+            if self
+                .stored
+                .get(&key)
+                .copied()
+                .flatten()
+                .is_some_and(|s| meta.offset <= s)
+            {
+                skipped += 1;
+                continue;
+            }
+            match ranges
+                .iter_mut()
+                .find(|r| r.topic == meta.topic && r.partition == meta.partition)
+            {
+                Some(range) => {
+                    range.first_offset = range.first_offset.min(meta.offset);
+                    range.last_offset = range.last_offset.max(meta.offset);
+                }
+                None => ranges.push(PartitionRange {
+                    topic: meta.topic.clone(),
+                    partition: meta.partition,
+                    first_offset: meta.offset,
+                    last_offset: meta.offset,
+                }),
+            }
+            match self.stage.decode(&meta, raw.payload.as_deref()) {
+                Ok(message) => records.push(Decoded { meta, message }),
+                Err(poison) => {
+                    let letter = DeadLetter::new(
+                        &self.name,
+                        &meta.topic,
+                        meta.partition,
+                        meta.offset,
+                        &poison.reason,
+                        raw.payload.as_deref().unwrap_or_default(),
+                        ts,
+                    );
+                    let payload = encode(&letter)
+                        .or_else(|_| serde_json::to_vec(&letter).map_err(|e| e.to_string()))
+                        .map_err(|e| {
+                            StageError::Fatal(format!("cannot encode a dead letter: {e}"))
+                        })?;
+                    tracing::debug!(stage = %self.name, topic = %meta.topic, partition = meta.partition, offset = meta.offset, reason = %poison.reason, "dead-lettering");
+                    dead_kinds.push((meta.topic.clone(), poison.kind));
+                    dead_letters.push(OutgoingRecord {
+                        topic: self.settings.dlq_topic.clone(),
+                        key: meta.key,
+                        payload,
+                    });
+                }
+            }
+        }
+        self.in_flight = Some(InFlight {
+            batch: Batch { records, ranges },
+            dead_letters,
+            dead_kinds,
+            processed: false,
+            commit: commit.into_iter().collect(),
+            consumed: consumed.into_iter().collect(),
+            skipped,
+            started,
+        });
+        Ok(())
+    }
+
+    /// Dead letters, then the stage, then the commit — each step at most once.
+    fn advance(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) -> Result<(), StageError> {
+        let Some(flight) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        if !flight.dead_letters.is_empty() {
+            let letters = std::mem::take(&mut flight.dead_letters);
+            if let Err((error, unsent)) = self.handle.block_on(self.dlq.publish_all(letters)) {
+                flight.dead_letters = unsent;
+                metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "dlq")
+                    .increment(1);
+                return Err(if crate::publish::is_retryable_kafka(&error) {
+                    StageError::Retryable(format!("writing to the DLQ: {error}"))
+                } else {
+                    StageError::Fatal(format!("writing to the DLQ: {error}"))
+                });
+            }
+        }
+        if !flight.processed && !flight.batch.is_empty() {
+            if let Err(e) = self.handle.block_on(self.stage.process(&flight.batch)) {
+                if e.is_retryable() {
+                    metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "process").increment(1);
+                }
+                return Err(e);
+            }
+        }
+        flight.processed = true;
+        let flight = self.in_flight.take().expect("checked above");
+
+        for range in &flight.batch.ranges {
+            let stored = self
+                .stored
+                .entry((range.topic.clone(), range.partition))
+                .or_insert(None);
+            *stored = Some(stored.map_or(range.last_offset, |s| s.max(range.last_offset)));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &flight.commit {
+            let entry = self
+                .to_commit
+                .entry((topic.clone(), *partition))
+                .or_insert(*next);
+            *entry = (*entry).max(*next);
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*entry));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            metrics::counter!(m::COMMIT_FAILURES, "stage" => self.name.clone()).increment(1);
+            tracing::warn!(stage = %self.name, error = %e, "offset commit failed; the next commit covers it");
+        }
+
+        let stage = self.name.clone();
+        let processed = flight.batch.len() as u64;
+        let dead = flight.dead_kinds.len() as u64;
+        for (topic, n) in &flight.consumed {
+            metrics::counter!(m::CONSUMED, "stage" => stage.clone(), "topic" => topic.to_string())
+                .increment(*n);
+            self.report.consumed += n;
+        }
+        for (topic, kind) in &flight.dead_kinds {
+            metrics::counter!(m::DEAD_LETTERED, "stage" => stage.clone(), "topic" => topic.to_string(), "reason" => *kind).increment(1);
+        }
+        metrics::counter!(m::PROCESSED, "stage" => stage.clone()).increment(processed);
+        if flight.skipped > 0 {
+            metrics::counter!(m::SKIPPED, "stage" => stage.clone()).increment(flight.skipped);
+        }
+        metrics::histogram!(m::BATCH_SECONDS, "stage" => stage.clone())
+            .record(flight.started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_RECORDS, "stage" => stage)
+            .record((processed + dead + flight.skipped) as f64);
+        self.report.processed += processed;
+        self.report.dead_lettered += dead;
+        self.report.skipped += flight.skipped;
+        self.report.batches += 1;
+        Ok(())
+    }
+
+    /// Finishes the in-flight batch and everything pending, retrying until
+    /// `deadline`. Returns whether all of it was finished.
+    fn finish_all(
+        &mut self,
+        consumer: &BaseConsumer<RunnerContext<S>>,
+        deadline: Instant,
+    ) -> Result<bool, StreamError> {
+        loop {
+            if self.in_flight.is_none() && self.pending.is_empty() {
+                return Ok(true);
+            }
+            let result = match self.in_flight {
+                Some(_) => self.advance(consumer),
+                None => self.seal().and_then(|()| self.advance(consumer)),
+            };
+            match result {
+                Ok(()) => self.backoff.reset(),
+                Err(StageError::Fatal(message)) => {
+                    return Err(StreamError::StageFailed {
+                        stage: self.name.clone(),
+                        message,
+                    })
+                }
+                Err(StageError::Retryable(message)) => {
+                    let delay = self.backoff.next_delay();
+                    self.report.retries += 1;
+                    if Instant::now() + delay >= deadline {
+                        tracing::warn!(stage = %self.name, "{message}; giving up at the deadline");
+                        return Ok(false);
+                    }
+                    tracing::warn!(stage = %self.name, ?delay, "{message}; retrying before the deadline");
+                    std::thread::sleep(delay);
+                }
+            }
+        }
+    }
+
+    /// Flush, then commit, then let the partitions go. What cannot be flushed in
+    /// time is dropped here and replayed by the partitions' next owner.
+    fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<RunnerContext<S>>,
+        partitions: &TopicPartitionList,
+    ) {
+        if self.abandoned {
+            return;
+        }
+        let deadline = Instant::now() + self.settings.shutdown_timeout;
+        match self.finish_all(consumer, deadline) {
+            Ok(true) => {}
+            Err(StreamError::StageFailed { message, .. }) => {
+                tracing::error!(stage = %self.name, "revoke: the stage failed: {message}");
+                self.abandon();
+                self.fatal = Some(message);
+                return;
+            }
+            Ok(false) | Err(_) => {
+                let dropped =
+                    self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.batch.len());
+                tracing::warn!(stage = %self.name, dropped, "revoke: could not flush; the next owner replays these records");
+                self.pending.clear();
+                self.in_flight = None;
+                self.batch_started = None;
+            }
+        }
+        let revoked: Vec<(String, i32)> = partitions
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        self.commit_sync(consumer, Some(&revoked));
+        for (topic, partition) in &revoked {
+            let key: PartitionKey = (Arc::from(topic.as_str()), *partition);
+            self.stored.remove(&key);
+            self.to_commit.remove(&key);
+        }
+        self.paused = false;
+        self.backoff.reset();
+        tracing::info!(stage = %self.name, partitions = revoked.len(), "partitions revoked");
+        self.handle.block_on(self.stage.on_revoke(&revoked));
+    }
+
+    /// Commits the processed offsets of `only` (or of every partition) synchronously.
+    fn commit_sync(
+        &mut self,
+        consumer: &BaseConsumer<RunnerContext<S>>,
+        only: Option<&[(String, i32)]>,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.to_commit {
+            let wanted =
+                only.is_none_or(|list| list.iter().any(|(t, p)| **t == **topic && p == partition));
+            if wanted {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            metrics::counter!(m::COMMIT_FAILURES, "stage" => self.name.clone()).increment(1);
+            tracing::warn!(stage = %self.name, error = %e, "synchronous commit failed; stored offsets still guard against replays");
+        }
+    }
+
+    /// Forgets everything not yet committed (after a fatal error).
+    fn abandon(&mut self) {
+        self.abandoned = true;
+        self.pending.clear();
+        self.in_flight = None;
+        self.batch_started = None;
+    }
+
+    fn pause(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) {
+        if self.paused {
+            return;
+        }
+        if let Ok(assignment) = consumer.assignment() {
+            if consumer.pause(&assignment).is_ok() {
+                self.paused = true;
+            }
+        }
+    }
+
+    fn resume(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) {
+        if !self.paused {
+            return;
+        }
+        if let Ok(assignment) = consumer.assignment() {
+            let _ = consumer.resume(&assignment);
+        }
+        self.paused = false;
+    }
+}

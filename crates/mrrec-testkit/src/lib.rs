@@ -1,0 +1,235 @@
+//! Real servers for integration tests: a tansu broker and a Redis server, each
+//! started on a free loopback port and stopped (killed) when dropped.
+//!
+//! Binaries are found on `PATH` (or `~/.cargo/bin` for tansu), or at
+//! `MRREC_TANSU_BIN` / `MRREC_REDIS_BIN`. A missing binary is an error that says
+//! how to install it: integration tests fail rather than silently skip.
+
+use anyhow::{bail, Context, Result};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; tiny race, fine for tests).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn find_binary(env: &str, name: &str, install_hint: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Ok(PathBuf::from(path));
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME").or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into_os_string())
+    }) {
+        candidates.push(PathBuf::from(home).join("bin").join(name));
+    }
+    candidates.push(PathBuf::from("/usr/bin").join(name));
+    candidates.push(PathBuf::from("/usr/sbin").join(name));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| format!("`{name}` not found (set {env} or install it: {install_hint})"))
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str, timeout: Duration) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status} before listening on {port}");
+        }
+        if start.elapsed() > timeout {
+            bail!("{what} did not listen on {port} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How tansu stores data.
+#[derive(Debug, Clone)]
+pub enum TansuStorage {
+    /// In memory: fastest, lost on exit.
+    Memory,
+    /// SQLite file under this directory: survives a broker restart.
+    Sqlite(PathBuf),
+}
+
+static NEXT_DIR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A running tansu broker.
+pub struct Tansu {
+    child: Child,
+    port: u16,
+    storage: TansuStorage,
+    /// A temporary data directory this handle created and removes.
+    owned_dir: Option<PathBuf>,
+}
+
+impl Tansu {
+    /// Starts a broker on a free port, storing into SQLite in a fresh temporary
+    /// directory (removed on drop).
+    ///
+    /// Not the memory engine: tansu 0.6.0's memory (dynostore) engine answers a
+    /// fetch from an offset inside a producer batch with only the *later*
+    /// batches, so a consumer resuming from a committed offset mid-batch silently
+    /// skips records (or stalls on the last batch). The SQLite engine stores
+    /// records one by one and resumes exactly.
+    pub fn start() -> Result<Tansu> {
+        let dir = std::env::temp_dir().join(format!(
+            "mrrec-tansu-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut tansu = Self::start_with(TansuStorage::Sqlite(dir.clone()), None)?;
+        tansu.owned_dir = Some(dir);
+        Ok(tansu)
+    }
+
+    /// Starts a broker with `storage`, on `port` (or a free one).
+    pub fn start_with(storage: TansuStorage, port: Option<u16>) -> Result<Tansu> {
+        let bin = find_binary(
+            "MRREC_TANSU_BIN",
+            "tansu",
+            "cargo install tansu --version 0.6.0 --locked --features libsql,dynostore",
+        )?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let (engine, workdir) = match &storage {
+            TansuStorage::Memory => ("memory://tansu/", std::env::temp_dir()),
+            TansuStorage::Sqlite(dir) => {
+                std::fs::create_dir_all(dir)?;
+                // tansu resolves the path relative to its working directory.
+                ("sqlite://tansu.db", dir.clone())
+            }
+        };
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(&bin);
+        command
+            .current_dir(&workdir)
+            .args(["broker", "--storage-engine", engine])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .env_remove("CLUSTER_ID")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env(
+                "RUST_LOG",
+                std::env::var("MRREC_TANSU_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("MRREC_TANSU_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        wait_for_port(port, &mut child, "tansu", Duration::from_secs(30))?;
+        tracing::info!(port, ?storage, "tansu started");
+        Ok(Tansu {
+            child,
+            port,
+            storage,
+            owned_dir: None,
+        })
+    }
+
+    /// `127.0.0.1:PORT`, for `kafka.brokers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the broker and starts it again on the same port and storage.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        let mut fresh = Self::start_with(self.storage.clone(), Some(self.port))?;
+        fresh.owned_dir = self.owned_dir.take();
+        drop(std::mem::replace(self, fresh));
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = self.owned_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A running Redis server (no persistence).
+pub struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Result<Redis> {
+        Self::start_on(None)
+    }
+
+    pub fn start_on(port: Option<u16>) -> Result<Redis> {
+        let bin = find_binary(
+            "MRREC_REDIS_BIN",
+            "redis-server",
+            "apt-get install redis-server",
+        )?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let mut child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        wait_for_port(port, &mut child, "redis-server", Duration::from_secs(15))?;
+        tracing::info!(port, "redis started");
+        Ok(Redis { child, port })
+    }
+
+    /// `redis://127.0.0.1:PORT/0`, for `store.url`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
