@@ -20,6 +20,7 @@ pub fn init_tracing() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_test_writer()
+        .with_thread_names(true)
         .try_init();
 }
 

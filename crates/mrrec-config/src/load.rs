@@ -94,6 +94,17 @@ pub(crate) fn load_str(
     );
     apply_env(&mut merged, &defaults, env, &mut issues);
 
+    // A section with a type error is reported and replaced by its defaults, so
+    // the other sections still get their type and semantic checks.
+    for (name, value) in merged.iter_mut() {
+        if let Some(issue) = section_type_error(name, value.clone()) {
+            issues.push(issue);
+            if let Some(default) = defaults.get(name) {
+                *value = default.clone();
+            }
+        }
+    }
+
     let mut unknown = Vec::new();
     let parsed: Result<Config, _> =
         serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
@@ -118,19 +129,55 @@ pub(crate) fn load_str(
             }
         }
         Err(e) => {
-            issues.push(ConfigIssue {
-                key: e.path().to_string(),
-                // toml repeats the key on a second line; the key is already named.
-                message: e
-                    .into_inner()
-                    .to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned(),
-            });
+            issues.push(type_issue("", e));
             Err(ConfigError { issues })
         }
+    }
+}
+
+fn type_issue(section: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigIssue {
+    let path = e.path().to_string();
+    ConfigIssue {
+        key: match (section, path.as_str()) {
+            ("", _) => path,
+            (_, ".") => section.to_owned(),
+            _ => format!("{section}.{path}"),
+        },
+        // toml repeats the key on a second line; the key is already named.
+        message: e
+            .into_inner()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+    }
+}
+
+/// The first type error in one section, if any.
+fn section_type_error(name: &str, value: toml::Value) -> Option<ConfigIssue> {
+    fn check<T: serde::de::DeserializeOwned>(
+        name: &str,
+        value: toml::Value,
+    ) -> Option<ConfigIssue> {
+        serde_path_to_error::deserialize::<_, T>(value)
+            .err()
+            .map(|e| type_issue(name, e))
+    }
+    use crate::*;
+    match name {
+        "kafka" => check::<KafkaConfig>(name, value),
+        "topics" => check::<TopicsConfig>(name, value),
+        "store" => check::<StoreConfig>(name, value),
+        "index" => check::<IndexConfig>(name, value),
+        "llm" => check::<LlmConfig>(name, value),
+        "agent" => check::<AgentConfig>(name, value),
+        "reward" => check::<RewardConfig>(name, value),
+        "train" => check::<TrainConfig>(name, value),
+        "policy" => check::<PolicyConfig>(name, value),
+        "metrics" => check::<MetricsConfig>(name, value),
+        "stream" => check::<StreamConfig>(name, value),
+        _ => None,
     }
 }
 

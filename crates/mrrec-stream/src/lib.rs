@@ -26,7 +26,7 @@ pub use client::{Bootstrap, KafkaClients};
 pub use embedded::EmbeddedBroker;
 pub use publish::{OutgoingRecord, Publisher};
 pub use record::{Batch, Decoded, PartitionRange, RecordMeta};
-pub use runner::{RunReport, RunnerSettings, StageRunner};
+pub use runner::{Progress, RunReport, RunnerSettings, StageRunner};
 pub use shutdown::Shutdown;
 pub use stage::{Poison, Stage, StageError};
 

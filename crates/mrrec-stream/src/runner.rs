@@ -25,6 +25,7 @@ use rdkafka::message::Message as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -75,11 +76,34 @@ pub struct RunReport {
     pub rebalances: u64,
 }
 
+/// Live counters of a running stage, readable from any thread (progress
+/// displays, tests, health checks).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Records received from Kafka (not necessarily processed yet).
+    pub polled: AtomicU64,
+    /// Records the stage processed (committed batches only).
+    pub processed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub skipped: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Partitions currently assigned to this instance.
+    pub assigned: AtomicU64,
+}
+
+impl Progress {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
 /// Runs one stage in one consumer group until shutdown or a fatal error.
 pub struct StageRunner<S: Stage> {
     clients: KafkaClients,
     settings: RunnerSettings,
     stage: S,
+    progress: Arc<Progress>,
 }
 
 type PartitionKey = (Arc<str>, i32);
@@ -118,6 +142,7 @@ struct LoopState<S: Stage> {
     topics: HashMap<String, Arc<str>>,
     backoff: Backoff,
     paused: bool,
+    progress: Arc<Progress>,
     /// Set after a fatal error: nothing is flushed or committed any more.
     abandoned: bool,
     /// A fatal error met inside a rebalance callback, for the loop to return.
@@ -165,10 +190,15 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                 let mut state = self.lock();
                 state.report.rebalances += 1;
                 state.on_revoke(consumer, partitions);
+                state.progress.assigned.store(0, Ordering::Relaxed);
             }
             Rebalance::Assign(partitions) => {
                 let mut state = self.lock();
                 state.report.rebalances += 1;
+                state
+                    .progress
+                    .assigned
+                    .store(partitions.count() as u64, Ordering::Relaxed);
                 tracing::info!(stage = %self.name, partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Error(e) => {
@@ -191,7 +221,13 @@ impl<S: Stage> StageRunner<S> {
             clients,
             settings,
             stage,
+            progress: Arc::default(),
         }
+    }
+
+    /// Live counters, shared with the running stage.
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 
     /// Runs on a dedicated thread until `shutdown` (then drains within the
@@ -237,6 +273,7 @@ impl<S: Stage> StageRunner<S> {
                 to_commit: HashMap::new(),
                 topics: HashMap::new(),
                 paused: false,
+                progress: self.progress.clone(),
                 abandoned: false,
                 fatal: None,
                 report: RunReport::default(),
@@ -370,6 +407,7 @@ impl<S: Stage> LoopState<S> {
     }
 
     fn push(&mut self, record: RawRecord) {
+        self.progress.polled.fetch_add(1, Ordering::Relaxed);
         self.batch_started.get_or_insert_with(Instant::now);
         self.pending.push(record);
     }
@@ -501,6 +539,7 @@ impl<S: Stage> LoopState<S> {
                 }
             }
         }
+        tracing::debug!(stage = %self.name, records = records.len(), skipped, dead = dead_letters.len(), "sealed a batch");
         self.in_flight = Some(InFlight {
             batch: Batch { records, ranges },
             dead_letters,
@@ -587,6 +626,13 @@ impl<S: Stage> LoopState<S> {
         self.report.dead_lettered += dead;
         self.report.skipped += flight.skipped;
         self.report.batches += 1;
+        let progress = &self.progress;
+        progress.processed.fetch_add(processed, Ordering::Relaxed);
+        progress.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+        progress
+            .skipped
+            .fetch_add(flight.skipped, Ordering::Relaxed);
+        progress.batches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

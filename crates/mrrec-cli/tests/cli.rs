@@ -1,0 +1,144 @@
+//! The `mrrec` binary as a user meets it: its command list, `topics create`
+//! against a real broker, and clear non-zero exits for bad configuration and
+//! for commands whose stage is not built yet.
+
+use mrrec_testkit::Tansu;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn mrrec(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mrrec"));
+    command.args(args).env_remove("MRREC_CONFIG");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MRREC__")) {
+        command.env_remove(key);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("mrrec runs")
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write_config(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mrrec-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn help_lists_every_command_of_the_contract() {
+    let output = mrrec(&["--help"], &[]);
+    assert!(output.status.success());
+    let (stdout, _) = text(&output);
+    for command in [
+        "demo",
+        "run",
+        "topics",
+        "load",
+        "memory",
+        "recommend",
+        "model",
+        "llm",
+        "train",
+        "eval",
+        "bench",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(command)),
+            "`{command}` missing from --help:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn topics_create_twice_against_a_real_broker() {
+    let tansu = Tansu::start().unwrap();
+    let config = write_config(
+        "topics.toml",
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\n[topics]\npartitions = 3\n",
+            tansu.bootstrap()
+        ),
+    );
+    let config = config.to_str().unwrap();
+
+    let first = mrrec(&["topics", "create", "--config", config], &[]);
+    let (stdout, stderr) = text(&first);
+    assert!(first.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("9 created, 0 already existed"), "{stdout}");
+    for topic in [
+        "mrrec.items",
+        "mrrec.events",
+        "mrrec.outcomes",
+        "mrrec.requests",
+        "mrrec.responses",
+        "mrrec.trajectories",
+        "mrrec.rewards",
+        "mrrec.policy",
+        "mrrec.dlq",
+    ] {
+        assert!(stdout.contains(topic), "{topic} missing:\n{stdout}");
+    }
+
+    let second = mrrec(&["topics", "create", "--config", config], &[]);
+    let (stdout, stderr) = text(&second);
+    assert!(second.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("0 created, 9 already existed"), "{stdout}");
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_naming_every_key() {
+    let config = write_config(
+        "bad.toml",
+        "[kafka]\nbrokerz = \"x\"\n[topics]\npartitions = 0\n[agent]\ngroup_size = 1000\n",
+    );
+    let output = mrrec(
+        &["topics", "create", "--config", config.to_str().unwrap()],
+        &[("MRREC__STORE__BACKEND", "mongo")],
+    );
+    assert!(!output.status.success());
+    let (_, stderr) = text(&output);
+    for key in [
+        "kafka.brokerz",
+        "topics.partitions",
+        "agent.group_size",
+        "store.backend",
+    ] {
+        assert!(stderr.contains(key), "{key} not named:\n{stderr}");
+    }
+
+    let output = mrrec(&["demo", "--config", "/no/such/mrrec.toml"], &[]);
+    assert!(!output.status.success());
+    assert!(text(&output).1.contains("/no/such/mrrec.toml"));
+}
+
+#[test]
+fn commands_not_built_yet_say_so_and_fail() {
+    for args in [
+        vec!["demo"],
+        vec!["run", "--stage", "distill"],
+        vec!["model", "init", "--out", "/tmp/x"],
+        vec!["bench", "ingest"],
+    ] {
+        let output = mrrec(&args, &[]);
+        assert!(!output.status.success(), "{args:?} must fail");
+        let (stdout, stderr) = text(&output);
+        assert!(stdout.is_empty(), "{args:?} printed output: {stdout}");
+        assert!(stderr.contains("not yet available"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn topics_create_refuses_the_embedded_broker() {
+    let output = mrrec(&["topics", "create"], &[]);
+    assert!(!output.status.success());
+    assert!(text(&output).1.contains("kafka.brokers"));
+}

@@ -1,0 +1,255 @@
+//! The runtime on the in-process broker (no external service): the same code
+//! path as against a cluster, plus the shutdown drain and the metrics endpoint.
+
+use mrrec_config::Config;
+use mrrec_messages::{decode, decode_record, DeadLetter, Event, Topic};
+use mrrec_stream::{
+    metrics, Batch, EmbeddedBroker, KafkaClients, OutgoingRecord, Poison, Progress, Publisher,
+    RecordMeta, RunnerSettings, Shutdown, Stage, StageError, StageRunner,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Keeps processed event ids in memory.
+#[derive(Clone, Default)]
+struct MemoryStage {
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Stage for MemoryStage {
+    type Message = Event;
+
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Event, Poison> {
+        Ok(decode_record(
+            record.key.as_deref(),
+            payload.unwrap_or_default(),
+        )?)
+    }
+
+    async fn process(&mut self, batch: &Batch<Event>) -> Result<(), StageError> {
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(batch.records.iter().map(|r| r.message.event_id.clone()));
+        Ok(())
+    }
+}
+
+fn config(prefix: &str, batch_max_ms: u64) -> Config {
+    Config::from_toml_str(&format!(
+        "[topics]\nprefix = \"{prefix}\"\npartitions = 2\n[stream]\nbatch_max_records = 1000\nbatch_max_ms = {batch_max_ms}\nshutdown_timeout_ms = 5000\n"
+    ))
+    .unwrap()
+}
+
+fn event(i: usize) -> OutgoingRecord {
+    let user = format!("u{}", i % 5);
+    let payload = serde_json::json!({"event_id": format!("e{i}"), "user_id": user, "kind": "view", "item_id": "i1", "ts": 1});
+    OutgoingRecord {
+        topic: String::new(),
+        key: Some(user.into_bytes()),
+        payload: serde_json::to_vec(&payload).unwrap(),
+    }
+}
+
+async fn produce(clients: &KafkaClients, topic: &str, records: Vec<OutgoingRecord>) {
+    let records = records
+        .into_iter()
+        .map(|r| OutgoingRecord {
+            topic: topic.to_owned(),
+            ..r
+        })
+        .collect();
+    Publisher::new(clients, "test")
+        .unwrap()
+        .publish_all(records)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+fn read_dead_letters(bootstrap: &str, topic: &str, expected: usize) -> Vec<DeadLetter> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let mut letters = Vec::new();
+    while letters.len() < expected && start.elapsed() < Duration::from_secs(20) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            letters.push(decode::<DeadLetter>(m.payload().unwrap()).unwrap());
+        }
+    }
+    letters
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_runs_the_same_runtime_and_exports_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = metrics::install_prometheus(&format!("127.0.0.1:{port}"))
+        .unwrap()
+        .unwrap();
+
+    let config = config("emb.", 20);
+    let broker = EmbeddedBroker::start(&config.topics.prefix, config.topics.partitions).unwrap();
+    let clients = KafkaClients::new(broker.bootstrap_servers(), &BTreeMap::new());
+    let events = Topic::Events.name("emb.");
+    let mut records: Vec<OutgoingRecord> = (0..200).map(event).collect();
+    records.insert(
+        10,
+        OutgoingRecord {
+            topic: String::new(),
+            key: Some(b"u1".to_vec()),
+            payload: b"{broken".to_vec(),
+        },
+    );
+    records.insert(
+        50,
+        OutgoingRecord {
+            topic: String::new(),
+            key: Some(b"u1".to_vec()),
+            payload: br#"{"event_id":"x","user_id":"u1","kind":"view","ts":1}"#.to_vec(),
+        },
+    );
+    produce(&clients, &events, records).await;
+
+    let stage = MemoryStage::default();
+    let seen = stage.seen.clone();
+    let runner = StageRunner::new(
+        clients.clone(),
+        RunnerSettings::from_config(&config, "memory", &[Topic::Events]),
+        stage,
+    );
+    let progress = runner.progress();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(runner.run(shutdown.clone()));
+    wait_for("200 processed", || {
+        Progress::get(&progress.processed) == 200
+    })
+    .await;
+    wait_for("2 dead letters", || {
+        Progress::get(&progress.dead_lettered) == 2
+    })
+    .await;
+
+    let body = scrape(addr);
+    assert!(
+        body.contains("mrrec_processed_total{stage=\"memory\"} 200"),
+        "{body}"
+    );
+    assert!(body.contains("mrrec_dlq_total{"), "{body}");
+    assert!(body.contains("reason=\"json\""), "{body}");
+    assert!(body.contains("reason=\"invalid\""), "{body}");
+    assert!(
+        body.contains("mrrec_batch_seconds_bucket{stage=\"memory\""),
+        "{body}"
+    );
+
+    shutdown.trigger();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(report.processed, 200);
+    assert_eq!(report.dead_lettered, 2);
+    let mut ids = seen.lock().unwrap().clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+
+    let letters = read_dead_letters(broker.bootstrap_servers(), &Topic::Dlq.name("emb."), 2);
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().any(|l| l.error.contains("JSON")));
+    assert!(letters.iter().any(|l| l.error.contains("item_id")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_and_commits_the_open_batch() {
+    // Batches close only after a minute: only the shutdown drain can process them.
+    let config = config("drain.", 60_000);
+    let broker = EmbeddedBroker::start(&config.topics.prefix, config.topics.partitions).unwrap();
+    let clients = KafkaClients::new(broker.bootstrap_servers(), &BTreeMap::new());
+    let events = Topic::Events.name("drain.");
+    produce(&clients, &events, (0..50).map(event).collect()).await;
+
+    let settings = RunnerSettings::from_config(&config, "memory", &[Topic::Events]);
+    let group = settings.group_id.clone();
+    let stage = MemoryStage::default();
+    let seen = stage.seen.clone();
+    let runner = StageRunner::new(clients.clone(), settings, stage);
+    let progress = runner.progress();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(runner.run(shutdown.clone()));
+    wait_for("50 polled", || Progress::get(&progress.polled) == 50).await;
+    assert_eq!(
+        Progress::get(&progress.processed),
+        0,
+        "the batch is still open"
+    );
+
+    let started = Instant::now();
+    shutdown.trigger();
+    let report = running.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drained in bounded time"
+    );
+    assert_eq!(report.processed, 50);
+    assert_eq!(seen.lock().unwrap().len(), 50);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&events, 0);
+    tpl.add_partition(&events, 1);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, 50, "offsets committed at the end: {committed:?}");
+}
