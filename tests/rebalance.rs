@@ -131,10 +131,7 @@ async fn instances_joining_and_leaving_lose_and_double_nothing() -> Result<()> {
         report_a.processed > 0 && report_b.processed > 0,
         "{report_a:?} {report_b:?}"
     );
-    assert!(report_a.rebalances >= 2, "A saw B join: {report_a:?}");
-    assert_eq!(
-        report_a.processed + report_b.processed - report_a.skipped.min(0),
-        report_a.processed + report_b.processed
-    );
+    // Assigned all, revoked when B joined, assigned half, revoked on shutdown.
+    assert!(report_a.rebalances >= 4, "A saw B join: {report_a:?}");
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! last processed offset of every partition in the same Lua call (atomic), so a
 //! replay after a crash or rebalance has no effect. Faults can be injected.
 
-use mrrec_messages::{decode_record, Event};
-use mrrec_stream::{Batch, Poison, RecordMeta, Stage, StageError};
+use mrrec_messages::Event;
+use mrrec_stream::{decode_message, Batch, Poison, RecordMeta, Stage, StageError};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 
@@ -91,10 +91,7 @@ impl Stage for CountingStage {
     }
 
     fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Event, Poison> {
-        Ok(decode_record(
-            record.key.as_deref(),
-            payload.unwrap_or_default(),
-        )?)
+        decode_message(record, payload)
     }
 
     async fn process(&mut self, batch: &Batch<Event>) -> Result<(), StageError> {

@@ -28,7 +28,7 @@ pub use publish::{OutgoingRecord, Publisher};
 pub use record::{Batch, Decoded, PartitionRange, RecordMeta};
 pub use runner::{Progress, RunReport, RunnerSettings, StageRunner};
 pub use shutdown::Shutdown;
-pub use stage::{Poison, Stage, StageError};
+pub use stage::{decode_message, Poison, Stage, StageError};
 
 /// Errors of the runtime itself (as opposed to a stage's own errors).
 #[derive(Debug, thiserror::Error)]

@@ -21,6 +21,18 @@ impl From<mrrec_messages::MessageError> for Poison {
     }
 }
 
+/// Decodes a record as a DESIGN §2 message, checking its key: what most
+/// stages' [`Stage::decode`] is.
+pub fn decode_message<M: mrrec_messages::Message>(
+    record: &RecordMeta,
+    payload: Option<&[u8]>,
+) -> Result<M, Poison> {
+    Ok(mrrec_messages::decode_record(
+        record.key.as_deref(),
+        payload.unwrap_or_default(),
+    )?)
+}
+
 /// A failure of a whole batch.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {

@@ -2,10 +2,10 @@
 //! path as against a cluster, plus the shutdown drain and the metrics endpoint.
 
 use mrrec_config::Config;
-use mrrec_messages::{decode, decode_record, DeadLetter, Event, Topic};
+use mrrec_messages::{decode, DeadLetter, Event, Topic};
 use mrrec_stream::{
-    metrics, Batch, EmbeddedBroker, KafkaClients, OutgoingRecord, Poison, Progress, Publisher,
-    RecordMeta, RunnerSettings, Shutdown, Stage, StageError, StageRunner,
+    decode_message, metrics, Batch, EmbeddedBroker, KafkaClients, OutgoingRecord, Poison, Progress,
+    Publisher, RecordMeta, RunnerSettings, Shutdown, Stage, StageError, StageRunner,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -28,10 +28,7 @@ impl Stage for MemoryStage {
     }
 
     fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Event, Poison> {
-        Ok(decode_record(
-            record.key.as_deref(),
-            payload.unwrap_or_default(),
-        )?)
+        decode_message(record, payload)
     }
 
     async fn process(&mut self, batch: &Batch<Event>) -> Result<(), StageError> {
