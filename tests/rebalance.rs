@@ -131,7 +131,8 @@ async fn instances_joining_and_leaving_lose_and_double_nothing() -> Result<()> {
         report_a.processed > 0 && report_b.processed > 0,
         "{report_a:?} {report_b:?}"
     );
-    // Assigned all, revoked when B joined, assigned half, revoked on shutdown.
-    assert!(report_a.rebalances >= 4, "A saw B join: {report_a:?}");
+    // Assigned all, revoked when B joined, assigned half (the revoke on leaving
+    // the group happens after the report is taken).
+    assert!(report_a.rebalances >= 3, "A saw B join: {report_a:?}");
     Ok(())
 }
