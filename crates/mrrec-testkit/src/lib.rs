@@ -183,18 +183,27 @@ impl Drop for Tansu {
     }
 }
 
-/// A running Redis server (no persistence).
+/// A running Redis server: no persistence, or an append-only file that fsyncs
+/// every write (so a kill loses nothing that was acknowledged).
 pub struct Redis {
     child: Child,
     port: u16,
+    aof_dir: Option<PathBuf>,
 }
 
 impl Redis {
+    /// An in-memory Redis on a free port.
     pub fn start() -> Result<Redis> {
-        Self::start_on(None)
+        Self::spawn(None, None)
     }
 
-    pub fn start_on(port: Option<u16>) -> Result<Redis> {
+    /// A Redis persisting to an append-only file in `dir` (fsync always).
+    pub fn start_persistent(dir: &std::path::Path) -> Result<Redis> {
+        std::fs::create_dir_all(dir)?;
+        Self::spawn(None, Some(dir.to_path_buf()))
+    }
+
+    fn spawn(port: Option<u16>, aof_dir: Option<PathBuf>) -> Result<Redis> {
         let bin = find_binary(
             "MRREC_REDIS_BIN",
             "redis-server",
@@ -204,9 +213,20 @@ impl Redis {
             Some(p) => p,
             None => free_port()?,
         };
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--save", "", "--daemonize", "no"]);
+        match &aof_dir {
+            Some(dir) => {
+                command.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]);
+                command.arg(dir);
+            }
+            None => {
+                command.args(["--appendonly", "no"]);
+            }
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -214,7 +234,11 @@ impl Redis {
             .with_context(|| format!("starting {}", bin.display()))?;
         wait_for_port(port, &mut child, "redis-server", Duration::from_secs(15))?;
         tracing::info!(port, "redis started");
-        Ok(Redis { child, port })
+        Ok(Redis {
+            child,
+            port,
+            aof_dir,
+        })
     }
 
     /// `redis://127.0.0.1:PORT/0`, for `store.url`.
@@ -224,6 +248,20 @@ impl Redis {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Kills the server (SIGKILL); [`Redis::start_again`] brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port (and append-only file).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.kill();
+        let fresh = Self::spawn(Some(self.port), self.aof_dir.clone())?;
+        drop(std::mem::replace(self, fresh));
+        Ok(())
     }
 }
 
