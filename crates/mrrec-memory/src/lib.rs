@@ -1,0 +1,25 @@
+//! MR.Rec's hierarchical memory (DESIGN §3), as a pure, deterministic model.
+//!
+//! - [`UserState`] holds what distillation keeps per user: integer aggregates per
+//!   category, profile attributes, a window of recent positive items, and events
+//!   waiting for an unknown item. [`UserState::apply`] folds one event in and
+//!   returns the [`GlobalDelta`] (co-occurrence, popularity, chosen/unchosen
+//!   aspects) it contributes to cross-user memory.
+//! - [`render`] turns state into [`MemoryEntry`] text: level 1 behavior records,
+//!   level 2 preference patterns, level 3 the profile, and global memory.
+//!
+//! Nothing here reads a clock: entries are a function of the input alone, so a
+//! replay reproduces them byte for byte, and aggregates are integers (order of
+//! arrival cannot change a sum), so linking an item that arrives after its
+//! events gives the same memory as the other order.
+
+mod model;
+pub mod render;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use model::{entry_id, Level, MemoryEntry};
+pub use state::{
+    aspects_of, BehaviorRecord, CategoryStats, GlobalDelta, Sentiment, UserState, RECENT_POSITIVE,
+};
