@@ -1,0 +1,162 @@
+//! One conformance suite, run against both backends: the embedded store on a
+//! temporary directory and a real Redis server.
+
+use mrrec_store::{escape, Batch, EmbeddedStore, KvStore, RedisStore};
+use mrrec_testkit::Redis;
+use std::collections::BTreeMap;
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, f)| (k.to_string(), f.to_string()))
+        .collect()
+}
+
+async fn suite<S: KvStore>(store: &S, ns: &str) {
+    let key = format!("{ns}:h");
+    let other = format!("{ns}:other");
+
+    // Reads of nothing.
+    assert_eq!(
+        store.get_fields(&pairs(&[(&key, "a")])).await.unwrap(),
+        vec![None]
+    );
+    assert!(store.get_all(&key).await.unwrap().is_empty());
+
+    // Sets, increments, reads in order.
+    let mut batch = Batch::default();
+    batch.set(&key, "a", "1");
+    batch.set(&key, "b", "two");
+    batch.increment(&other, "n", 5);
+    batch.increment(&other, "n", -2);
+    assert!(store.apply(&batch).await.unwrap());
+    let got = store
+        .get_fields(&pairs(&[
+            (&key, "b"),
+            (&key, "missing"),
+            (&other, "n"),
+            (&key, "a"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![Some("two".into()), None, Some("3".into()), Some("1".into())]
+    );
+    let all: BTreeMap<String, String> = store.get_all(&key).await.unwrap();
+    assert_eq!(
+        all,
+        BTreeMap::from([("a".into(), "1".into()), ("b".into(), "two".into())])
+    );
+
+    // A guard that holds lets the batch through; one that fails applies nothing.
+    let mut batch = Batch::default();
+    batch.guard(&key, "a", Some("1".into()));
+    batch.guard(&key, "absent", None);
+    batch.set(&key, "a", "2");
+    batch.increment(&other, "n", 10);
+    assert!(store.apply(&batch).await.unwrap());
+    assert_eq!(
+        store
+            .get_fields(&pairs(&[(&key, "a"), (&other, "n")]))
+            .await
+            .unwrap(),
+        vec![Some("2".into()), Some("13".into())]
+    );
+    let mut stale = Batch::default();
+    stale.set(&key, "c", "written-before-the-guard?");
+    stale.increment(&other, "n", 100);
+    stale.guard(&key, "a", Some("1".into()));
+    assert!(
+        !store.apply(&stale).await.unwrap(),
+        "a stale guard is refused"
+    );
+    let mut exists = Batch::default();
+    exists.guard(&key, "a", None);
+    exists.set(&key, "c", "x");
+    assert!(
+        !store.apply(&exists).await.unwrap(),
+        "an absent-guard on a present field is refused"
+    );
+    assert_eq!(
+        store
+            .get_fields(&pairs(&[(&key, "c"), (&other, "n")]))
+            .await
+            .unwrap(),
+        vec![None, Some("13".into())],
+        "a refused batch writes nothing"
+    );
+
+    // Deletes.
+    let mut batch = Batch::default();
+    batch.delete(&key, "b");
+    batch.delete(&key, "never-there");
+    assert!(store.apply(&batch).await.unwrap());
+    assert_eq!(store.get_all(&key).await.unwrap().len(), 1);
+
+    // Escaped ids never collide, and keys are listed by prefix.
+    let tricky = ["a:b", "a%3Ab", "{u}", "*", "x y", "é"];
+    let mut batch = Batch::default();
+    for id in tricky {
+        batch.set(format!("{ns}:user:{}", escape(id)), "id", id);
+    }
+    assert!(store.apply(&batch).await.unwrap());
+    let keys = store.keys(&format!("{ns}:user:")).await.unwrap();
+    assert_eq!(keys.len(), tricky.len(), "{keys:?}");
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    for id in tricky {
+        let stored = store
+            .get_fields(&[(format!("{ns}:user:{}", escape(id)), "id".into())])
+            .await
+            .unwrap();
+        assert_eq!(stored, vec![Some(id.to_owned())]);
+    }
+    assert_eq!(
+        store.keys(&format!("{ns}:nothing")).await.unwrap(),
+        Vec::<String>::new()
+    );
+
+    // Large batches go through whole.
+    let mut batch = Batch::default();
+    for i in 0..20_000 {
+        batch.increment(format!("{ns}:big:{}", i % 100), format!("f{i}"), 1);
+    }
+    assert!(store.apply(&batch).await.unwrap());
+    assert_eq!(
+        store.get_all(&format!("{ns}:big:7")).await.unwrap().len(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_conforms() {
+    let dir = std::env::temp_dir().join(format!("mrrec-store-conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::open(&dir).unwrap();
+    suite(&store, "t").await;
+    drop(store);
+    // Reopening sees what was committed.
+    let store = EmbeddedStore::open(&dir).unwrap();
+    assert_eq!(
+        store.get_fields(&pairs(&[("t:other", "n")])).await.unwrap(),
+        vec![Some("13".into())]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms() {
+    let redis = Redis::start().unwrap();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    suite(&store, "t").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_retryable() {
+    let mut redis = Redis::start().unwrap();
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    redis.kill();
+    let error = store.get_all("k").await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+}
