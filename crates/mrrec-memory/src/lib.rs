@@ -16,10 +16,13 @@
 mod model;
 pub mod render;
 mod state;
+mod store;
 #[cfg(test)]
 mod tests;
 
-pub use model::{entry_id, Level, MemoryEntry};
+pub use model::{entry_id, fingerprint, Level, MemoryEntry};
 pub use state::{
-    aspects_of, BehaviorRecord, CategoryStats, GlobalDelta, Sentiment, UserState, RECENT_POSITIVE,
+    aspects_of, BehaviorRecord, CategoryStats, GlobalDelta, Sentiment, UserState,
+    CO_OCCURRENCE_WINDOW, RECENT_POSITIVE,
 };
+pub use store::{Keyspace, LoadedUser, MemoryStore, UserMemory};

@@ -84,6 +84,13 @@ fn fnv1a(parts: &[&str]) -> u64 {
     hash
 }
 
+/// A stable 64-bit fingerprint of some text, as 16 hex digits (used as the
+/// version of a user's state: a function of the state, not of how many
+/// batches wrote it, so a replay stores the same bytes).
+pub fn fingerprint(text: &str) -> String {
+    format!("{:016x}", fnv1a(&[text]))
+}
+
 /// The stable id of an entry: level tag + 16 hex digits of a hash of what
 /// identifies it (user and event id; user and category; user; category).
 /// Ids are short and plain ASCII, safe in keys, index terms and prompts.

@@ -98,9 +98,19 @@ fn past_tense(kind: EventKind) -> &'static str {
     }
 }
 
-fn top_aspects(aspects: &BTreeMap<String, u64>, n: usize) -> Vec<String> {
-    let mut ranked: Vec<(&String, &u64)> = aspects.iter().collect();
-    ranked.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+/// Aspects that come with this sentiment more often than with the opposite
+/// one, by that margin (ties by name): what sets likes apart from dislikes.
+fn distinctive(
+    with: &BTreeMap<String, u64>,
+    against: &BTreeMap<String, u64>,
+    n: usize,
+) -> Vec<String> {
+    let mut ranked: Vec<(&String, i64)> = with
+        .iter()
+        .map(|(a, c)| (a, *c as i64 - against.get(a).copied().unwrap_or(0) as i64))
+        .filter(|(_, margin)| *margin > 0)
+        .collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     ranked.into_iter().take(n).map(|(a, _)| a.clone()).collect()
 }
 
@@ -144,11 +154,11 @@ pub fn preference(
             examples(&stats.disliked_examples, catalog)
         );
     }
-    let likes = top_aspects(&stats.liked_aspects, 4);
+    let likes = distinctive(&stats.liked_aspects, &stats.disliked_aspects, 4);
     if !likes.is_empty() {
         let _ = write!(text, " Likes {category} with: {}.", likes.join(", "));
     }
-    let dislikes = top_aspects(&stats.disliked_aspects, 3);
+    let dislikes = distinctive(&stats.disliked_aspects, &stats.liked_aspects, 3);
     if !dislikes.is_empty() {
         let _ = write!(text, " Avoids {category} with: {}.", dislikes.join(", "));
     }
@@ -180,11 +190,12 @@ pub fn profile(state: &UserState, catalog: &dyn Catalog) -> MemoryEntry {
         state.categories.len()
     );
     let ranked = state.ranked_categories();
+    let strength = |c: &str| state.categories.get(c).map_or(0.0, |s| s.strength());
     let favourites: Vec<String> = ranked
         .iter()
         .filter(|(_, s)| *s > 0.0)
         .take(5)
-        .map(|(c, s)| format!("{c} ({s:+.2})"))
+        .map(|(c, _)| format!("{c} ({:+.2})", strength(c)))
         .collect();
     if !favourites.is_empty() {
         let _ = write!(text, " Favours {}.", favourites.join(", "));
@@ -194,7 +205,7 @@ pub fn profile(state: &UserState, catalog: &dyn Catalog) -> MemoryEntry {
         .rev()
         .filter(|(_, s)| *s < 0.0)
         .take(3)
-        .map(|(c, s)| format!("{c} ({s:+.2})"))
+        .map(|(c, _)| format!("{c} ({:+.2})", strength(c)))
         .collect();
     if !avoided.is_empty() {
         let _ = write!(text, " Avoids {}.", avoided.join(", "));

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 /// Positive items remembered per user (co-occurrence window, collaborative signal).
 pub const RECENT_POSITIVE: usize = 20;
+/// Latest positive items each new positive item is paired with (co-occurrence).
+pub const CO_OCCURRENCE_WINDOW: usize = 5;
 /// Timestamped sentiments kept per category for the recency-weighted strength.
 const RECENT_PER_CATEGORY: usize = 50;
 /// Liked and disliked example items kept per category.
@@ -244,7 +246,7 @@ impl UserState {
         };
         if record.sentiment() == Sentiment::Liked {
             *delta.popularity.entry(item_id.to_owned()).or_default() += 1;
-            for other in &self.recent_positive {
+            for other in self.recent_positive.iter().rev().take(CO_OCCURRENCE_WINDOW) {
                 if other != item_id {
                     *delta
                         .co_occurrence

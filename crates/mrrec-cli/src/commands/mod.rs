@@ -1,8 +1,12 @@
 //! One function per command; commands whose stage is not built yet say so.
 
+mod load;
+mod memory;
+mod run;
+mod store;
 mod topics;
 
-use crate::cli::{Cli, Command, StageName, TopicsCommand};
+use crate::cli::{Cli, Command, LoadCommand, MemoryCommand, StageName, TopicsCommand};
 use anyhow::{bail, Result};
 use mrrec_config::Config;
 
@@ -13,16 +17,22 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Topics(TopicsCommand::Create) => topics::create(&config).await,
         Command::Run(args) => match (args.stage, args.pipeline) {
-            (Some(stage), _) => not_yet(
-                &format!("run --stage {}", stage_name(stage)),
-                stage_issue(stage),
-            ),
+            (Some(stage), _) => run::stage(&config, stage).await,
             (None, Some(_)) => not_yet("run --pipeline", "pipelines and scale-out (issue 9)"),
             (None, None) => bail!("give --stage or --pipeline"),
         },
         Command::Demo { .. } => not_yet("demo", "the demo and eval work (issue 7)"),
-        Command::Load(_) => not_yet("load", "the memory/distill work (issue 3)"),
-        Command::Memory(_) => not_yet("memory", "the memory/distill work (issue 3)"),
+        Command::Load(LoadCommand::Ml100k { data_dir }) => {
+            load::produce(&config, &mrrec_datasets::ml100k(&data_dir)?).await
+        }
+        Command::Load(LoadCommand::Jsonl { items, events }) => {
+            load::produce(&config, &mrrec_datasets::jsonl(&items, &events)?).await
+        }
+        Command::Memory(MemoryCommand::Show { user }) => memory::show(&config, &user).await,
+        Command::Memory(MemoryCommand::Search { .. }) => not_yet(
+            "memory search",
+            "the memory index (tantivy), still in progress (issue 3)",
+        ),
         Command::Recommend { .. } => not_yet("recommend", "the recommendation stage (issue 5)"),
         Command::Model(_) => not_yet("model init", "the LLM serving work (issue 4)"),
         Command::Llm(_) => not_yet("llm serve", "the LLM serving work (issue 4)"),
@@ -32,7 +42,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-fn stage_name(stage: StageName) -> &'static str {
+pub(crate) fn stage_name(stage: StageName) -> &'static str {
     match stage {
         StageName::Distill => "distill",
         StageName::Recommend => "recommend",
@@ -42,7 +52,7 @@ fn stage_name(stage: StageName) -> &'static str {
     }
 }
 
-fn stage_issue(stage: StageName) -> &'static str {
+pub(crate) fn stage_issue(stage: StageName) -> &'static str {
     match stage {
         StageName::Distill => "the memory/distill work (issue 3)",
         StageName::Recommend => "the recommendation stage (issue 5)",

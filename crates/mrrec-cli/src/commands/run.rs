@@ -1,0 +1,42 @@
+//! `mrrec run --stage …`: one stage until SIGINT/SIGTERM.
+
+use crate::cli::StageName;
+use anyhow::{bail, Context, Result};
+use mrrec_config::Config;
+use mrrec_distill::Distill;
+use mrrec_stream::{metrics, Bootstrap, KafkaClients, RunnerSettings, Shutdown, StageRunner};
+
+pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
+    match stage {
+        StageName::Distill => distill(config).await,
+        other => bail!(
+            "`mrrec run --stage {}` is not yet available in this build: {}",
+            super::stage_name(other),
+            super::stage_issue(other)
+        ),
+    }
+}
+
+async fn distill(config: &Config) -> Result<()> {
+    if let Some(addr) =
+        metrics::install_prometheus(&config.metrics.listen).map_err(anyhow::Error::msg)?
+    {
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    }
+    let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+    let clients = KafkaClients::from_config(config, &bootstrap);
+    let memory = super::store::open(config).await?;
+    let stage = Distill::new(memory, &config.topics.prefix);
+    let settings =
+        RunnerSettings::from_config(config, mrrec_distill::STAGE, &mrrec_distill::TOPICS);
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let report = StageRunner::new(clients, settings, stage)
+        .run(shutdown)
+        .await?;
+    eprintln!(
+        "distill stopped: {} processed, {} dead-lettered, {} skipped (already stored)",
+        report.processed, report.dead_lettered, report.skipped
+    );
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Memory on a [`KvStore`]: where each piece lives, and the reads the stages
+//! and tools need. Writes are composed by the distill stage as one guarded
+//! [`Batch`] per Kafka batch.
+//!
+//! Layout (prefix `mrrec:` by default; ids escaped with [`escape`]):
+//!
+//! | key | fields |
+//! |---|---|
+//! | `user:{id}` | `state` (UserState JSON), `version`, `e:{entry id}` (MemoryEntry JSON) |
+//! | `items` | item id → Item JSON |
+//! | `waiting:{item}` | user id → `1`, users with events for a not-yet-known item |
+//! | `global:{category}` | `c:{aspect}` / `u:{aspect}` counts among chosen / passed-over items |
+//! | `cooc:{item}` | other item → times chosen together |
+//! | `popularity` | item → positive interactions |
+//! | `offsets` | `{topic}:{partition}` → last offset whose effects are stored |
+
+use crate::render::{self, GlobalStats};
+use crate::{MemoryEntry, UserState};
+use mrrec_messages::Item;
+use mrrec_store::{escape, Batch, KvStore, StoreError};
+use std::collections::{BTreeMap, HashMap};
+
+/// Key names under a prefix.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Default for Keyspace {
+    fn default() -> Self {
+        Self::new("mrrec:")
+    }
+}
+
+impl Keyspace {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn user(&self, user: &str) -> String {
+        format!("{}user:{}", self.prefix, escape(user))
+    }
+
+    pub fn items(&self) -> String {
+        format!("{}items", self.prefix)
+    }
+
+    pub fn waiting(&self, item: &str) -> String {
+        format!("{}waiting:{}", self.prefix, escape(item))
+    }
+
+    pub fn global(&self, category: &str) -> String {
+        format!("{}global:{}", self.prefix, escape(category))
+    }
+
+    pub fn co_occurrence(&self, item: &str) -> String {
+        format!("{}cooc:{}", self.prefix, escape(item))
+    }
+
+    pub fn popularity(&self) -> String {
+        format!("{}popularity", self.prefix)
+    }
+
+    pub fn offsets(&self) -> String {
+        format!("{}offsets", self.prefix)
+    }
+
+    pub fn offset_field(topic: &str, partition: i32) -> String {
+        format!("{topic}:{partition}")
+    }
+
+    pub fn entry_field(entry_id: &str) -> String {
+        format!("e:{entry_id}")
+    }
+}
+
+/// A user's state as loaded, with the version a write must guard.
+#[derive(Debug, Clone)]
+pub struct LoadedUser {
+    pub state: UserState,
+    /// `None` when the user has never been written.
+    pub version: Option<String>,
+}
+
+/// Everything stored about one user.
+#[derive(Debug, Clone, Default)]
+pub struct UserMemory {
+    pub state: Option<UserState>,
+    pub entries: Vec<MemoryEntry>,
+}
+
+/// Memory reads over a store.
+#[derive(Clone)]
+pub struct MemoryStore<S> {
+    store: S,
+    keys: Keyspace,
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+impl<S: KvStore> MemoryStore<S> {
+    pub fn new(store: S, keys: Keyspace) -> Self {
+        Self { store, keys }
+    }
+
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    pub fn kv(&self) -> &S {
+        &self.store
+    }
+
+    /// Applies a batch (see [`KvStore::apply`]).
+    pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
+        self.store.apply(batch).await
+    }
+
+    /// The stored offset of a partition.
+    pub async fn stored_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<String>, StoreError> {
+        let field = Keyspace::offset_field(topic, partition);
+        Ok(self
+            .store
+            .get_fields(&[(self.keys.offsets(), field)])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// States and versions of `users` (new users get an empty state), one round trip.
+    pub async fn load_users(
+        &self,
+        users: &[String],
+    ) -> Result<HashMap<String, LoadedUser>, StoreError> {
+        let mut pairs = Vec::with_capacity(users.len() * 2);
+        for user in users {
+            pairs.push((self.keys.user(user), "state".to_owned()));
+            pairs.push((self.keys.user(user), "version".to_owned()));
+        }
+        let values = self.store.get_fields(&pairs).await?;
+        let mut out = HashMap::with_capacity(users.len());
+        for (user, pair) in users.iter().zip(values.chunks(2)) {
+            let state = match &pair[0] {
+                Some(json) => serde_json::from_str(json).map_err(|e| corrupt("user state", e))?,
+                None => UserState::new(user),
+            };
+            out.insert(
+                user.clone(),
+                LoadedUser {
+                    state,
+                    version: pair[1].clone(),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Catalog entries of `items` that exist, one round trip.
+    pub async fn load_items(&self, items: &[String]) -> Result<HashMap<String, Item>, StoreError> {
+        let pairs: Vec<(String, String)> = items
+            .iter()
+            .map(|i| (self.keys.items(), i.clone()))
+            .collect();
+        let values = self.store.get_fields(&pairs).await?;
+        let mut out = HashMap::new();
+        for (id, value) in items.iter().zip(values) {
+            if let Some(json) = value {
+                out.insert(
+                    id.clone(),
+                    serde_json::from_str(&json).map_err(|e| corrupt("item", e))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Users waiting for each of `items`.
+    pub async fn waiting_users(
+        &self,
+        items: &[String],
+    ) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let mut out = BTreeMap::new();
+        for item in items {
+            let users: Vec<String> = self
+                .store
+                .get_all(&self.keys.waiting(item))
+                .await?
+                .into_keys()
+                .collect();
+            if !users.is_empty() {
+                out.insert(item.clone(), users);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Everything stored about `user`: state and entries (profile, preferences by
+    /// category, then behavior records newest first).
+    pub async fn user(&self, user: &str) -> Result<UserMemory, StoreError> {
+        let fields = self.store.get_all(&self.keys.user(user)).await?;
+        let mut memory = UserMemory::default();
+        for (field, value) in fields {
+            if field == "state" {
+                memory.state =
+                    Some(serde_json::from_str(&value).map_err(|e| corrupt("user state", e))?);
+            } else if field.starts_with("e:") {
+                memory
+                    .entries
+                    .push(serde_json::from_str(&value).map_err(|e| corrupt("memory entry", e))?);
+            }
+        }
+        // Profile, then preferences by category, then behavior newest first.
+        memory.entries.sort_by(|a, b| {
+            b.level.cmp(&a.level).then_with(|| {
+                if a.level == crate::Level::Behavior {
+                    b.ts.cmp(&a.ts).then_with(|| a.id.cmp(&b.id))
+                } else {
+                    a.category.cmp(&b.category).then_with(|| a.id.cmp(&b.id))
+                }
+            })
+        });
+        Ok(memory)
+    }
+
+    /// The level-3 profile entry of `user`, if any.
+    pub async fn profile(&self, user: &str) -> Result<Option<MemoryEntry>, StoreError> {
+        let id = crate::entry_id(crate::Level::Profile, user, "");
+        let value = self
+            .store
+            .get_fields(&[(self.keys.user(user), Keyspace::entry_field(&id))])
+            .await?
+            .pop()
+            .flatten();
+        value
+            .map(|json| serde_json::from_str(&json).map_err(|e| corrupt("memory entry", e)))
+            .transpose()
+    }
+
+    /// Global memory of `category`, rendered from the cross-user counts.
+    pub async fn global(&self, category: &str) -> Result<MemoryEntry, StoreError> {
+        let mut stats = GlobalStats::default();
+        for (field, value) in self.store.get_all(&self.keys.global(category)).await? {
+            let count: i64 = value
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("global count {field}")))?;
+            if let Some(aspect) = field.strip_prefix("c:") {
+                stats.chosen.insert(aspect.to_owned(), count);
+            } else if let Some(aspect) = field.strip_prefix("u:") {
+                stats.unchosen.insert(aspect.to_owned(), count);
+            }
+        }
+        Ok(render::global(category, &stats))
+    }
+
+    /// Items chosen together with `items` by the same users, most often first
+    /// (ties by id), excluding `items` themselves.
+    pub async fn co_occurring(
+        &self,
+        items: &[String],
+        k: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut scores: HashMap<String, i64> = HashMap::new();
+        for item in items {
+            for (other, count) in self.store.get_all(&self.keys.co_occurrence(item)).await? {
+                let count: i64 = count
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("co-occurrence count of {item}")))?;
+                *scores.entry(other).or_default() += count;
+            }
+        }
+        let mut ranked: Vec<(String, i64)> = scores
+            .into_iter()
+            .filter(|(i, _)| !items.contains(i))
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(k);
+        Ok(ranked)
+    }
+
+    /// Every key under the prefix with all its fields: for comparing two stores
+    /// (a replay against a clean run) and for rebuilding indexes.
+    pub async fn dump(&self) -> Result<BTreeMap<String, BTreeMap<String, String>>, StoreError> {
+        let mut out = BTreeMap::new();
+        for key in self.store.keys(&self.keys.prefix).await? {
+            let fields = self.store.get_all(&key).await?;
+            out.insert(key, fields);
+        }
+        Ok(out)
+    }
+}
