@@ -126,12 +126,15 @@ pub enum MemoryCommand {
         #[arg(long)]
         user: String,
     },
-    /// Search a user's memory.
+    /// Search a user's memory (BM25 over all levels).
     Search {
         #[arg(long)]
         user: String,
         #[arg(long)]
         query: String,
+        /// How many entries to print.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
     },
 }
 

@@ -124,7 +124,7 @@ fn bad_configuration_exits_non_zero_naming_every_key() {
 fn commands_not_built_yet_say_so_and_fail() {
     for args in [
         vec!["demo"],
-        vec!["run", "--stage", "distill"],
+        vec!["run", "--stage", "recommend"],
         vec!["model", "init", "--out", "/tmp/x"],
         vec!["bench", "ingest"],
     ] {

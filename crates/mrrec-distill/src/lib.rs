@@ -12,8 +12,12 @@
 //! instance during a rebalance) makes the guard fail, and the batch is
 //! recomputed from fresh state.
 
+mod indexes;
+
+pub use indexes::Indexes;
+
 use mrrec_memory::render::{self, Catalog};
-use mrrec_memory::{BehaviorRecord, GlobalDelta, Keyspace, LoadedUser, MemoryStore};
+use mrrec_memory::{BehaviorRecord, GlobalDelta, Keyspace, LoadedUser, MemoryEntry, MemoryStore};
 use mrrec_messages::{Event, Item, Outcome, Topic};
 use mrrec_store::{Batch, KvStore, StoreError};
 use mrrec_stream::{decode_message, Poison, RecordMeta, Stage, StageError};
@@ -36,10 +40,18 @@ pub enum Input {
     Outcome(Outcome),
 }
 
-/// The distill stage over any store backend.
+/// The distill stage over any store backend, optionally keeping tantivy indexes.
 pub struct Distill<S> {
     memory: MemoryStore<S>,
     prefix: String,
+    indexes: Option<Indexes>,
+}
+
+/// One composed batch: the guarded store write and what to index after it.
+struct Composed {
+    write: Batch,
+    entries: Vec<MemoryEntry>,
+    items: Vec<Item>,
 }
 
 impl<S: KvStore> Distill<S> {
@@ -48,7 +60,14 @@ impl<S: KvStore> Distill<S> {
         Self {
             memory,
             prefix: topic_prefix.to_owned(),
+            indexes: None,
         }
+    }
+
+    /// Also keeps the memory and item indexes in `indexes`.
+    pub fn with_indexes(mut self, indexes: Indexes) -> Self {
+        self.indexes = Some(indexes);
+        self
     }
 
     pub fn memory(&self) -> &MemoryStore<S> {
@@ -89,8 +108,18 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
 
     async fn process(&mut self, batch: &mrrec_stream::Batch<Input>) -> Result<(), StageError> {
         for _ in 0..CONFLICT_RETRIES {
-            let write = self.compose(batch).await.map_err(store_error)?;
-            if self.memory.apply(&write).await.map_err(store_error)? {
+            let composed = self.compose(batch).await.map_err(store_error)?;
+            if self
+                .memory
+                .apply(&composed.write)
+                .await
+                .map_err(store_error)?
+            {
+                if let Some(indexes) = self.indexes.as_mut() {
+                    indexes
+                        .record(&composed.write, &composed.entries, &composed.items)
+                        .map_err(|e| StageError::Fatal(e.to_string()))?;
+                }
                 return Ok(());
             }
             tracing::debug!("distill: a guard failed (concurrent writer); recomputing the batch");
@@ -133,7 +162,7 @@ impl Catalog for BatchCatalog {
 
 impl<S: KvStore> Distill<S> {
     /// Computes the guarded write of one Kafka batch from the current store.
-    async fn compose(&self, batch: &mrrec_stream::Batch<Input>) -> Result<Batch, StoreError> {
+    async fn compose(&self, batch: &mrrec_stream::Batch<Input>) -> Result<Composed, StoreError> {
         let keys = self.memory.keys().clone();
         let mut write = Batch::default();
 
@@ -258,6 +287,7 @@ impl<S: KvStore> Distill<S> {
         }
 
         // Render and write what changed.
+        let mut entries = Vec::new();
         for (user, record) in &records {
             let entry = render::behavior(user, record, &catalog);
             write.set(
@@ -265,6 +295,7 @@ impl<S: KvStore> Distill<S> {
                 Keyspace::entry_field(&entry.id),
                 json(&entry),
             );
+            entries.push(entry);
         }
         for (user, categories) in &touched {
             let LoadedUser { state, version } = &loaded[user];
@@ -276,6 +307,7 @@ impl<S: KvStore> Distill<S> {
                         Keyspace::entry_field(&entry.id),
                         json(&entry),
                     );
+                    entries.push(entry);
                 }
             }
             let profile = render::profile(state, &catalog);
@@ -284,6 +316,7 @@ impl<S: KvStore> Distill<S> {
                 Keyspace::entry_field(&profile.id),
                 json(&profile),
             );
+            entries.push(profile);
             let state_json = json(state);
             write.guard(keys.user(user), "version", version.clone());
             write.set(
@@ -306,6 +339,10 @@ impl<S: KvStore> Distill<S> {
         for ((category, aspect), n) in global.unchosen {
             write.increment(keys.global(&category), format!("u:{aspect}"), n);
         }
-        Ok(write)
+        Ok(Composed {
+            write,
+            entries,
+            items: new_items.into_values().collect(),
+        })
     }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use mrrec_config::Config;
+use mrrec_index::MemoryIndex;
 use mrrec_memory::Level;
 
 /// Behavior records printed (the newest first); the rest are counted.
@@ -44,6 +45,37 @@ pub async fn show(config: &Config, user: &str) -> Result<()> {
     for category in top {
         let entry = memory.global(category).await?;
         println!("[{}] {}", entry.id, entry.text);
+    }
+    Ok(())
+}
+
+/// `mrrec memory search`: BM25 over the user's entries, read from the store
+/// (the source of truth) into an in-memory index, so it needs no running stage.
+pub async fn search(config: &Config, user: &str, query: &str, k: usize) -> Result<()> {
+    let memory = super::store::open(config).await?;
+    let stored = memory.user(user).await?;
+    if stored.state.is_none() {
+        bail!(
+            "no memory for user {user:?} in the {:?} store",
+            config.store.backend
+        );
+    }
+    let mut index = MemoryIndex::open(None)?;
+    index.upsert(&stored.entries)?;
+    index.commit("")?;
+    let hits = index.search(user, query, &[], None, k)?;
+    if hits.is_empty() {
+        println!("no entry of user {user:?} matches {query:?}");
+    }
+    for hit in hits {
+        println!(
+            "{:>6.2}  L{} {:<10} [{}] {}",
+            hit.score,
+            hit.entry.level.number(),
+            hit.entry.category.as_deref().unwrap_or("-"),
+            hit.entry.id,
+            hit.entry.text
+        );
     }
     Ok(())
 }

@@ -29,10 +29,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             load::produce(&config, &mrrec_datasets::jsonl(&items, &events)?).await
         }
         Command::Memory(MemoryCommand::Show { user }) => memory::show(&config, &user).await,
-        Command::Memory(MemoryCommand::Search { .. }) => not_yet(
-            "memory search",
-            "the memory index (tantivy), still in progress (issue 3)",
-        ),
+        Command::Memory(MemoryCommand::Search { user, query, k }) => {
+            memory::search(&config, &user, &query, k).await
+        }
         Command::Recommend { .. } => not_yet("recommend", "the recommendation stage (issue 5)"),
         Command::Model(_) => not_yet("model init", "the LLM serving work (issue 4)"),
         Command::Llm(_) => not_yet("llm serve", "the LLM serving work (issue 4)"),

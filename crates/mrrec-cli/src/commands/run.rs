@@ -3,7 +3,7 @@
 use crate::cli::StageName;
 use anyhow::{bail, Context, Result};
 use mrrec_config::Config;
-use mrrec_distill::Distill;
+use mrrec_distill::{Distill, Indexes};
 use mrrec_stream::{metrics, Bootstrap, KafkaClients, RunnerSettings, Shutdown, StageRunner};
 
 pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
@@ -26,7 +26,10 @@ async fn distill(config: &Config) -> Result<()> {
     let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
     let clients = KafkaClients::from_config(config, &bootstrap);
     let memory = super::store::open(config).await?;
-    let stage = Distill::new(memory, &config.topics.prefix);
+    let indexes = Indexes::open(Some(&config.index.path), &memory)
+        .await
+        .with_context(|| format!("opening the indexes in {}", config.index.path.display()))?;
+    let stage = Distill::new(memory, &config.topics.prefix).with_indexes(indexes);
     let settings =
         RunnerSettings::from_config(config, mrrec_distill::STAGE, &mrrec_distill::TOPICS);
     let shutdown = Shutdown::new();

@@ -1,0 +1,123 @@
+//! The item catalog index: BM25 over title, categories, description and attributes.
+
+use crate::{open_or_create, words, IndexError};
+use mrrec_messages::Item;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TantivyDocument, Value, STORED, STRING, TEXT,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+
+/// The catalog in tantivy.
+pub struct ItemIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: IndexWriter,
+    id: Field,
+    text: Field,
+}
+
+impl ItemIndex {
+    /// Opens (or creates) the index in `dir`; `None` keeps it in memory.
+    pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {
+        let mut builder = Schema::builder();
+        let id = builder.add_text_field("id", STRING | STORED);
+        let text = builder.add_text_field("text", TEXT);
+        let index = open_or_create(dir, builder.build())?;
+        let writer = index.writer(32 * 1024 * 1024)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Self {
+            index,
+            reader,
+            writer,
+            id,
+            text,
+        })
+    }
+
+    /// The searchable text of an item: title, categories, description, attribute values.
+    pub fn text_of(item: &Item) -> String {
+        let mut text = format!("{} {}", item.title, item.categories.join(" "));
+        if let Some(description) = &item.description {
+            text.push(' ');
+            text.push_str(description);
+        }
+        for (key, value) in item.attrs.iter().flatten() {
+            text.push(' ');
+            text.push_str(key);
+            text.push(' ');
+            match value {
+                serde_json::Value::String(s) => text.push_str(s),
+                other => text.push_str(&other.to_string()),
+            }
+        }
+        text
+    }
+
+    /// Adds or replaces items (by id). Visible after [`ItemIndex::commit`].
+    pub fn upsert<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = &'a Item>,
+    ) -> Result<(), IndexError> {
+        for item in items {
+            self.writer
+                .delete_term(Term::from_field_text(self.id, &item.item_id));
+            self.writer.add_document(doc!(
+                self.id => item.item_id.as_str(),
+                self.text => Self::text_of(item),
+            ))?;
+        }
+        Ok(())
+    }
+
+    pub fn commit(&mut self) -> Result<(), IndexError> {
+        self.writer.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Item ids by BM25 against any word of `query`, best first (ties by id).
+    pub fn search(&self, query: &str, k: usize) -> Result<Vec<(String, f32)>, IndexError> {
+        let terms = words(&self.index, self.text, query);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = BooleanQuery::new(
+            terms
+                .iter()
+                .map(|t| {
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(
+                        Term::from_field_text(self.text, t),
+                        IndexRecordOption::WithFreqs,
+                    ));
+                    (Occur::Should, q)
+                })
+                .collect(),
+        );
+        let searcher = self.reader.searcher();
+        let mut hits = Vec::new();
+        for (score, address) in searcher.search(&query, &TopDocs::with_limit(k).order_by_score())? {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let id = doc
+                .get_first(self.id)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned();
+            hits.push((id, score));
+        }
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(hits)
+    }
+}

@@ -1,0 +1,64 @@
+//! tantivy indexes: [`MemoryIndex`] (memory entries; BM25 over one user's
+//! entries, filtered by level and category) and [`ItemIndex`] (the catalog:
+//! title, categories, description, attributes).
+//!
+//! Documents are idempotent (delete by id, then add), so replaying a batch
+//! leaves the same index. A commit carries a payload (the store offsets it
+//! reflects) so a restart can tell whether the index is current.
+
+mod items;
+mod memory;
+#[cfg(test)]
+mod tests;
+
+pub use items::ItemIndex;
+pub use memory::{MemoryIndex, SearchHit};
+
+/// An index failure.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    #[error("index directory {path}: {message}")]
+    Directory { path: String, message: String },
+}
+
+/// Lower-cased words of `text` as the default tokenizer makes them.
+pub(crate) fn words(
+    index: &tantivy::Index,
+    field: tantivy::schema::Field,
+    text: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(mut tokenizer) = index.tokenizer_for_field(field) {
+        let mut stream = tokenizer.token_stream(text);
+        while let Some(token) = stream.next() {
+            out.push(token.text.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+pub(crate) fn open_or_create(
+    dir: Option<&std::path::Path>,
+    schema: tantivy::schema::Schema,
+) -> Result<tantivy::Index, IndexError> {
+    match dir {
+        None => Ok(tantivy::Index::create_in_ram(schema)),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| IndexError::Directory {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| {
+                IndexError::Directory {
+                    path: dir.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            Ok(tantivy::Index::open_or_create(directory, schema)?)
+        }
+    }
+}

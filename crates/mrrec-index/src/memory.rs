@@ -1,0 +1,254 @@
+//! The memory-entry index.
+
+use crate::{open_or_create, words, IndexError};
+use mrrec_memory::{Level, MemoryEntry};
+use tantivy::collector::TopDocs;
+use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TantivyDocument, Value, FAST, INDEXED, STORED, STRING, TEXT,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+
+/// Weight of a query word that names the entry's category.
+const CATEGORY_BOOST: f32 = 0.5;
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub score: f32,
+    pub entry: MemoryEntry,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    id: Field,
+    user: Field,
+    level: Field,
+    category: Field,
+    text: Field,
+    /// The category as words, so a query naming it favours entries about it.
+    topic: Field,
+    ts: Field,
+}
+
+/// Memory entries in tantivy.
+pub struct MemoryIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: IndexWriter,
+    fields: Fields,
+    pending: usize,
+}
+
+impl MemoryIndex {
+    fn schema() -> (Schema, Fields) {
+        let mut builder = Schema::builder();
+        let fields = Fields {
+            id: builder.add_text_field("id", STRING | STORED),
+            user: builder.add_text_field("user", STRING | STORED),
+            level: builder.add_u64_field("level", INDEXED | FAST | STORED),
+            category: builder.add_text_field("category", STRING | STORED),
+            text: builder.add_text_field("text", TEXT | STORED),
+            topic: builder.add_text_field("topic", TEXT),
+            ts: builder.add_i64_field("ts", STORED),
+        };
+        (builder.build(), fields)
+    }
+
+    /// Opens (or creates) the index in `dir`; `None` keeps it in memory.
+    pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {
+        let (schema, fields) = Self::schema();
+        let index = open_or_create(dir, schema)?;
+        let writer = index.writer(64 * 1024 * 1024)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(Self {
+            index,
+            reader,
+            writer,
+            fields,
+            pending: 0,
+        })
+    }
+
+    /// Adds or replaces entries (by id). Visible after [`MemoryIndex::commit`].
+    pub fn upsert<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a MemoryEntry>,
+    ) -> Result<(), IndexError> {
+        let f = self.fields;
+        for entry in entries {
+            self.writer
+                .delete_term(Term::from_field_text(f.id, &entry.id));
+            self.writer.add_document(doc!(
+                f.id => entry.id.as_str(),
+                f.user => entry.user.as_str(),
+                f.level => entry.level.number(),
+                f.category => entry.category.as_deref().unwrap_or(""),
+                f.text => entry.text.as_str(),
+                f.topic => entry.category.as_deref().unwrap_or(""),
+                f.ts => entry.ts,
+            ))?;
+            self.pending += 1;
+        }
+        Ok(())
+    }
+
+    /// Entries added since the last commit.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Makes everything added visible and durable, recording `payload`.
+    pub fn commit(&mut self, payload: &str) -> Result<(), IndexError> {
+        let mut prepared = self.writer.prepare_commit()?;
+        prepared.set_payload(payload);
+        prepared.commit()?;
+        self.reader.reload()?;
+        self.pending = 0;
+        Ok(())
+    }
+
+    /// The payload of the last commit.
+    pub fn payload(&self) -> Result<Option<String>, IndexError> {
+        Ok(self.index.load_metas()?.payload)
+    }
+
+    /// Removes every document (before a rebuild).
+    pub fn clear(&mut self) -> Result<(), IndexError> {
+        self.writer.delete_all_documents()?;
+        self.pending = 0;
+        Ok(())
+    }
+
+    /// Documents in the committed index.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// BM25 over `user`'s entries (any word of `query`), restricted to `levels`
+    /// (all when empty) and `category` (when given); best first, ties by id.
+    /// With no searchable word in `query`, the newest entries come back.
+    pub fn search(
+        &self,
+        user: &str,
+        query: &str,
+        levels: &[Level],
+        category: Option<&str>,
+        k: usize,
+    ) -> Result<Vec<SearchHit>, IndexError> {
+        let f = self.fields;
+        let mut must: Vec<(Occur, Box<dyn Query>)> = vec![(
+            Occur::Must,
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.user, user),
+                IndexRecordOption::Basic,
+            )),
+        )];
+        if !levels.is_empty() {
+            let any_level: Vec<(Occur, Box<dyn Query>)> = levels
+                .iter()
+                .map(|l| {
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(
+                        Term::from_field_u64(f.level, l.number()),
+                        IndexRecordOption::Basic,
+                    ));
+                    (Occur::Should, q)
+                })
+                .collect();
+            must.push((Occur::Must, Box::new(BooleanQuery::new(any_level))));
+        }
+        if let Some(category) = category {
+            must.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_text(f.category, category),
+                    IndexRecordOption::Basic,
+                )),
+            ));
+        }
+        let terms = words(&self.index, f.text, query);
+        let text: Box<dyn Query> = if terms.is_empty() {
+            Box::new(AllQuery)
+        } else {
+            let mut any: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for t in &terms {
+                any.push((
+                    Occur::Should,
+                    Box::new(TermQuery::new(
+                        Term::from_field_text(f.text, t),
+                        IndexRecordOption::WithFreqs,
+                    )),
+                ));
+                // An entry whose category the query names ranks above one that
+                // merely mentions it.
+                any.push((
+                    Occur::Should,
+                    Box::new(BoostQuery::new(
+                        Box::new(TermQuery::new(
+                            Term::from_field_text(f.topic, t),
+                            IndexRecordOption::Basic,
+                        )),
+                        CATEGORY_BOOST,
+                    )),
+                ));
+            }
+            Box::new(BooleanQuery::new(any))
+        };
+        must.push((Occur::Must, text));
+        // The filter clauses add the same score to every document that passes
+        // them, so only the text clause orders the hits.
+        let query = BooleanQuery::new(must);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(k.max(1) * 4).order_by_score())?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let text_of = |field: Field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let level = doc
+                .get_first(f.level)
+                .and_then(|v| v.as_u64())
+                .and_then(Level::from_number)
+                .unwrap_or(Level::Behavior);
+            let category = text_of(f.category);
+            hits.push(SearchHit {
+                score,
+                entry: MemoryEntry {
+                    id: text_of(f.id),
+                    user: text_of(f.user),
+                    level,
+                    category: (!category.is_empty()).then_some(category),
+                    text: text_of(f.text),
+                    ts: doc.get_first(f.ts).and_then(|v| v.as_i64()).unwrap_or(0),
+                },
+            });
+        }
+        if terms.is_empty() {
+            hits.sort_by(|a, b| {
+                b.entry
+                    .ts
+                    .cmp(&a.entry.ts)
+                    .then_with(|| a.entry.id.cmp(&b.entry.id))
+            });
+        } else {
+            hits.sort_by(|a, b| {
+                b.score
+                    .total_cmp(&a.score)
+                    .then_with(|| a.entry.id.cmp(&b.entry.id))
+            });
+        }
+        hits.truncate(k);
+        Ok(hits)
+    }
+}

@@ -1,0 +1,170 @@
+//! Both indexes on small data: isolation by user, filters, idempotent upserts,
+//! hostile query text, and BM25 order.
+
+use crate::{ItemIndex, MemoryIndex};
+use mrrec_memory::{Level, MemoryEntry};
+use mrrec_messages::Item;
+
+fn entry(
+    id: &str,
+    user: &str,
+    level: Level,
+    category: Option<&str>,
+    text: &str,
+    ts: i64,
+) -> MemoryEntry {
+    MemoryEntry {
+        id: id.into(),
+        user: user.into(),
+        level,
+        category: category.map(str::to_owned),
+        text: text.into(),
+        ts,
+    }
+}
+
+fn memory() -> MemoryIndex {
+    let mut index = MemoryIndex::open(None).unwrap();
+    let entries = [
+        entry(
+            "p1",
+            "1",
+            Level::Preference,
+            Some("Comedy"),
+            "Comedy: 91 interactions, liked Toy Story",
+            10,
+        ),
+        entry(
+            "b1",
+            "1",
+            Level::Behavior,
+            Some("Comedy"),
+            "rated \"Toy Story (1995)\" 5/5 [Animation, Comedy]",
+            5,
+        ),
+        entry(
+            "b2",
+            "1",
+            Level::Behavior,
+            Some("Horror"),
+            "rated \"Scream (1996)\" 1/5 [Horror]",
+            7,
+        ),
+        entry(
+            "u1",
+            "1",
+            Level::Profile,
+            None,
+            "Profile: favours Comedy",
+            10,
+        ),
+        entry(
+            "b3",
+            "2",
+            Level::Behavior,
+            Some("Comedy"),
+            "rated \"Annie Hall\" 5/5 [Comedy, Romance] comedy comedy",
+            3,
+        ),
+    ];
+    index.upsert(&entries).unwrap();
+    index.commit("p").unwrap();
+    index
+}
+
+#[test]
+fn search_stays_within_the_user_and_ranks_by_bm25() {
+    let index = memory();
+    let hits = index.search("1", "comedy", &[], None, 10).unwrap();
+    let ids: Vec<&str> = hits.iter().map(|h| h.entry.id.as_str()).collect();
+    assert!(!ids.contains(&"b3"), "another user's entry leaked: {ids:?}");
+    assert!(!ids.contains(&"b2"), "no match for comedy: {ids:?}");
+    assert_eq!(ids.len(), 3);
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    let levels = index
+        .search(
+            "1",
+            "comedy",
+            &[Level::Preference, Level::Behavior],
+            None,
+            10,
+        )
+        .unwrap();
+    assert!(levels.iter().all(|h| h.entry.level != Level::Profile));
+    let horror = index.search("1", "rated", &[], Some("Horror"), 10).unwrap();
+    assert_eq!(horror.len(), 1);
+    assert_eq!(
+        horror[0].entry,
+        entry(
+            "b2",
+            "1",
+            Level::Behavior,
+            Some("Horror"),
+            "rated \"Scream (1996)\" 1/5 [Horror]",
+            7
+        )
+    );
+    assert_eq!(index.payload().unwrap().as_deref(), Some("p"));
+}
+
+#[test]
+fn upserts_replace_and_hostile_queries_are_just_words() {
+    let mut index = memory();
+    index
+        .upsert(&[entry(
+            "b2",
+            "1",
+            Level::Behavior,
+            Some("Horror"),
+            "rated \"Scream (1996)\" 2/5 [Horror]",
+            8,
+        )])
+        .unwrap();
+    index.commit("q").unwrap();
+    assert_eq!(index.len(), 5, "same id replaces");
+    for hostile in [
+        "user:2 OR comedy",
+        "comedy AND (",
+        "\"unterminated",
+        "*",
+        "level:1",
+        "",
+    ] {
+        let hits = index.search("1", hostile, &[], None, 10).unwrap();
+        assert!(
+            hits.iter().all(|h| h.entry.user == "1"),
+            "{hostile}: {hits:?}"
+        );
+    }
+    let newest = index.search("1", "", &[], None, 2).unwrap();
+    assert_eq!(newest[0].entry.ts, 10);
+    assert!(index
+        .search("nobody", "comedy", &[], None, 5)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn items_are_found_by_title_category_and_attributes() {
+    let mut index = ItemIndex::open(None).unwrap();
+    let item = |id: &str, title: &str, categories: &[&str]| Item {
+        item_id: id.into(),
+        title: title.into(),
+        categories: categories.iter().map(|c| c.to_string()).collect(),
+        description: None,
+        attrs: Some(serde_json::from_value(serde_json::json!({"year": 1995})).unwrap()),
+    };
+    index
+        .upsert(&[
+            item("1", "Toy Story (1995)", &["Animation", "Comedy"]),
+            item("2", "Scream (1996)", &["Horror"]),
+            item("3", "Comedy of Errors", &["Comedy"]),
+        ])
+        .unwrap();
+    index.commit().unwrap();
+    let hits = index.search("comedy", 10).unwrap();
+    let ids: Vec<&str> = hits.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, vec!["3", "1"]);
+    assert_eq!(index.search("horror", 10).unwrap()[0].0, "2");
+    assert!(index.search("", 10).unwrap().is_empty());
+}
