@@ -73,6 +73,18 @@ pub enum Command {
         /// `bench recommend`: only the LLM call, ours vs. bare mistral.rs.
         #[arg(long)]
         llm_only: bool,
+        /// `bench ingest`: events to produce and consume.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// `bench retrieve`: memory entries in the index.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: usize,
+        /// `bench retrieve`: searches to time.
+        #[arg(long, default_value_t = 5_000)]
+        queries: usize,
+        /// Seed of the synthetic data.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
     },
 }
 

@@ -1,12 +1,13 @@
 //! One function per command; commands whose stage is not built yet say so.
 
+mod bench;
 mod load;
 mod memory;
 mod run;
 mod store;
 mod topics;
 
-use crate::cli::{Cli, Command, LoadCommand, MemoryCommand, StageName, TopicsCommand};
+use crate::cli::{BenchKind, Cli, Command, LoadCommand, MemoryCommand, StageName, TopicsCommand};
 use anyhow::{bail, Result};
 use mrrec_config::Config;
 
@@ -37,7 +38,21 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Llm(_) => not_yet("llm serve", "the LLM serving work (issue 4)"),
         Command::Train { .. } => not_yet("train", "the reward and trainer work (issue 6)"),
         Command::Eval(_) => not_yet("eval", "the demo and eval work (issue 7)"),
-        Command::Bench { .. } => not_yet("bench", "the stages it measures (issues 3–6)"),
+        Command::Bench {
+            which,
+            events,
+            entries,
+            queries,
+            seed,
+            ..
+        } => match which {
+            BenchKind::Ingest => bench::ingest(&config, events, seed).await,
+            BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
+            BenchKind::Recommend => {
+                not_yet("bench recommend", "the recommendation stage (issue 5)")
+            }
+            BenchKind::Train => not_yet("bench train", "the trainer (issue 6)"),
+        },
     }
 }
 

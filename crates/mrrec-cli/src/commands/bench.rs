@@ -1,0 +1,343 @@
+//! `mrrec bench ingest` and `mrrec bench retrieve`. Each prints progress on
+//! stderr and, as its last stdout line, one JSON object (DESIGN §12).
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use mrrec_config::Config;
+use mrrec_distill::{Distill, Indexes};
+use mrrec_index::MemoryIndex;
+use mrrec_memory::{entry_id, Keyspace, Level, MemoryEntry, MemoryStore};
+use mrrec_messages::{encode, Event, EventKind, Item, Topic};
+use mrrec_stream::{
+    create_topics, KafkaClients, OutgoingRecord, Progress, Publisher, RunnerSettings, Shutdown,
+    StageRunner,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator (xorshift64*), so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+const CATEGORIES: [&str; 12] = [
+    "Action",
+    "Comedy",
+    "Drama",
+    "Horror",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "Documentary",
+    "Animation",
+    "Crime",
+    "Western",
+    "Musical",
+];
+
+fn bar(len: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec})")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_owned());
+    bar
+}
+
+/// Produces `events` synthetic ratings (plus a catalog), then measures in one
+/// run (a) a plain group consumer reading the events topic and (b) the distill
+/// stage consuming the same records into the configured store and tantivy.
+pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
+    if config.kafka.is_embedded() {
+        bail!("bench ingest measures a real broker: set kafka.brokers (or MRREC__KAFKA__BROKERS)");
+    }
+    let run = format!("bench-{}-", mrrec_stream::now_ms());
+    let mut topics = config.topics.clone();
+    topics.prefix = format!("{}{run}", config.topics.prefix);
+    let clients = KafkaClients::new(&config.kafka.brokers, &config.kafka.properties);
+    create_topics(&clients, &topics)
+        .await
+        .context("creating the bench topics")?;
+
+    // Data: 2,000 items in 1–3 categories; users ~ events/50; ratings 1–5.
+    let mut rng = Rng(seed.max(1));
+    let items: Vec<Item> = (0..2000)
+        .map(|i| {
+            let n = 1 + rng.below(3) as usize;
+            let categories: Vec<String> = (0..n)
+                .map(|_| CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize].to_owned())
+                .collect();
+            let mut categories = categories;
+            categories.sort();
+            categories.dedup();
+            Item {
+                item_id: format!("i{i}"),
+                title: format!("Item {i} ({})", 1950 + rng.below(70)),
+                categories,
+                description: None,
+                attrs: serde_json::json!({"year": 1950 + rng.below(70)})
+                    .as_object()
+                    .cloned(),
+            }
+        })
+        .collect();
+    let users = (events / 50).max(1) as u64;
+    let mut records: Vec<OutgoingRecord> = items
+        .iter()
+        .map(|item| {
+            Ok(OutgoingRecord {
+                topic: Topic::Items.name(&topics.prefix),
+                key: Some(item.item_id.clone().into_bytes()),
+                payload: encode(item)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    for i in 0..events {
+        let user = format!("u{}", rng.below(users));
+        let event = Event {
+            event_id: format!("e{i}"),
+            user_id: user.clone(),
+            kind: EventKind::Rate,
+            item_id: Some(format!("i{}", rng.below(items.len() as u64))),
+            value: Some(1.0 + rng.below(5) as f64),
+            text: None,
+            attrs: None,
+            ts: 1_700_000_000_000 + i as i64 * 1000,
+        };
+        records.push(OutgoingRecord {
+            topic: Topic::Events.name(&topics.prefix),
+            key: Some(user.into_bytes()),
+            payload: encode(&event)?,
+        });
+    }
+    let total = records.len() as u64;
+    let publisher = Publisher::new(&clients, "bench")?;
+    let producing = bar(total, "producing");
+    let started = Instant::now();
+    let mut rest = records;
+    while !rest.is_empty() {
+        let chunk: Vec<OutgoingRecord> = rest.drain(..rest.len().min(20_000)).collect();
+        let n = chunk.len() as u64;
+        publisher.publish_all(chunk).await.map_err(|(e, unsent)| {
+            anyhow::anyhow!("{} records not acknowledged: {e}", unsent.len())
+        })?;
+        producing.inc(n);
+    }
+    producing.finish_and_clear();
+    let produce_s = started.elapsed().as_secs_f64();
+
+    // (a) Raw: a plain group consumer reading every event.
+    let events_topic = Topic::Events.name(&topics.prefix);
+    let raw_s = {
+        let topic = events_topic.clone();
+        let clients = clients.clone();
+        let group = format!("{}{run}raw", config.kafka.group_prefix);
+        tokio::task::spawn_blocking(move || -> Result<f64> {
+            let consumer: BaseConsumer = clients.consumer(&group).create()?;
+            consumer.subscribe(&[&topic])?;
+            let reading = bar(events as u64, "raw consume");
+            let mut seen = 0usize;
+            let mut started = None;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while seen < events {
+                if Instant::now() > deadline {
+                    bail!("raw consume: only {seen} of {events} records in 10 minutes");
+                }
+                if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                    message?;
+                    started.get_or_insert_with(Instant::now);
+                    seen += 1;
+                    if seen % 10_000 == 0 {
+                        reading.set_position(seen as u64);
+                    }
+                }
+            }
+            reading.finish_and_clear();
+            Ok(started.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+        })
+        .await??
+    };
+
+    // (b) Distill into the configured store and tantivy.
+    let memory = super::store::open(config).await?;
+    let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
+    let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
+    let indexes = Indexes::open(Some(&index_dir), &memory).await?;
+    let stage = Distill::new(memory, &topics.prefix).with_indexes(indexes);
+    let mut bench_config = config.clone();
+    bench_config.topics = topics.clone();
+    let settings = RunnerSettings::from_config(
+        &bench_config,
+        &format!("{run}distill"),
+        &mrrec_distill::TOPICS,
+    );
+    let runner = StageRunner::new(clients.clone(), settings, stage);
+    let progress = runner.progress();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(runner.run(shutdown.clone()));
+    let distilling = bar(total, "distill");
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let done = Progress::get(&progress.processed);
+        if done > 0 {
+            started.get_or_insert_with(Instant::now);
+        }
+        distilling.set_position(done);
+        if done >= total {
+            break;
+        }
+        if running.is_finished() || Instant::now() > deadline {
+            shutdown.trigger();
+            let outcome = running.await?;
+            bail!("distill stopped after {done} of {total} records: {outcome:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let distill_s = started.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64());
+    distilling.finish_and_clear();
+    shutdown.trigger();
+    running.await??;
+    let _ = std::fs::remove_dir_all(&index_dir);
+
+    let raw_per_s = events as f64 / raw_s.max(1e-9);
+    let distill_per_s = total as f64 / distill_s.max(1e-9);
+    eprintln!(
+        "produced {total} records in {produce_s:.1}s; raw consume {raw_per_s:.0}/s; distill {distill_per_s:.0}/s into {:?} + tantivy",
+        config.store.backend
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "events": events,
+            "items": items.len(),
+            "users": users,
+            "raw_consume_per_s": raw_per_s.round(),
+            "distill_per_s": distill_per_s.round(),
+            "ratio": (distill_per_s / raw_per_s * 1000.0).round() / 1000.0,
+            "store": format!("{:?}", config.store.backend).to_lowercase(),
+            "brokers": config.kafka.brokers,
+            "produce_per_s": (total as f64 / produce_s).round(),
+        })
+    );
+    Ok(())
+}
+
+/// Builds a memory index of `entries` synthetic entries (100 per user), then
+/// times `queries` searches of random users for one or two words.
+pub fn retrieve(entries: usize, queries: usize, seed: u64) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mrrec-bench-retrieve-{}", mrrec_stream::now_ms()));
+    let mut index = MemoryIndex::open(Some(&dir))?;
+    let mut rng = Rng(seed.max(1));
+    let users = (entries / 100).max(1) as u64;
+    let words = [
+        "rated",
+        "liked",
+        "comedy",
+        "drama",
+        "action",
+        "horror",
+        "romance",
+        "thriller",
+        "classic",
+        "recent",
+        "favourite",
+        "documentary",
+        "animation",
+        "crime",
+        "western",
+        "musical",
+        "story",
+        "night",
+        "love",
+        "war",
+        "space",
+        "family",
+        "music",
+        "city",
+    ];
+    let building = bar(entries as u64, "indexing");
+    let started = Instant::now();
+    let mut chunk = Vec::with_capacity(10_000);
+    for i in 0..entries {
+        let user = format!("u{}", i as u64 % users);
+        let level = [
+            Level::Behavior,
+            Level::Behavior,
+            Level::Behavior,
+            Level::Preference,
+        ][rng.below(4) as usize];
+        let category = CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize];
+        let text: Vec<&str> = (0..8)
+            .map(|_| words[rng.below(words.len() as u64) as usize])
+            .collect();
+        chunk.push(MemoryEntry {
+            id: entry_id(level, &user, &i.to_string()),
+            user,
+            level,
+            category: Some(category.to_owned()),
+            text: format!("{category}: {}", text.join(" ")),
+            ts: i as i64,
+        });
+        if chunk.len() == chunk.capacity() {
+            index.upsert(&chunk)?;
+            building.inc(chunk.len() as u64);
+            chunk.clear();
+        }
+    }
+    index.upsert(&chunk)?;
+    index.commit("bench")?;
+    building.finish_and_clear();
+    let build_s = started.elapsed().as_secs_f64();
+
+    let mut latencies = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let user = format!("u{}", rng.below(users));
+        let query = if rng.below(2) == 0 {
+            words[rng.below(words.len() as u64) as usize].to_owned()
+        } else {
+            format!(
+                "{} {}",
+                words[rng.below(words.len() as u64) as usize],
+                words[rng.below(words.len() as u64) as usize]
+            )
+        };
+        let t = Instant::now();
+        let hits = index.search(&user, &query, &[], None, 3)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::hint::black_box(hits);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "indexed {entries} entries in {build_s:.1}s; {queries} searches: p50 {:.3} ms, p99 {:.3} ms",
+        pct(0.5),
+        pct(0.99)
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "entries": entries,
+            "users": users,
+            "queries": queries,
+            "k": 3,
+            "p50_ms": (pct(0.5) * 1000.0).round() / 1000.0,
+            "p99_ms": (pct(0.99) * 1000.0).round() / 1000.0,
+            "build_s": (build_s * 10.0).round() / 10.0,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The distill stage on the embedded store, batches built by hand: late items
+//! are linked, a replayed batch changes nothing, poison is refused by decode.
+
+use mrrec_distill::{Distill, Input};
+use mrrec_memory::{Keyspace, Level, MemoryStore};
+use mrrec_messages::{Event, EventKind, Item};
+use mrrec_store::EmbeddedStore;
+use mrrec_stream::{Batch, Decoded, PartitionRange, RecordMeta, Stage};
+use std::sync::Arc;
+
+fn meta(topic: &str, partition: i32, offset: i64) -> RecordMeta {
+    RecordMeta {
+        topic: Arc::from(topic),
+        partition,
+        offset,
+        key: None,
+        timestamp_ms: None,
+    }
+}
+
+fn batch(records: Vec<(RecordMeta, Input)>) -> Batch<Input> {
+    let mut ranges: Vec<PartitionRange> = Vec::new();
+    for (m, _) in &records {
+        match ranges
+            .iter_mut()
+            .find(|r| r.topic == m.topic && r.partition == m.partition)
+        {
+            Some(r) => r.last_offset = r.last_offset.max(m.offset),
+            None => ranges.push(PartitionRange {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                first_offset: m.offset,
+                last_offset: m.offset,
+            }),
+        }
+    }
+    Batch {
+        records: records
+            .into_iter()
+            .map(|(meta, message)| Decoded { meta, message })
+            .collect(),
+        ranges,
+    }
+}
+
+fn rating(id: &str, user: &str, item: &str, value: f64, ts: i64) -> Input {
+    Input::Event(Event {
+        event_id: id.into(),
+        user_id: user.into(),
+        kind: EventKind::Rate,
+        item_id: Some(item.into()),
+        value: Some(value),
+        text: None,
+        attrs: None,
+        ts,
+    })
+}
+
+fn item(id: &str, title: &str, categories: &[&str]) -> Input {
+    Input::Item(Item {
+        item_id: id.into(),
+        title: title.into(),
+        categories: categories.iter().map(|c| c.to_string()).collect(),
+        description: None,
+        attrs: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_items_link_and_replays_change_nothing() {
+    let dir = std::env::temp_dir().join(format!("mrrec-distill-stage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let memory = MemoryStore::new(EmbeddedStore::open(&dir).unwrap(), Keyspace::default());
+    let mut stage = Distill::new(memory.clone(), "mrrec.");
+
+    // The event arrives before its item.
+    let first = batch(vec![
+        (
+            meta("mrrec.events", 0, 0),
+            rating("e1", "u1", "i9", 5.0, 1_000),
+        ),
+        (
+            meta("mrrec.events", 0, 1),
+            rating("e2", "u1", "i1", 2.0, 2_000),
+        ),
+        (
+            meta("mrrec.items", 1, 0),
+            item("i1", "Scream (1996)", &["Horror"]),
+        ),
+    ]);
+    stage.process(&first).await.unwrap();
+    let shown = memory.user("u1").await.unwrap();
+    let state = shown.state.unwrap();
+    assert!(state.pending.contains_key("i9"));
+    assert!(
+        state.categories.contains_key("Horror"),
+        "an item in the same batch is known"
+    );
+    assert!(shown
+        .entries
+        .iter()
+        .any(|e| e.text.contains("item i9 (details pending)")));
+
+    // The item arrives: the waiting event is linked, its entry re-rendered.
+    let second = batch(vec![(
+        meta("mrrec.items", 1, 1),
+        item("i9", "Toy Story (1995)", &["Comedy"]),
+    )]);
+    stage.process(&second).await.unwrap();
+    let after = memory.dump().await.unwrap();
+    let shown = memory.user("u1").await.unwrap();
+    let state = shown.state.unwrap();
+    assert!(state.pending.is_empty());
+    assert_eq!(state.categories["Comedy"].liked, 1);
+    assert!(
+        shown
+            .entries
+            .iter()
+            .any(|e| e.level == Level::Behavior
+                && e.text == "rated \"Toy Story (1995)\" 5/5 [Comedy]")
+    );
+    assert!(
+        !after.keys().any(|k| k.contains("waiting")),
+        "nothing waits any more"
+    );
+
+    // Replaying both batches (a crash before the Kafka commit) changes nothing.
+    stage.process(&first).await.unwrap();
+    stage.process(&second).await.unwrap();
+    assert_eq!(memory.dump().await.unwrap(), after);
+    assert_eq!(
+        stage.stored_offset("mrrec.events", 0).await.unwrap(),
+        Some(1)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn decode_refuses_bad_events_with_reasons() {
+    let dir = std::env::temp_dir().join(format!("mrrec-distill-decode-{}", std::process::id()));
+    let memory = MemoryStore::new(EmbeddedStore::open(&dir).unwrap(), Keyspace::default());
+    let stage = Distill::new(memory, "mrrec.");
+    let bad_kind = br#"{"event_id":"e","user_id":"u","kind":"teleport","ts":1}"#;
+    let poison = stage
+        .decode(&meta("mrrec.events", 0, 0), Some(bad_kind))
+        .unwrap_err();
+    assert!(poison.reason.contains("teleport"), "{poison:?}");
+    let bad_value =
+        br#"{"event_id":"e","user_id":"u","kind":"rate","item_id":"i","value":"x","ts":1}"#;
+    assert!(stage
+        .decode(&meta("mrrec.events", 0, 0), Some(bad_value))
+        .unwrap_err()
+        .reason
+        .contains("value"));
+    assert_eq!(
+        stage
+            .decode(&meta("mrrec.requests", 0, 0), Some(b"{}"))
+            .unwrap_err()
+            .kind,
+        "topic"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
