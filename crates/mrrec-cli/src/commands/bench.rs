@@ -159,7 +159,7 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
                     message?;
                     started.get_or_insert_with(Instant::now);
                     seen += 1;
-                    if seen % 10_000 == 0 {
+                    if seen.is_multiple_of(10_000) {
                         reading.set_position(seen as u64);
                     }
                 }
