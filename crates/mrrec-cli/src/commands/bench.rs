@@ -2,7 +2,6 @@
 //! stderr and, as its last stdout line, one JSON object (DESIGN §12).
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use mrrec_config::Config;
 use mrrec_distill::{Distill, Indexes};
 use mrrec_index::MemoryIndex;
@@ -45,16 +44,6 @@ const CATEGORIES: [&str; 12] = [
     "Western",
     "Musical",
 ];
-
-fn bar(len: u64, message: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec})")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(message.to_owned());
-    bar
-}
 
 /// Produces `events` synthetic ratings (plus a catalog), then measures in one
 /// run (a) a plain group consumer reading the events topic and (b) the distill
@@ -124,18 +113,8 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
     }
     let total = records.len() as u64;
     let publisher = Publisher::new(&clients, "bench")?;
-    let producing = bar(total, "producing");
     let started = Instant::now();
-    let mut rest = records;
-    while !rest.is_empty() {
-        let chunk: Vec<OutgoingRecord> = rest.drain(..rest.len().min(20_000)).collect();
-        let n = chunk.len() as u64;
-        publisher.publish_all(chunk).await.map_err(|(e, unsent)| {
-            anyhow::anyhow!("{} records not acknowledged: {e}", unsent.len())
-        })?;
-        producing.inc(n);
-    }
-    producing.finish_and_clear();
+    super::load::publish_with_progress(&publisher, records, "producing").await?;
     let produce_s = started.elapsed().as_secs_f64();
 
     // (a) Raw: a plain group consumer reading every event.
@@ -147,7 +126,7 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
         tokio::task::spawn_blocking(move || -> Result<f64> {
             let consumer: BaseConsumer = clients.consumer(&group).create()?;
             consumer.subscribe(&[&topic])?;
-            let reading = bar(events as u64, "raw consume");
+            let reading = super::load::progress_bar(events as u64, "raw consume");
             let mut seen = 0usize;
             let mut started = None;
             let deadline = Instant::now() + Duration::from_secs(600);
@@ -187,7 +166,7 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
     let progress = runner.progress();
     let shutdown = Shutdown::new();
     let running = tokio::spawn(runner.run(shutdown.clone()));
-    let distilling = bar(total, "distill");
+    let distilling = super::load::progress_bar(total, "distill");
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(1200);
     loop {
@@ -268,7 +247,7 @@ pub fn retrieve(entries: usize, queries: usize, seed: u64) -> Result<()> {
         "music",
         "city",
     ];
-    let building = bar(entries as u64, "indexing");
+    let building = super::load::progress_bar(entries as u64, "indexing");
     let started = Instant::now();
     let mut chunk = Vec::with_capacity(10_000);
     for i in 0..entries {

@@ -41,13 +41,36 @@ pub async fn produce(config: &Config, dataset: &Dataset) -> Result<()> {
         });
     }
 
-    let bar = ProgressBar::new(records.len() as u64).with_style(
+    let started = std::time::Instant::now();
+    publish_with_progress(&publisher, records, "producing").await?;
+    eprintln!(
+        "produced {} items and {} events to {} in {:.1}s",
+        dataset.items.len(),
+        dataset.events.len(),
+        config.kafka.brokers,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A progress bar for `len` steps, on stderr.
+pub fn progress_bar(len: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
             .expect("template")
             .progress_chars("=> "),
     );
-    bar.set_message("producing");
-    let started = std::time::Instant::now();
+    bar.set_message(message.to_owned());
+    bar
+}
+
+/// Produces `records` in chunks, waiting for every acknowledgement, with progress.
+pub async fn publish_with_progress(
+    publisher: &Publisher,
+    records: Vec<OutgoingRecord>,
+    message: &str,
+) -> Result<()> {
+    let bar = progress_bar(records.len() as u64, message);
     let mut rest = records;
     while !rest.is_empty() {
         let chunk: Vec<OutgoingRecord> = rest.drain(..rest.len().min(10_000)).collect();
@@ -58,12 +81,5 @@ pub async fn produce(config: &Config, dataset: &Dataset) -> Result<()> {
         bar.inc(n);
     }
     bar.finish_and_clear();
-    eprintln!(
-        "produced {} items and {} events to {} in {:.1}s",
-        dataset.items.len(),
-        dataset.events.len(),
-        config.kafka.brokers,
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
