@@ -126,7 +126,7 @@ fn commands_not_built_yet_say_so_and_fail() {
         vec!["demo"],
         vec!["run", "--stage", "recommend"],
         vec!["model", "init", "--out", "/tmp/x"],
-        vec!["bench", "ingest"],
+        vec!["bench", "train"],
     ] {
         let output = mrrec(&args, &[]);
         assert!(!output.status.success(), "{args:?} must fail");
