@@ -12,13 +12,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 fn events(range: std::ops::Range<usize>) -> Vec<RawRecord> {
-    range
-        .map(|i| {
-            let user = format!("user-{}", i % 17);
-            let payload = serde_json::json!({"event_id": format!("e{i}"), "user_id": user, "kind": "purchase", "item_id": "i", "ts": i});
-            (Some(user.into_bytes()), Some(serde_json::to_vec(&payload).unwrap()))
-        })
-        .collect()
+    mrrec_tests::events(range, 17, "purchase")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

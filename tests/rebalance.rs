@@ -15,13 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 fn events(range: std::ops::Range<usize>) -> Vec<RawRecord> {
-    range
-        .map(|i| {
-            let user = format!("user-{}", i % 29);
-            let payload = serde_json::json!({"event_id": format!("e{i}"), "user_id": user, "kind": "click", "item_id": "i", "ts": i});
-            (Some(user.into_bytes()), Some(serde_json::to_vec(&payload).unwrap()))
-        })
-        .collect()
+    mrrec_tests::events(range, 29, "click")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,23 @@ backoff_max_ms = 200
 /// A record to produce: optional key, optional payload (None: a null value).
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// Valid `kind` events (`e{i}` for i in `range`), spread over `users` users and
+/// keyed by user, as records to produce.
+pub fn events(range: std::ops::Range<usize>, users: usize, kind: &str) -> Vec<RawRecord> {
+    range
+        .map(|i| {
+            let user = format!("user-{}", i % users);
+            let payload = serde_json::json!({
+                "event_id": format!("e{i}"), "user_id": user, "kind": kind, "item_id": "i", "ts": i,
+            });
+            (
+                Some(user.into_bytes()),
+                Some(serde_json::to_vec(&payload).unwrap()),
+            )
+        })
+        .collect()
+}
+
 /// Where a produced record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Landed {
