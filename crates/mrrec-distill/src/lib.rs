@@ -22,6 +22,7 @@ use mrrec_messages::{Event, Item, Outcome, Topic};
 use mrrec_store::{Batch, KvStore, StoreError};
 use mrrec_stream::{decode_message, Poison, RecordMeta, Stage, StageError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// The stage's name: group id suffix, metric label, dead-letter `stage`.
 pub const STAGE: &str = "distill";
@@ -169,40 +170,44 @@ impl<S: KvStore> Distill<S> {
         // Guards: the stored offset of every partition range, as read now. Only
         // records above it are applied (another writer may have got further
         // during a rebalance than this instance knew when it sealed the batch).
-        let mut stored_now: HashMap<(String, i32), i64> = HashMap::new();
-        for range in &batch.ranges {
-            let stored = self
-                .memory
-                .stored_offset(&range.topic, range.partition)
-                .await?;
+        let offset_fields: Vec<(String, String)> = batch
+            .ranges
+            .iter()
+            .map(|r| {
+                (
+                    keys.offsets(),
+                    Keyspace::offset_field(&r.topic, r.partition),
+                )
+            })
+            .collect();
+        let stored_values = self.memory.kv().get_fields(&offset_fields).await?;
+        let mut stored_now: HashMap<(Arc<str>, i32), i64> = HashMap::new();
+        for ((range, (_, field)), stored) in
+            batch.ranges.iter().zip(offset_fields).zip(stored_values)
+        {
             let stored_offset = match stored.as_deref() {
                 Some(s) => s
                     .parse::<i64>()
                     .map_err(|_| StoreError::Corrupt(format!("stored offset {s:?}")))?,
                 None => -1,
             };
-            stored_now.insert((range.topic.to_string(), range.partition), stored_offset);
+            stored_now.insert((range.topic.clone(), range.partition), stored_offset);
             if stored_offset < range.last_offset {
-                let field = Keyspace::offset_field(&range.topic, range.partition);
                 write.guard(keys.offsets(), field.clone(), stored);
                 write.set(keys.offsets(), field, range.last_offset.to_string());
             }
         }
-        let fresh = |topic: &str, partition: i32, offset: i64| {
+        let fresh = |meta: &RecordMeta| {
             stored_now
-                .get(&(topic.to_owned(), partition))
-                .is_none_or(|stored| offset > *stored)
+                .get(&(meta.topic.clone(), meta.partition))
+                .is_none_or(|stored| meta.offset > *stored)
         };
 
         // Items first (catalogued, then linked to events that waited for them).
         let mut new_items: BTreeMap<String, Item> = BTreeMap::new();
         let mut events: Vec<(Event, Option<String>)> = Vec::new();
         for record in &batch.records {
-            if !fresh(
-                &record.meta.topic,
-                record.meta.partition,
-                record.meta.offset,
-            ) {
+            if !fresh(&record.meta) {
                 continue;
             }
             match &record.message {
