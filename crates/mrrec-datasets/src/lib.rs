@@ -179,3 +179,74 @@ pub fn jsonl(items: &Path, events: &Path) -> Result<Dataset> {
         events: read(events)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("mrrec-datasets-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn jsonl_names_file_line_and_reason_of_the_first_bad_line() {
+        let d = dir("jsonl");
+        std::fs::write(
+            d.join("items.jsonl"),
+            "{\"item_id\":\"i1\",\"title\":\"A\"}\n\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("events.jsonl"),
+            "{\"event_id\":\"e1\",\"user_id\":\"u\",\"kind\":\"view\",\"item_id\":\"i1\",\"ts\":1}\n\
+             {\"event_id\":\"e2\",\"user_id\":\"u\",\"kind\":\"teleport\",\"ts\":1}\n",
+        )
+        .unwrap();
+        let error = jsonl(&d.join("items.jsonl"), &d.join("events.jsonl"))
+            .err()
+            .unwrap();
+        let message = format!("{error:#}");
+        assert!(message.contains("events.jsonl:2"), "{message}");
+        assert!(message.contains("teleport"), "{message}");
+        std::fs::write(d.join("events.jsonl"), "{\"event_id\":\"e1\",\"user_id\":\"u\",\"kind\":\"view\",\"item_id\":\"i1\",\"ts\":1}\n").unwrap();
+        let dataset = jsonl(&d.join("items.jsonl"), &d.join("events.jsonl")).unwrap();
+        assert_eq!((dataset.items.len(), dataset.events.len()), (1, 1));
+        assert!(jsonl(&d.join("missing"), &d.join("events.jsonl")).is_err());
+    }
+
+    #[test]
+    fn malformed_movielens_files_are_refused_with_their_line() {
+        let d = dir("ml");
+        let genres: String = (0..19).map(|i| format!("g{i}|{i}\n")).collect();
+        std::fs::write(d.join("u.genre"), genres).unwrap();
+        std::fs::write(d.join("u.item"), "1|Toy Story (1995)|01-Jan-1995\n").unwrap();
+        std::fs::write(d.join("u.data"), "").unwrap();
+        std::fs::write(d.join("u.user"), "").unwrap();
+        let message = format!("{:#}", ml100k(&d).err().unwrap());
+        assert!(message.contains("u.item:1"), "{message}");
+
+        let flags = ["0"; 19].join("|");
+        std::fs::write(
+            d.join("u.item"),
+            format!("1|Toy Story (1995)|01-Jan-1995||url|{flags}\n"),
+        )
+        .unwrap();
+        std::fs::write(d.join("u.data"), "1\t1\tfive\t881250949\n").unwrap();
+        let message = format!("{:#}", ml100k(&d).err().unwrap());
+        assert!(message.contains("u.data:1"), "{message}");
+
+        std::fs::write(d.join("u.data"), "1\t1\t5\t881250949\n").unwrap();
+        std::fs::write(d.join("u.user"), "1|old|M|technician|85711\n").unwrap();
+        let message = format!("{:#}", ml100k(&d).err().unwrap());
+        assert!(message.contains("u.user:1"), "{message}");
+
+        std::fs::write(d.join("u.user"), "1|24|M|technician|85711\n").unwrap();
+        let dataset = ml100k(&d).unwrap();
+        assert_eq!((dataset.items.len(), dataset.events.len()), (1, 2));
+        assert!(ml100k(&d.join("nowhere")).is_err());
+    }
+}
