@@ -15,16 +15,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Keeps processed event ids in memory.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct MemoryStage {
+    /// The stage label of its metrics. Each test has its own: the metrics
+    /// registry is process-wide and tests assert exact counters.
+    name: &'static str,
     seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl MemoryStage {
+    fn named(name: &'static str) -> Self {
+        Self {
+            name,
+            seen: Arc::default(),
+        }
+    }
 }
 
 impl Stage for MemoryStage {
     type Message = Event;
 
     fn name(&self) -> &str {
-        "memory"
+        self.name
     }
 
     fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Event, Poison> {
@@ -148,7 +160,7 @@ async fn embedded_broker_runs_the_same_runtime_and_exports_metrics() {
     );
     produce(&clients, &events, records).await;
 
-    let stage = MemoryStage::default();
+    let stage = MemoryStage::named("memory");
     let seen = stage.seen.clone();
     let runner = StageRunner::new(
         clients.clone(),
@@ -206,7 +218,7 @@ async fn shutdown_drains_and_commits_the_open_batch() {
 
     let settings = RunnerSettings::from_config(&config, "memory", &[Topic::Events]);
     let group = settings.group_id.clone();
-    let stage = MemoryStage::default();
+    let stage = MemoryStage::named("drain");
     let seen = stage.seen.clone();
     let runner = StageRunner::new(clients.clone(), settings, stage);
     let progress = runner.progress();
