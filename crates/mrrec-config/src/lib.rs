@@ -27,6 +27,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub metrics: MetricsConfig,
     pub stream: StreamConfig,
+    pub distill: DistillConfig,
 }
 
 /// The value of `kafka.brokers` that selects the in-process broker.
@@ -179,6 +180,18 @@ pub struct StreamConfig {
     pub shutdown_timeout_ms: u64,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
+}
+
+/// The distill stage. It batches more than the runtime default: its cost
+/// per batch grows with the users a batch touches, not with its records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillConfig {
+    /// Records per batch (overrides `stream.batch_max_records` for distill).
+    pub batch_max_records: usize,
+    /// Longest a batch stays open (overrides `stream.batch_max_ms` for distill).
+    pub batch_max_ms: u64,
+    /// User states kept decoded in memory between batches (0 disables the cache).
+    pub cache_users: usize,
 }
 
 impl Config {

@@ -177,6 +177,7 @@ fn section_type_error(name: &str, value: toml::Value) -> Option<ConfigIssue> {
         "policy" => check::<PolicyConfig>(name, value),
         "metrics" => check::<MetricsConfig>(name, value),
         "stream" => check::<StreamConfig>(name, value),
+        "distill" => check::<DistillConfig>(name, value),
         _ => None,
     }
 }

@@ -139,6 +139,19 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     if stream.shutdown_timeout_ms == 0 {
         fail("stream.shutdown_timeout_ms", "must be positive".into());
     }
+    let distill = &config.distill;
+    if !(1..=100_000).contains(&distill.batch_max_records) {
+        fail(
+            "distill.batch_max_records",
+            format!("{} is not between 1 and 100000", distill.batch_max_records),
+        );
+    }
+    if !(1..=60_000).contains(&distill.batch_max_ms) {
+        fail(
+            "distill.batch_max_ms",
+            format!("{} is not between 1 and 60000", distill.batch_max_ms),
+        );
+    }
     issues
 }
 

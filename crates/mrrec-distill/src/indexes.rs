@@ -82,7 +82,7 @@ impl Indexes {
                     })
                     .collect::<Result<_, _>>()?;
                 entries += batch.len();
-                indexes.memory.upsert(&batch)?;
+                indexes.memory.add(&batch)?;
             }
             let items: Vec<Item> = memory
                 .kv()
@@ -103,11 +103,15 @@ impl Indexes {
         Ok(indexes)
     }
 
-    /// Indexes what a stored batch wrote; commits when the last commit is old.
+    /// Indexes what a stored batch wrote — `added` entries are new (their
+    /// events were above every stored offset, and an index behind the store is
+    /// rebuilt at start), `replaced` ones supersede earlier versions; commits
+    /// when the last commit is old.
     pub fn record(
         &mut self,
         write: &Batch,
-        entries: &[MemoryEntry],
+        added: &[MemoryEntry],
+        replaced: &[MemoryEntry],
         items: &[Item],
     ) -> Result<(), IndexError> {
         for op in &write.ops {
@@ -119,7 +123,8 @@ impl Indexes {
                 }
             }
         }
-        self.memory.upsert(entries)?;
+        self.memory.add(added)?;
+        self.memory.upsert(replaced)?;
         if !items.is_empty() {
             self.items.upsert(items)?;
         }

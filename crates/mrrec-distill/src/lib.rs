@@ -11,6 +11,12 @@
 //! offsets already stored and changes nothing; a concurrent writer (a second
 //! instance during a rebalance) makes the guard fail, and the batch is
 //! recomputed from fresh state.
+//!
+//! Between batches the stage keeps the states it wrote (with their versions)
+//! and the catalog items it saw, so a batch reads only users and items it has
+//! not met yet. The caches are dropped when partitions are revoked and when a
+//! guard fails (another writer got there first), and only ever hold what the
+//! store holds, so they change no result: a cold and a warm run write the same.
 
 mod indexes;
 
@@ -30,6 +36,14 @@ pub const STAGE: &str = "distill";
 /// The topics distill consumes.
 pub const TOPICS: [Topic; 3] = [Topic::Items, Topic::Events, Topic::Outcomes];
 
+/// Runner settings of distill: the runtime's, with distill's own batch limits.
+pub fn runner_settings(config: &mrrec_config::Config, stage: &str) -> mrrec_stream::RunnerSettings {
+    let mut settings = mrrec_stream::RunnerSettings::from_config(config, stage, &TOPICS);
+    settings.batch_max_records = config.distill.batch_max_records;
+    settings.batch_max_wait = std::time::Duration::from_millis(config.distill.batch_max_ms);
+    settings
+}
+
 /// Guard conflicts (another writer) retried at once before backing off.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -46,13 +60,37 @@ pub struct Distill<S> {
     memory: MemoryStore<S>,
     prefix: String,
     indexes: Option<Indexes>,
+    cache: Cache,
+}
+
+/// States and catalog items as this instance last wrote or read them.
+#[derive(Default)]
+struct Cache {
+    /// Most users kept; 0 disables both caches.
+    capacity: usize,
+    users: HashMap<String, LoadedUser>,
+    items: HashMap<String, Item>,
+}
+
+impl Cache {
+    fn clear(&mut self) {
+        self.users.clear();
+        self.items.clear();
+    }
 }
 
 /// One composed batch: the guarded store write and what to index after it.
 struct Composed {
     write: Batch,
-    entries: Vec<MemoryEntry>,
+    /// Behavior entries of this batch's events: new, indexed without a delete.
+    added: Vec<MemoryEntry>,
+    /// Entries that replace earlier versions (preferences, profiles, linked records).
+    replaced: Vec<MemoryEntry>,
     items: Vec<Item>,
+    /// The users as written, with their new versions.
+    users: HashMap<String, LoadedUser>,
+    /// Every catalog item the batch used.
+    catalog: HashMap<String, Item>,
 }
 
 impl<S: KvStore> Distill<S> {
@@ -62,7 +100,15 @@ impl<S: KvStore> Distill<S> {
             memory,
             prefix: topic_prefix.to_owned(),
             indexes: None,
+            cache: Cache::default(),
         }
+    }
+
+    /// Keeps up to `users` user states (and the items they need) in memory
+    /// between batches.
+    pub fn with_cache(mut self, users: usize) -> Self {
+        self.cache.capacity = users;
+        self
     }
 
     /// Also keeps the memory and item indexes in `indexes`.
@@ -109,25 +155,49 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
 
     async fn process(&mut self, batch: &mrrec_stream::Batch<Input>) -> Result<(), StageError> {
         for _ in 0..CONFLICT_RETRIES {
+            let started = std::time::Instant::now();
             let composed = self.compose(batch).await.map_err(store_error)?;
-            if self
+            let composed_at = started.elapsed();
+            let applied = self
                 .memory
                 .apply(&composed.write)
                 .await
-                .map_err(store_error)?
-            {
+                .map_err(store_error)?;
+            let applied_at = started.elapsed();
+            if applied {
                 if let Some(indexes) = self.indexes.as_mut() {
                     indexes
-                        .record(&composed.write, &composed.entries, &composed.items)
+                        .record(
+                            &composed.write,
+                            &composed.added,
+                            &composed.replaced,
+                            &composed.items,
+                        )
                         .map_err(|e| StageError::Fatal(e.to_string()))?;
                 }
+                tracing::debug!(
+                    records = batch.records.len(),
+                    users = composed.users.len(),
+                    ops = composed.write.ops.len(),
+                    compose_ms = composed_at.as_millis() as u64,
+                    store_ms = (applied_at - composed_at).as_millis() as u64,
+                    index_ms = (started.elapsed() - applied_at).as_millis() as u64,
+                    "distill: batch stored"
+                );
+                self.remember(composed);
                 return Ok(());
             }
             tracing::debug!("distill: a guard failed (concurrent writer); recomputing the batch");
+            self.cache.clear();
         }
         Err(StageError::Retryable(
             "distill: store keeps changing under this batch (another instance?)".into(),
         ))
+    }
+
+    async fn on_revoke(&mut self, _partitions: &[(String, i32)]) {
+        // Their users may be written by the next owner from now on.
+        self.cache.clear();
     }
 
     async fn stored_offset(
@@ -150,20 +220,59 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
     }
 }
 
-/// The catalog as seen while composing a batch: stored items plus this batch's.
-struct BatchCatalog {
+/// The catalog as seen while composing a batch: this batch's items, items
+/// loaded for it, and the cached ones.
+struct BatchCatalog<'a> {
+    cached: &'a HashMap<String, Item>,
+    /// New and loaded items (the cache learns them once the batch is stored).
     items: HashMap<String, Item>,
 }
 
-impl Catalog for BatchCatalog {
+impl Catalog for BatchCatalog<'_> {
     fn item(&self, item_id: &str) -> Option<&Item> {
-        self.items.get(item_id)
+        self.items.get(item_id).or_else(|| self.cached.get(item_id))
     }
 }
 
 impl<S: KvStore> Distill<S> {
+    /// Keeps what a stored batch wrote for the next batches.
+    fn remember(&mut self, composed: Composed) {
+        let cache = &mut self.cache;
+        if cache.capacity == 0 {
+            return;
+        }
+        if cache.users.len() + composed.users.len() > cache.capacity {
+            cache.clear();
+        }
+        cache.users.extend(composed.users);
+        cache.items.extend(composed.catalog);
+    }
+
+    /// States of `users`: taken from the cache (a failed batch must not leave
+    /// half-applied states there), the rest loaded in one round trip.
+    async fn take_users(
+        &mut self,
+        users: Vec<String>,
+    ) -> Result<HashMap<String, LoadedUser>, StoreError> {
+        let mut out = HashMap::with_capacity(users.len());
+        let mut missing = Vec::new();
+        for user in users {
+            match self.cache.users.remove(&user) {
+                Some(loaded) => {
+                    out.insert(user, loaded);
+                }
+                None => missing.push(user),
+            }
+        }
+        out.extend(self.memory.load_users(&missing).await?);
+        Ok(out)
+    }
+
     /// Computes the guarded write of one Kafka batch from the current store.
-    async fn compose(&self, batch: &mrrec_stream::Batch<Input>) -> Result<Composed, StoreError> {
+    async fn compose(
+        &mut self,
+        batch: &mrrec_stream::Batch<Input>,
+    ) -> Result<Composed, StoreError> {
         let keys = self.memory.keys().clone();
         let mut write = Batch::default();
 
@@ -225,8 +334,7 @@ impl<S: KvStore> Distill<S> {
 
         let mut users: BTreeSet<String> = events.iter().map(|(e, _)| e.user_id.clone()).collect();
         users.extend(waiting.values().flatten().cloned());
-        let users: Vec<String> = users.into_iter().collect();
-        let mut loaded = self.memory.load_users(&users).await?;
+        let mut loaded = self.take_users(users.into_iter().collect()).await?;
 
         // Every item rendering may need: events' items, examples and recent items in state.
         let mut wanted: BTreeSet<String> = events
@@ -240,12 +348,13 @@ impl<S: KvStore> Distill<S> {
                 wanted.extend(stats.disliked_examples.iter().map(|(_, i)| i.clone()));
             }
         }
-        wanted.retain(|i| !new_items.contains_key(i));
+        let unknown: Vec<String> = wanted
+            .into_iter()
+            .filter(|id| !new_items.contains_key(id) && !self.cache.items.contains_key(id))
+            .collect();
         let mut catalog = BatchCatalog {
-            items: self
-                .memory
-                .load_items(&wanted.into_iter().collect::<Vec<_>>())
-                .await?,
+            cached: &self.cache.items,
+            items: self.memory.load_items(&unknown).await?,
         };
         for (id, item) in &new_items {
             write.set(keys.items(), id.clone(), json(item));
@@ -255,6 +364,7 @@ impl<S: KvStore> Distill<S> {
         let mut global = GlobalDelta::default();
         let mut touched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut records: Vec<(String, BehaviorRecord)> = Vec::new();
+        let mut linked_records: Vec<(String, BehaviorRecord)> = Vec::new();
 
         for (item_id, waiting_users) in &waiting {
             let item = &new_items[item_id];
@@ -262,10 +372,9 @@ impl<S: KvStore> Distill<S> {
                 let Some(LoadedUser { state, .. }) = loaded.get_mut(user) else {
                     continue;
                 };
-                let (linked, categories, delta) = state.link(item);
-                global.merge(delta);
+                let (linked, categories) = state.link(item, &mut global);
                 touched.entry(user.clone()).or_default().extend(categories);
-                records.extend(linked.into_iter().map(|r| (user.clone(), r)));
+                linked_records.extend(linked.into_iter().map(|r| (user.clone(), r)));
                 write.delete(keys.waiting(item_id), user.clone());
             }
         }
@@ -275,15 +384,11 @@ impl<S: KvStore> Distill<S> {
             let Some(LoadedUser { state, .. }) = loaded.get_mut(&event.user_id) else {
                 continue;
             };
-            let item = event
-                .item_id
-                .as_deref()
-                .and_then(|id| catalog.items.get(id));
-            let (categories, delta) = state.apply(&record, event.attrs.as_ref(), item);
+            let item = event.item_id.as_deref().and_then(|id| catalog.item(id));
+            let categories = state.apply(&record, event.attrs.as_ref(), item, &mut global);
             if let (Some(item_id), None) = (event.item_id.as_deref(), item) {
                 write.set(keys.waiting(item_id), event.user_id.clone(), "1");
             }
-            global.merge(delta);
             touched
                 .entry(event.user_id.clone())
                 .or_default()
@@ -292,18 +397,23 @@ impl<S: KvStore> Distill<S> {
         }
 
         // Render and write what changed.
-        let mut entries = Vec::new();
-        for (user, record) in &records {
-            let entry = render::behavior(user, record, &catalog);
-            write.set(
-                keys.user(user),
-                Keyspace::entry_field(&entry.id),
-                json(&entry),
-            );
-            entries.push(entry);
+        let mut added = Vec::with_capacity(records.len());
+        let mut replaced = Vec::new();
+        for (list, out) in [(&records, &mut added), (&linked_records, &mut replaced)] {
+            for (user, record) in list {
+                let entry = render::behavior(user, record, &catalog);
+                write.set(
+                    keys.user(user),
+                    Keyspace::entry_field(&entry.id),
+                    json(&entry),
+                );
+                out.push(entry);
+            }
         }
+        let entries = &mut replaced;
         for (user, categories) in &touched {
-            let LoadedUser { state, version } = &loaded[user];
+            let LoadedUser { state, version } =
+                loaded.get_mut(user).expect("touched users are loaded");
             for category in categories {
                 if let Some(stats) = state.categories.get(category) {
                     let entry = render::preference(user, category, stats, &catalog);
@@ -323,14 +433,12 @@ impl<S: KvStore> Distill<S> {
             );
             entries.push(profile);
             let state_json = json(state);
-            write.guard(keys.user(user), "version", version.clone());
-            write.set(
-                keys.user(user),
-                "version",
-                mrrec_memory::fingerprint(&state_json),
-            );
+            let next = mrrec_memory::fingerprint(&state_json);
+            write.guard(keys.user(user), "version", version.replace(next.clone()));
+            write.set(keys.user(user), "version", next);
             write.set(keys.user(user), "state", state_json);
         }
+        // Users the batch did not change keep their cached version.
 
         for (item, n) in global.popularity {
             write.increment(keys.popularity(), item, n);
@@ -346,8 +454,11 @@ impl<S: KvStore> Distill<S> {
         }
         Ok(Composed {
             write,
-            entries,
+            added,
+            replaced,
             items: new_items.into_values().collect(),
+            users: loaded,
+            catalog: catalog.items,
         })
     }
 }

@@ -161,3 +161,51 @@ fn decode_refuses_bad_events_with_reasons() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_states_never_hide_another_writer() {
+    let dir = std::env::temp_dir().join(format!("mrrec-distill-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::open(&dir.join("shared")).unwrap();
+    let shared = MemoryStore::new(store, Keyspace::new("a:"));
+    let plain = MemoryStore::new(shared.kv().clone(), Keyspace::new("b:"));
+
+    let batches = [
+        batch(vec![
+            (meta("mrrec.items", 0, 0), item("i1", "Heat (1995)", &["Crime"])),
+            (meta("mrrec.events", 0, 0), rating("e1", "u1", "i1", 5.0, 1)),
+        ]),
+        // Another instance's partition with events of the same user.
+        batch(vec![(
+            meta("mrrec.events", 1, 0),
+            rating("e2", "u1", "i1", 1.0, 2),
+        )]),
+        batch(vec![(
+            meta("mrrec.events", 0, 1),
+            rating("e3", "u1", "i1", 4.0, 3),
+        )]),
+    ];
+
+    // Two cached instances share the store: `first` holds u1's state from
+    // batch 0 while `second` writes batch 1, then `first` writes batch 2.
+    let mut first = Distill::new(shared.clone(), "mrrec.").with_cache(1000);
+    let mut second = Distill::new(shared.clone(), "mrrec.").with_cache(1000);
+    first.process(&batches[0]).await.unwrap();
+    second.process(&batches[1]).await.unwrap();
+    first.process(&batches[2]).await.unwrap();
+
+    // One instance without a cache, same batches.
+    let mut alone = Distill::new(plain.clone(), "mrrec.");
+    for b in &batches {
+        alone.process(b).await.unwrap();
+    }
+
+    let state = shared.user("u1").await.unwrap().state.unwrap();
+    assert_eq!(state.events, 3, "no event lost to a stale cached state");
+    assert_eq!(
+        shared.user("u1").await.unwrap().entries,
+        plain.user("u1").await.unwrap().entries
+    );
+    assert_eq!(Some(state), plain.user("u1").await.unwrap().state);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,9 +2,10 @@
 //! entries, filtered by level and category) and [`ItemIndex`] (the catalog:
 //! title, categories, description, attributes).
 //!
-//! Documents are idempotent (delete by id, then add), so replaying a batch
-//! leaves the same index. A commit carries a payload (the store offsets it
-//! reflects) so a restart can tell whether the index is current.
+//! Documents are replaced by id ([`MemoryIndex::upsert`]), or added when known
+//! to be new ([`MemoryIndex::add`]); search returns an id once. A commit
+//! carries a payload (the store offsets it reflects) so a restart can tell
+//! whether the index is current.
 
 mod items;
 mod memory;

@@ -5,7 +5,8 @@ use mrrec_memory::{Level, MemoryEntry};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TantivyDocument, Value, FAST, INDEXED, STORED, STRING, TEXT,
+    Field, IndexRecordOption, Schema, TantivyDocument, TextFieldIndexing, TextOptions, Value, FAST,
+    INDEXED, STORED, STRING,
 };
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
@@ -17,6 +18,15 @@ const CATEGORY_BOOST: f32 = 0.5;
 pub struct SearchHit {
     pub score: f32,
     pub entry: MemoryEntry,
+}
+
+/// A tokenized text field with term frequencies but no positions.
+fn words_only() -> TextOptions {
+    TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqs),
+    )
 }
 
 #[derive(Clone, Copy)]
@@ -48,8 +58,9 @@ impl MemoryIndex {
             user: builder.add_text_field("user", STRING | STORED),
             level: builder.add_u64_field("level", INDEXED | FAST | STORED),
             category: builder.add_text_field("category", STRING | STORED),
-            text: builder.add_text_field("text", TEXT | STORED),
-            topic: builder.add_text_field("topic", TEXT),
+            // Term frequencies without positions: queries are bags of words.
+            text: builder.add_text_field("text", words_only().set_stored()),
+            topic: builder.add_text_field("topic", words_only()),
             ts: builder.add_i64_field("ts", STORED),
         };
         (builder.build(), fields)
@@ -59,7 +70,9 @@ impl MemoryIndex {
     pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {
         let (schema, fields) = Self::schema();
         let index = open_or_create(dir, schema)?;
-        let writer = index.writer(64 * 1024 * 1024)?;
+        // One indexing thread with a large arena: on small machines more
+        // threads only contend with the stage and the store for cores.
+        let writer = index.writer_with_num_threads(1, 128 * 1024 * 1024)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -78,10 +91,29 @@ impl MemoryIndex {
         &mut self,
         entries: impl IntoIterator<Item = &'a MemoryEntry>,
     ) -> Result<(), IndexError> {
+        self.write(entries, true)
+    }
+
+    /// Adds entries known to be new (a delete per document is most of the cost
+    /// of indexing). Should one be there already, search still returns it once.
+    pub fn add<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a MemoryEntry>,
+    ) -> Result<(), IndexError> {
+        self.write(entries, false)
+    }
+
+    fn write<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a MemoryEntry>,
+        replace: bool,
+    ) -> Result<(), IndexError> {
         let f = self.fields;
         for entry in entries {
-            self.writer
-                .delete_term(Term::from_field_text(f.id, &entry.id));
+            if replace {
+                self.writer
+                    .delete_term(Term::from_field_text(f.id, &entry.id));
+            }
             self.writer.add_document(doc!(
                 f.id => entry.id.as_str(),
                 f.user => entry.user.as_str(),
@@ -248,6 +280,9 @@ impl MemoryIndex {
                     .then_with(|| a.entry.id.cmp(&b.entry.id))
             });
         }
+        // An entry indexed twice (an event delivered twice) counts once.
+        let mut seen = std::collections::HashSet::new();
+        hits.retain(|hit| seen.insert(hit.entry.id.clone()));
         hits.truncate(k);
         Ok(hits)
     }

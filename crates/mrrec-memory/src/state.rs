@@ -2,12 +2,12 @@
 
 use mrrec_messages::{Event, EventKind, Item};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Positive items remembered per user (co-occurrence window, collaborative signal).
 pub const RECENT_POSITIVE: usize = 20;
-/// Latest positive items each new positive item is paired with (co-occurrence).
-pub const CO_OCCURRENCE_WINDOW: usize = 5;
+/// Latest positive items a new positive item counts as chosen after (co-occurrence).
+pub const CO_OCCURRENCE_WINDOW: usize = 3;
 /// Timestamped sentiments kept per category for the recency-weighted strength.
 const RECENT_PER_CATEGORY: usize = 50;
 /// Liked and disliked example items kept per category.
@@ -133,22 +133,28 @@ fn insert_capped<T: Ord>(list: &mut Vec<T>, value: T, cap: usize) {
     }
 }
 
-/// Contributions of a batch to cross-user memory; all sums, so they commute.
+/// Contributions to cross-user memory, accumulated over a batch; all sums,
+/// so they commute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GlobalDelta {
     /// Positive interactions per item.
-    pub popularity: BTreeMap<String, i64>,
-    /// (item, other item) → times chosen by the same user close together (both directions).
-    pub co_occurrence: BTreeMap<(String, String), i64>,
+    pub popularity: HashMap<String, i64>,
+    /// (item, later item) → times a user chose the later item soon after the
+    /// first ("people who chose X then chose Y").
+    pub co_occurrence: HashMap<(String, String), i64>,
     /// (category, aspect) → count among chosen items of that category (aspect "" counts items).
-    pub chosen: BTreeMap<(String, String), i64>,
+    pub chosen: HashMap<(String, String), i64>,
     /// (category, aspect) → count among passed-over (disliked, dismissed) items.
-    pub unchosen: BTreeMap<(String, String), i64>,
+    pub unchosen: HashMap<(String, String), i64>,
+}
+
+fn bump(map: &mut HashMap<(String, String), i64>, a: &str, b: &str) {
+    *map.entry((a.to_owned(), b.to_owned())).or_default() += 1;
 }
 
 impl GlobalDelta {
     pub fn merge(&mut self, other: GlobalDelta) {
-        fn add<K: Ord>(into: &mut BTreeMap<K, i64>, from: BTreeMap<K, i64>) {
+        fn add<K: std::hash::Hash + Eq>(into: &mut HashMap<K, i64>, from: HashMap<K, i64>) {
             for (k, v) in from {
                 *into.entry(k).or_default() += v;
             }
@@ -222,14 +228,15 @@ impl UserState {
 
     /// Folds one event in. `item` is the catalog entry of the event's item, if
     /// known; an unknown item's event waits in `pending` until [`UserState::link`].
-    /// Returns the categories whose level-2 memory changed and the global delta.
+    /// Adds its contribution to cross-user memory to `delta`; returns the
+    /// categories whose level-2 memory changed.
     pub fn apply(
         &mut self,
         record: &BehaviorRecord,
         attrs: Option<&serde_json::Map<String, serde_json::Value>>,
         item: Option<&Item>,
-    ) -> (Vec<String>, GlobalDelta) {
-        let mut delta = GlobalDelta::default();
+        delta: &mut GlobalDelta,
+    ) -> Vec<String> {
         self.events += 1;
         self.last_ts = self.last_ts.max(record.ts);
         if record.kind == EventKind::Profile {
@@ -242,20 +249,13 @@ impl UserState {
             }
         }
         let Some(item_id) = record.item_id.as_deref() else {
-            return (Vec::new(), delta);
+            return Vec::new();
         };
         if record.sentiment() == Sentiment::Liked {
             *delta.popularity.entry(item_id.to_owned()).or_default() += 1;
-            for other in self.recent_positive.iter().rev().take(CO_OCCURRENCE_WINDOW) {
-                if other != item_id {
-                    *delta
-                        .co_occurrence
-                        .entry((other.clone(), item_id.to_owned()))
-                        .or_default() += 1;
-                    *delta
-                        .co_occurrence
-                        .entry((item_id.to_owned(), other.clone()))
-                        .or_default() += 1;
+            for earlier in self.recent_positive.iter().rev().take(CO_OCCURRENCE_WINDOW) {
+                if earlier != item_id {
+                    bump(&mut delta.co_occurrence, earlier, item_id);
                 }
             }
             self.recent_positive.retain(|i| i != item_id);
@@ -264,8 +264,8 @@ impl UserState {
                 self.recent_positive.remove(0);
             }
         }
-        let touched = match item {
-            Some(item) => self.categorise(record, item, &mut delta),
+        match item {
+            Some(item) => self.categorise(record, item, delta),
             None => {
                 self.pending
                     .entry(item_id.to_owned())
@@ -273,22 +273,24 @@ impl UserState {
                     .push(record.clone());
                 Vec::new()
             }
-        };
-        (touched, delta)
+        }
     }
 
-    /// Applies the events that waited for `item`. Returns them (their level-1
-    /// entries can now be rendered), the touched categories and the global delta.
-    pub fn link(&mut self, item: &Item) -> (Vec<BehaviorRecord>, Vec<String>, GlobalDelta) {
-        let mut delta = GlobalDelta::default();
+    /// Applies the events that waited for `item`, adding to `delta`. Returns
+    /// them (their level-1 entries can now be rendered) and the touched categories.
+    pub fn link(
+        &mut self,
+        item: &Item,
+        delta: &mut GlobalDelta,
+    ) -> (Vec<BehaviorRecord>, Vec<String>) {
         let records = self.pending.remove(&item.item_id).unwrap_or_default();
         let mut touched = Vec::new();
         for record in &records {
-            touched.extend(self.categorise(record, item, &mut delta));
+            touched.extend(self.categorise(record, item, delta));
         }
         touched.sort();
         touched.dedup();
-        (records, touched, delta)
+        (records, touched)
     }
 
     /// Updates the level-2 aggregates of the item's categories.
@@ -300,7 +302,13 @@ impl UserState {
     ) -> Vec<String> {
         let sentiment = record.sentiment();
         for category in &item.categories {
-            let stats = self.categories.entry(category.clone()).or_default();
+            if !self.categories.contains_key(category) {
+                self.categories
+                    .insert(category.clone(), CategoryStats::default());
+            }
+            let Some(stats) = self.categories.get_mut(category) else {
+                continue;
+            };
             stats.events += 1;
             stats.last_ts = stats.last_ts.max(record.ts);
             if let (EventKind::Rate, Some(value)) = (record.kind, record.value) {
@@ -320,30 +328,18 @@ impl UserState {
                     insert_capped(&mut stats.liked_examples, example, EXAMPLES);
                     for aspect in &aspects {
                         *stats.liked_aspects.entry(aspect.clone()).or_default() += 1;
-                        *delta
-                            .chosen
-                            .entry((category.clone(), aspect.clone()))
-                            .or_default() += 1;
+                        bump(&mut delta.chosen, category, aspect);
                     }
-                    *delta
-                        .chosen
-                        .entry((category.clone(), String::new()))
-                        .or_default() += 1;
+                    bump(&mut delta.chosen, category, "");
                 }
                 Sentiment::Disliked => {
                     stats.disliked += 1;
                     insert_capped(&mut stats.disliked_examples, example, EXAMPLES);
                     for aspect in &aspects {
                         *stats.disliked_aspects.entry(aspect.clone()).or_default() += 1;
-                        *delta
-                            .unchosen
-                            .entry((category.clone(), aspect.clone()))
-                            .or_default() += 1;
+                        bump(&mut delta.unchosen, category, aspect);
                     }
-                    *delta
-                        .unchosen
-                        .entry((category.clone(), String::new()))
-                        .or_default() += 1;
+                    bump(&mut delta.unchosen, category, "");
                 }
                 Sentiment::Neutral => {}
             }

@@ -186,21 +186,16 @@ impl<S: KvStore> MemoryStore<S> {
         Ok(out)
     }
 
-    /// Users waiting for each of `items`.
+    /// Users waiting for each of `items` (one round trip).
     pub async fn waiting_users(
         &self,
         items: &[String],
     ) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let keys: Vec<String> = items.iter().map(|i| self.keys.waiting(i)).collect();
         let mut out = BTreeMap::new();
-        for item in items {
-            let users: Vec<String> = self
-                .store
-                .get_all(&self.keys.waiting(item))
-                .await?
-                .into_keys()
-                .collect();
+        for (item, users) in items.iter().zip(self.store.get_all_many(&keys).await?) {
             if !users.is_empty() {
-                out.insert(item.clone(), users);
+                out.insert(item.clone(), users.into_keys().collect());
             }
         }
         Ok(out)

@@ -52,13 +52,14 @@ fn ratings_become_preferences_and_a_profile() {
         value: None,
         ..rate("p", "", 0.0, 0)
     };
-    state.apply(&profile, profile_attrs.as_object(), None);
+    let mut delta = GlobalDelta::default();
+    state.apply(&profile, profile_attrs.as_object(), None, &mut delta);
     for (i, (item_id, value)) in [("1", 5.0), ("3", 4.0), ("2", 1.0), ("4", 2.0)]
         .iter()
         .enumerate()
     {
         let record = rate(&format!("e{i}"), item_id, *value, 1_000 * i as i64);
-        state.apply(&record, None, catalog.item(item_id));
+        state.apply(&record, None, catalog.item(item_id), &mut delta);
     }
     let comedy = &state.categories["Comedy"];
     assert_eq!((comedy.events, comedy.ratings, comedy.liked), (2, 2, 2));
@@ -106,29 +107,25 @@ fn ratings_become_preferences_and_a_profile() {
 }
 
 #[test]
-fn co_occurrence_pairs_recent_positives_both_ways() {
+fn co_occurrence_counts_liked_items_chosen_after_recent_likes() {
     let catalog = catalog();
     let mut state = UserState::new("u");
     let mut delta = GlobalDelta::default();
     for (i, id) in ["1", "3", "2"].iter().enumerate() {
         let value = if *id == "2" { 1.0 } else { 5.0 };
-        delta.merge(
-            state
-                .apply(
-                    &rate(&format!("e{i}"), id, value, i as i64),
-                    None,
-                    catalog.item(id),
-                )
-                .1,
+        state.apply(
+            &rate(&format!("e{i}"), id, value, i as i64),
+            None,
+            catalog.item(id),
+            &mut delta,
         );
     }
     assert_eq!(
         delta.co_occurrence.len(),
-        2,
-        "only the two liked items pair"
+        1,
+        "only the two liked items pair, earlier to later"
     );
     assert_eq!(delta.co_occurrence[&("1".into(), "3".into())], 1);
-    assert_eq!(delta.co_occurrence[&("3".into(), "1".into())], 1);
     assert_eq!(delta.popularity.len(), 2);
     assert_eq!(delta.unchosen[&("Horror".into(), String::new())], 1);
     let global = render::global(
@@ -156,12 +153,13 @@ fn co_occurrence_pairs_recent_positives_both_ways() {
 fn events_for_unknown_items_wait_and_link() {
     let catalog = catalog();
     let mut state = UserState::new("u");
-    let (touched, _) = state.apply(&rate("e1", "1", 5.0, 1), None, None);
+    let mut delta = GlobalDelta::default();
+    let touched = state.apply(&rate("e1", "1", 5.0, 1), None, None, &mut delta);
     assert!(touched.is_empty());
     assert_eq!(state.pending["1"].len(), 1);
     let pending = render::behavior("u", &state.pending["1"][0], &BTreeMap::new());
     assert!(pending.text.contains("details pending"), "{}", pending.text);
-    let (linked, touched, delta) = state.link(&catalog["1"]);
+    let (linked, touched) = state.link(&catalog["1"], &mut delta);
     assert_eq!(linked.len(), 1);
     assert_eq!(touched, vec!["Animation".to_owned(), "Comedy".to_owned()]);
     assert!(state.pending.is_empty());
@@ -186,10 +184,10 @@ fn distill(
     let mut delta = GlobalDelta::default();
     for record in events {
         let item = record.item_id.as_deref().and_then(|id| known.item(id));
-        delta.merge(state.apply(record, None, item).1);
+        state.apply(record, None, item, &mut delta);
     }
     for id in link_order.into_iter().flatten() {
-        delta.merge(state.link(&catalog[id]).2);
+        state.link(&catalog[id], &mut delta);
     }
     let mut entries: Vec<MemoryEntry> = events
         .iter()

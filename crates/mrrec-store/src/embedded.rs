@@ -38,6 +38,21 @@ impl EmbeddedStore {
     }
 }
 
+/// Every field of `key` in one read transaction's table.
+fn fields_of(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    key: &str,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let start = format!("{key}{SEPARATOR}");
+    let end = format!("{key}\u{1}");
+    let mut out = BTreeMap::new();
+    for entry in table.range(start.as_str()..end.as_str()).map_err(fatal)? {
+        let (k, v) = entry.map_err(fatal)?;
+        out.insert(k.value()[start.len()..].to_owned(), v.value().to_owned());
+    }
+    Ok(out)
+}
+
 impl KvStore for EmbeddedStore {
     async fn get_fields(
         &self,
@@ -59,14 +74,16 @@ impl KvStore for EmbeddedStore {
     async fn get_all(&self, key: &str) -> Result<BTreeMap<String, String>, StoreError> {
         let txn = self.db.begin_read().map_err(fatal)?;
         let table = txn.open_table(TABLE).map_err(fatal)?;
-        let start = format!("{key}{SEPARATOR}");
-        let end = format!("{key}\u{1}");
-        let mut out = BTreeMap::new();
-        for entry in table.range(start.as_str()..end.as_str()).map_err(fatal)? {
-            let (k, v) = entry.map_err(fatal)?;
-            out.insert(k.value()[start.len()..].to_owned(), v.value().to_owned());
-        }
-        Ok(out)
+        fields_of(&table, key)
+    }
+
+    async fn get_all_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
+        let txn = self.db.begin_read().map_err(fatal)?;
+        let table = txn.open_table(TABLE).map_err(fatal)?;
+        keys.iter().map(|key| fields_of(&table, key)).collect()
     }
 
     async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {

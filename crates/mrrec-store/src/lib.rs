@@ -138,6 +138,12 @@ pub trait KvStore: Send + Sync {
         key: &str,
     ) -> impl Future<Output = Result<BTreeMap<String, String>, StoreError>> + Send;
 
+    /// Every field of each of `keys`, in order (one round trip).
+    fn get_all_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<BTreeMap<String, String>>, StoreError>> + Send;
+
     /// Applies `batch` atomically. `Ok(false)`: a guard did not hold, nothing applied.
     fn apply(&self, batch: &Batch) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
@@ -167,6 +173,16 @@ impl KvStore for AnyStore {
         match self {
             AnyStore::Redis(s) => s.get_all(key).await,
             AnyStore::Embedded(s) => s.get_all(key).await,
+        }
+    }
+
+    async fn get_all_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
+        match self {
+            AnyStore::Redis(s) => s.get_all_many(keys).await,
+            AnyStore::Embedded(s) => s.get_all_many(keys).await,
         }
     }
 

@@ -17,19 +17,46 @@ for g = 1, n do
   end
   i = i + 4
 end
-while i <= #ARGV do
+local last = #ARGV
+while i <= last do
   local op = ARGV[i]
   if op == 'S' then
-    redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    local count = tonumber(ARGV[i + 2])
+    redis.call('HSET', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + 2 * count))
+    i = i + 3 + 2 * count
   elseif op == 'D' then
     redis.call('HDEL', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
   else
     redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
   end
-  i = i + 4
 end
 return 1
 "#;
+
+/// Most field/value pairs in one `HSET` (Lua's `unpack` has a stack limit).
+const MAX_PAIRS_PER_SET: usize = 1000;
+
+/// The batch's operations grouped by key (first appearance order), each key's
+/// operations in their order. Operations on different keys commute, so inside
+/// one atomic script this is the same write — with one `HSET` per run of sets
+/// on a key instead of one call per field.
+fn grouped_by_key(ops: &[Op]) -> Vec<Vec<&Op>> {
+    let mut slot: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<&Op>> = Vec::new();
+    for op in ops {
+        let key = match op {
+            Op::Set { key, .. } | Op::Delete { key, .. } | Op::Increment { key, .. } => key,
+        };
+        let at = *slot.entry(key.as_str()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(op);
+    }
+    groups
+}
 
 /// A Redis-backed store. Cheap to clone (one multiplexed, auto-reconnecting connection).
 #[derive(Clone)]
@@ -61,7 +88,16 @@ impl RedisStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client =
             redis::Client::open(url).map_err(|e| StoreError::Fatal(format!("store.url: {e}")))?;
-        let connection = client.get_connection_manager().await.map_err(classify)?;
+        // One batch is one script; a large one can take seconds. A response
+        // timeout shorter than that would report a write that did happen as
+        // failed (harmless, the retry finds its guards changed, but wasteful).
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(60)))
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)));
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(classify)?;
         Ok(Self {
             connection,
             apply: redis::Script::new(APPLY),
@@ -94,6 +130,21 @@ impl KvStore for RedisStore {
             .map_err(classify)
     }
 
+    async fn get_all_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<BTreeMap<String, String>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.hgetall(key);
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async(&mut connection).await.map_err(classify)
+    }
+
     async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
         let mut invocation = self.apply.prepare_invoke();
         invocation.arg(batch.guards.len());
@@ -104,14 +155,32 @@ impl KvStore for RedisStore {
                 None => invocation.arg("0").arg(""),
             };
         }
-        for op in &batch.ops {
-            match op {
-                Op::Set { key, field, value } => invocation.arg("S").arg(key).arg(field).arg(value),
-                Op::Delete { key, field } => invocation.arg("D").arg(key).arg(field).arg(""),
-                Op::Increment { key, field, by } => {
-                    invocation.arg("I").arg(key).arg(field).arg(*by)
-                }
-            };
+        for ops in grouped_by_key(&batch.ops) {
+            let mut rest = ops.as_slice();
+            while let Some((first, tail)) = rest.split_first() {
+                match first {
+                    Op::Set { key, .. } => {
+                        let run = rest
+                            .iter()
+                            .take(MAX_PAIRS_PER_SET)
+                            .take_while(|op| matches!(op, Op::Set { .. }))
+                            .count();
+                        invocation.arg("S").arg(key).arg(run);
+                        for op in &rest[..run] {
+                            if let Op::Set { field, value, .. } = op {
+                                invocation.arg(field).arg(value);
+                            }
+                        }
+                        rest = &rest[run..];
+                        continue;
+                    }
+                    Op::Delete { key, field } => invocation.arg("D").arg(key).arg(field),
+                    Op::Increment { key, field, by } => {
+                        invocation.arg("I").arg(key).arg(field).arg(*by)
+                    }
+                };
+                rest = tail;
+            }
         }
         let mut connection = self.connection.clone();
         let applied: i64 = invocation

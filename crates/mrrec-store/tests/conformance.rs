@@ -117,7 +117,42 @@ async fn suite<S: KvStore>(store: &S, ns: &str) {
         Vec::<String>::new()
     );
 
-    // Large batches go through whole.
+    // Operations on one key keep their order, whatever other keys come between.
+    let seq = format!("{ns}:seq");
+    let mut batch = Batch::default();
+    batch.set(&seq, "n", "1");
+    batch.set(&other, "x", "y");
+    batch.increment(&seq, "n", 2);
+    batch.set(&seq, "gone", "soon");
+    batch.delete(&seq, "gone");
+    batch.set(&seq, "back", "1");
+    batch.delete(&seq, "back");
+    batch.set(&seq, "back", "2");
+    assert!(store.apply(&batch).await.unwrap());
+    assert_eq!(
+        store.get_all(&seq).await.unwrap(),
+        BTreeMap::from([("back".into(), "2".into()), ("n".into(), "3".into())])
+    );
+
+    // Many keys read at once, absent ones empty.
+    let many = store
+        .get_all_many(&[seq.clone(), format!("{ns}:absent"), key.clone()])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 3);
+    assert_eq!(many[0].len(), 2);
+    assert!(many[1].is_empty());
+    assert_eq!(many[2], store.get_all(&key).await.unwrap());
+
+    // Large batches go through whole, sets on one key beyond one HSET's worth too.
+    let mut batch = Batch::default();
+    for i in 0..2_500 {
+        batch.set(format!("{ns}:wide"), format!("f{i}"), i.to_string());
+    }
+    assert!(store.apply(&batch).await.unwrap());
+    let wide = store.get_all(&format!("{ns}:wide")).await.unwrap();
+    assert_eq!(wide.len(), 2_500);
+    assert_eq!(wide["f2499"], "2499");
     let mut batch = Batch::default();
     for i in 0..20_000 {
         batch.increment(format!("{ns}:big:{}", i % 100), format!("f{i}"), 1);

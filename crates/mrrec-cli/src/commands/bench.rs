@@ -8,8 +8,7 @@ use mrrec_index::MemoryIndex;
 use mrrec_memory::{entry_id, Keyspace, Level, MemoryEntry, MemoryStore};
 use mrrec_messages::{encode, Event, EventKind, Item, Topic};
 use mrrec_stream::{
-    create_topics, KafkaClients, OutgoingRecord, Progress, Publisher, RunnerSettings, Shutdown,
-    StageRunner,
+    create_topics, KafkaClients, OutgoingRecord, Progress, Publisher, Shutdown, StageRunner,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::{Duration, Instant};
@@ -154,34 +153,42 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
     let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
     let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
     let indexes = Indexes::open(Some(&index_dir), &memory).await?;
-    let stage = Distill::new(memory, &topics.prefix).with_indexes(indexes);
+    let stage = Distill::new(memory, &topics.prefix)
+        .with_indexes(indexes)
+        .with_cache(config.distill.cache_users);
     let mut bench_config = config.clone();
     bench_config.topics = topics.clone();
-    let settings = RunnerSettings::from_config(
-        &bench_config,
-        &format!("{run}distill"),
-        &mrrec_distill::TOPICS,
-    );
+    let settings = mrrec_distill::runner_settings(&bench_config, &format!("{run}distill"));
     let runner = StageRunner::new(clients.clone(), settings, stage);
     let progress = runner.progress();
     let shutdown = Shutdown::new();
     let running = tokio::spawn(runner.run(shutdown.clone()));
     let distilling = super::load::progress_bar(total, "distill");
     let mut started = None;
-    let deadline = Instant::now() + Duration::from_secs(1200);
+    let (mut last_done, mut last_change) = (0, Instant::now());
     loop {
-        let done = Progress::get(&progress.processed);
-        if done > 0 {
+        // The clock starts with the first record received, as the raw consumer's does.
+        if Progress::get(&progress.polled) > 0 {
             started.get_or_insert_with(Instant::now);
         }
+        let done = Progress::get(&progress.processed);
         distilling.set_position(done);
         if done >= total {
             break;
         }
-        if running.is_finished() || Instant::now() > deadline {
+        if done != last_done {
+            (last_done, last_change) = (done, Instant::now());
+        }
+        let stalled = last_change.elapsed() > Duration::from_secs(60);
+        if running.is_finished() || stalled {
             shutdown.trigger();
             let outcome = running.await?;
-            bail!("distill stopped after {done} of {total} records: {outcome:?}");
+            bail!(
+                "distill stopped after {done} of {total} records ({} received, {} skipped as already stored){}: {outcome:?}",
+                Progress::get(&progress.polled),
+                Progress::get(&progress.skipped),
+                if stalled { ", no progress for 60 s" } else { "" }
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -4,7 +4,7 @@ use crate::cli::StageName;
 use anyhow::{bail, Context, Result};
 use mrrec_config::Config;
 use mrrec_distill::{Distill, Indexes};
-use mrrec_stream::{metrics, Bootstrap, KafkaClients, RunnerSettings, Shutdown, StageRunner};
+use mrrec_stream::{metrics, Bootstrap, KafkaClients, Shutdown, StageRunner};
 
 pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
     match stage {
@@ -29,9 +29,10 @@ async fn distill(config: &Config) -> Result<()> {
     let indexes = Indexes::open(Some(&config.index.path), &memory)
         .await
         .with_context(|| format!("opening the indexes in {}", config.index.path.display()))?;
-    let stage = Distill::new(memory, &config.topics.prefix).with_indexes(indexes);
-    let settings =
-        RunnerSettings::from_config(config, mrrec_distill::STAGE, &mrrec_distill::TOPICS);
+    let stage = Distill::new(memory, &config.topics.prefix)
+        .with_indexes(indexes)
+        .with_cache(config.distill.cache_users);
+    let settings = mrrec_distill::runner_settings(config, mrrec_distill::STAGE);
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let report = StageRunner::new(clients, settings, stage)
