@@ -1,8 +1,9 @@
 //! The tantivy side of distill: memory entries and items indexed after each
-//! stored batch, committed at most once a second (and on revoke), with the
-//! store offsets they reflect as the commit payload. At start an index whose
-//! payload differs from the store's offsets is rebuilt from the store, which
-//! is the source of truth.
+//! stored batch, on a worker thread of its own (the stage goes on with the
+//! next batch meanwhile), committed at most once a second and when the stage
+//! stops, with the store offsets they reflect as the commit payload. At start
+//! an index whose payload differs from the store's offsets is rebuilt from the
+//! store, which is the source of truth.
 
 use mrrec_index::{IndexError, ItemIndex, MemoryIndex};
 use mrrec_memory::{MemoryEntry, MemoryStore};
@@ -10,18 +11,87 @@ use mrrec_messages::Item;
 use mrrec_store::{Batch, KvStore, Op, StoreError};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How often the indexes are committed while records flow.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// Stored batches waiting for the worker before the stage waits for it.
+const QUEUED_BATCHES: usize = 2;
 
-/// The memory and item indexes kept by one distill instance.
+/// The memory and item indexes kept by one distill instance, behind a worker thread.
 pub struct Indexes {
-    pub memory: MemoryIndex,
-    pub items: ItemIndex,
-    offsets: BTreeMap<String, i64>,
+    jobs: Option<SyncSender<Job>>,
+    worker: Option<JoinHandle<()>>,
+    /// Why the worker stopped, if it failed.
+    failure: Arc<Mutex<Option<String>>>,
     offsets_key: String,
+}
+
+/// One stored batch for the worker.
+struct Job {
+    offsets: Vec<(String, i64)>,
+    added: Vec<MemoryEntry>,
+    replaced: Vec<MemoryEntry>,
+    items: Vec<Item>,
+}
+
+/// The indexes themselves, owned by the worker.
+struct Writer {
+    memory: MemoryIndex,
+    items: ItemIndex,
+    offsets: BTreeMap<String, i64>,
     last_commit: Instant,
+    dirty: bool,
+}
+
+impl Writer {
+    fn apply(&mut self, job: Job) -> Result<(), IndexError> {
+        self.offsets.extend(job.offsets);
+        self.memory.add(&job.added)?;
+        self.memory.upsert(&job.replaced)?;
+        if !job.items.is_empty() {
+            self.items.upsert(&job.items)?;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Commits both indexes with the offsets they now reflect.
+    fn commit(&mut self) -> Result<(), IndexError> {
+        self.items.commit()?;
+        let payload = serde_json::to_string(&self.offsets).expect("offsets serialise");
+        self.memory.commit(&payload)?;
+        self.last_commit = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) -> Result<(), IndexError> {
+        loop {
+            match jobs.recv_timeout(COMMIT_EVERY) {
+                Ok(job) => {
+                    self.apply(job)?;
+                    if self.last_commit.elapsed() >= COMMIT_EVERY {
+                        self.commit()?;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.dirty {
+                        self.commit()?;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    if self.dirty {
+                        self.commit()?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// Opening or rebuilding failed.
@@ -50,23 +120,24 @@ async fn store_offsets<S: KvStore>(
 }
 
 impl Indexes {
-    /// Opens the indexes under `dir` (`memory/`, `items/`; in RAM when `None`)
-    /// and rebuilds them from the store unless they reflect its offsets.
+    /// Opens the indexes under `dir` (`memory/`, `items/`; in RAM when `None`),
+    /// rebuilds them from the store unless they reflect its offsets, and
+    /// starts the worker.
     pub async fn open<S: KvStore>(
         dir: Option<&Path>,
         memory: &MemoryStore<S>,
     ) -> Result<Self, OpenError> {
-        let mut indexes = Self {
+        let mut writer = Writer {
             memory: MemoryIndex::open(dir.map(|d| d.join("memory")).as_deref())?,
             items: ItemIndex::open(dir.map(|d| d.join("items")).as_deref())?,
             offsets: store_offsets(memory).await?,
-            offsets_key: memory.keys().offsets(),
             last_commit: Instant::now(),
+            dirty: false,
         };
-        let current = serde_json::to_string(&indexes.offsets).expect("offsets serialise");
-        if indexes.memory.payload()?.as_deref() != Some(current.as_str()) {
+        let current = serde_json::to_string(&writer.offsets).expect("offsets serialise");
+        if writer.memory.payload()?.as_deref() != Some(current.as_str()) {
             let started = Instant::now();
-            indexes.memory.clear()?;
+            writer.memory.clear()?;
             let mut entries = 0;
             for key in memory
                 .kv()
@@ -82,7 +153,7 @@ impl Indexes {
                     })
                     .collect::<Result<_, _>>()?;
                 entries += batch.len();
-                indexes.memory.add(&batch)?;
+                writer.memory.add(&batch)?;
             }
             let items: Vec<Item> = memory
                 .kv()
@@ -91,8 +162,8 @@ impl Indexes {
                 .values()
                 .map(|v| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
                 .collect::<Result<_, _>>()?;
-            indexes.items.upsert(&items)?;
-            indexes.commit()?;
+            writer.items.upsert(&items)?;
+            writer.commit()?;
             tracing::info!(
                 entries,
                 items = items.len(),
@@ -100,46 +171,80 @@ impl Indexes {
                 "rebuilt the indexes from the store"
             );
         }
-        Ok(indexes)
+        let (jobs, receiver) = sync_channel(QUEUED_BATCHES);
+        let failure = Arc::new(Mutex::new(None));
+        let reported = failure.clone();
+        let worker = std::thread::Builder::new()
+            .name("distill-index".into())
+            .spawn(move || {
+                if let Err(e) = writer.run(receiver) {
+                    tracing::error!(error = %e, "the index worker stopped");
+                    *reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            })
+            .map_err(|e| IndexError::Directory {
+                path: "index worker".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            worker: Some(worker),
+            failure,
+            offsets_key: memory.keys().offsets(),
+        })
     }
 
-    /// Indexes what a stored batch wrote — `added` entries are new (their
-    /// events were above every stored offset, and an index behind the store is
-    /// rebuilt at start), `replaced` ones supersede earlier versions; commits
-    /// when the last commit is old.
+    /// Hands what a stored batch wrote to the worker — `added` entries are new
+    /// (their events were above every stored offset, and an index behind the
+    /// store is rebuilt at start), `replaced` ones supersede earlier versions.
+    /// Waits only when the worker is [`QUEUED_BATCHES`] behind; fails once
+    /// the worker has failed.
     pub fn record(
         &mut self,
         write: &Batch,
-        added: &[MemoryEntry],
-        replaced: &[MemoryEntry],
-        items: &[Item],
-    ) -> Result<(), IndexError> {
+        added: Vec<MemoryEntry>,
+        replaced: Vec<MemoryEntry>,
+        items: Vec<Item>,
+    ) -> Result<(), String> {
+        let mut offsets = Vec::new();
         for op in &write.ops {
             if let Op::Set { key, field, value } = op {
                 if *key == self.offsets_key {
                     if let Ok(offset) = value.parse() {
-                        self.offsets.insert(field.clone(), offset);
+                        offsets.push((field.clone(), offset));
                     }
                 }
             }
         }
-        self.memory.add(added)?;
-        self.memory.upsert(replaced)?;
-        if !items.is_empty() {
-            self.items.upsert(items)?;
+        let job = Job {
+            offsets,
+            added,
+            replaced,
+            items,
+        };
+        let sent = self
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send(job).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            Err(self
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "the index worker stopped".into()))
         }
-        if self.last_commit.elapsed() >= COMMIT_EVERY {
-            self.commit()?;
-        }
-        Ok(())
     }
+}
 
-    /// Commits both indexes with the offsets they now reflect.
-    pub fn commit(&mut self) -> Result<(), IndexError> {
-        self.items.commit()?;
-        let payload = serde_json::to_string(&self.offsets).expect("offsets serialise");
-        self.memory.commit(&payload)?;
-        self.last_commit = Instant::now();
-        Ok(())
+impl Drop for Indexes {
+    /// Lets the worker index and commit what it has queued, then joins it.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
     }
 }

@@ -165,15 +165,16 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
                 .map_err(store_error)?;
             let applied_at = started.elapsed();
             if applied {
+                let mut composed = composed;
                 if let Some(indexes) = self.indexes.as_mut() {
                     indexes
                         .record(
                             &composed.write,
-                            &composed.added,
-                            &composed.replaced,
-                            &composed.items,
+                            std::mem::take(&mut composed.added),
+                            std::mem::take(&mut composed.replaced),
+                            std::mem::take(&mut composed.items),
                         )
-                        .map_err(|e| StageError::Fatal(e.to_string()))?;
+                        .map_err(|e| StageError::Fatal(format!("indexing: {e}")))?;
                 }
                 tracing::debug!(
                     records = batch.records.len(),

@@ -172,7 +172,10 @@ async fn cached_states_never_hide_another_writer() {
 
     let batches = [
         batch(vec![
-            (meta("mrrec.items", 0, 0), item("i1", "Heat (1995)", &["Crime"])),
+            (
+                meta("mrrec.items", 0, 0),
+                item("i1", "Heat (1995)", &["Crime"]),
+            ),
             (meta("mrrec.events", 0, 0), rating("e1", "u1", "i1", 5.0, 1)),
         ]),
         // Another instance's partition with events of the same user.
@@ -207,5 +210,45 @@ async fn cached_states_never_hide_another_writer() {
         plain.user("u1").await.unwrap().entries
     );
     assert_eq!(Some(state), plain.user("u1").await.unwrap().state);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_worker_commits_what_was_stored_with_its_offsets() {
+    let dir = std::env::temp_dir().join(format!("mrrec-distill-index-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let memory = MemoryStore::new(
+        EmbeddedStore::open(&dir.join("store")).unwrap(),
+        Keyspace::default(),
+    );
+    let indexes = mrrec_distill::Indexes::open(Some(&dir.join("index")), &memory)
+        .await
+        .unwrap();
+    let mut stage = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
+    stage
+        .process(&batch(vec![
+            (
+                meta("mrrec.items", 0, 0),
+                item("i1", "Toy Story (1995)", &["Comedy"]),
+            ),
+            (meta("mrrec.events", 0, 0), rating("e1", "u1", "i1", 5.0, 1)),
+            (meta("mrrec.events", 0, 1), rating("e2", "u1", "i1", 4.0, 2)),
+        ]))
+        .await
+        .unwrap();
+    drop(stage); // the worker indexes what is queued, commits, and stops
+
+    let index = mrrec_index::MemoryIndex::open(Some(&dir.join("index").join("memory"))).unwrap();
+    assert_eq!(
+        index.payload().unwrap().as_deref(),
+        Some(r#"{"mrrec.events:0":1,"mrrec.items:0":0}"#)
+    );
+    let hits = index.search("u1", "toy story", &[], None, 10).unwrap();
+    let behavior = hits
+        .iter()
+        .filter(|h| h.entry.level == Level::Behavior)
+        .count();
+    assert_eq!(behavior, 2, "{hits:?}");
+    assert!(hits.iter().any(|h| h.entry.level == Level::Preference));
     let _ = std::fs::remove_dir_all(&dir);
 }

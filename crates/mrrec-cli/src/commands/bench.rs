@@ -192,10 +192,12 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let distill_s = started.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64());
+    // The stage indexes on a worker thread: the clock stops once it has
+    // stopped and the worker has indexed and committed everything.
     distilling.finish_and_clear();
     shutdown.trigger();
     running.await??;
+    let distill_s = started.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&index_dir);
 
     let raw_per_s = events as f64 / raw_s.max(1e-9);
