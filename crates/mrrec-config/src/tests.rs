@@ -96,6 +96,10 @@ url = "http://x"
 group_size = 0
 [metrics]
 listen = "nowhere"
+[stream]
+batch_max_ms = 0
+[distill]
+batch_max_records = 200000
 [kafka.properties]
 "group.id" = "x"
 "#,
@@ -107,6 +111,8 @@ listen = "nowhere"
         "store.url",
         "agent.group_size",
         "metrics.listen",
+        "stream.batch_max_ms",
+        "distill.batch_max_records",
         "kafka.properties.group.id",
     ] {
         assert!(error.mentions(key), "{key} missing from {error}");

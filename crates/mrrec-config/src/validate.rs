@@ -118,17 +118,23 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     }
 
     let stream = &config.stream;
-    if !(1..=100_000).contains(&stream.batch_max_records) {
-        fail(
-            "stream.batch_max_records",
-            format!("{} is not between 1 and 100000", stream.batch_max_records),
-        );
-    }
-    if !(1..=60_000).contains(&stream.batch_max_ms) {
-        fail(
-            "stream.batch_max_ms",
-            format!("{} is not between 1 and 60000", stream.batch_max_ms),
-        );
+    let distill = &config.distill;
+    for (section, records, ms) in [
+        ("stream", stream.batch_max_records, stream.batch_max_ms),
+        ("distill", distill.batch_max_records, distill.batch_max_ms),
+    ] {
+        if !(1..=100_000).contains(&records) {
+            fail(
+                &format!("{section}.batch_max_records"),
+                format!("{records} is not between 1 and 100000"),
+            );
+        }
+        if !(1..=60_000).contains(&ms) {
+            fail(
+                &format!("{section}.batch_max_ms"),
+                format!("{ms} is not between 1 and 60000"),
+            );
+        }
     }
     if stream.backoff_initial_ms == 0 || stream.backoff_initial_ms > stream.backoff_max_ms {
         fail(
@@ -138,19 +144,6 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     }
     if stream.shutdown_timeout_ms == 0 {
         fail("stream.shutdown_timeout_ms", "must be positive".into());
-    }
-    let distill = &config.distill;
-    if !(1..=100_000).contains(&distill.batch_max_records) {
-        fail(
-            "distill.batch_max_records",
-            format!("{} is not between 1 and 100000", distill.batch_max_records),
-        );
-    }
-    if !(1..=60_000).contains(&distill.batch_max_ms) {
-        fail(
-            "distill.batch_max_ms",
-            format!("{} is not between 1 and 60000", distill.batch_max_ms),
-        );
     }
     issues
 }

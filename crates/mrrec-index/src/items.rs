@@ -1,13 +1,13 @@
 //! The item catalog index: BM25 over title, categories, description and attributes.
 
-use crate::{open_or_create, words, IndexError};
+use crate::{open_with_writer, words, IndexError};
 use mrrec_messages::Item;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TantivyDocument, Value, STORED, STRING, TEXT,
 };
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+use tantivy::{doc, Index, IndexReader, IndexWriter, Term};
 
 /// The catalog in tantivy.
 pub struct ItemIndex {
@@ -24,12 +24,7 @@ impl ItemIndex {
         let mut builder = Schema::builder();
         let id = builder.add_text_field("id", STRING | STORED);
         let text = builder.add_text_field("text", TEXT);
-        let index = open_or_create(dir, builder.build())?;
-        let writer = index.writer(32 * 1024 * 1024)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        let (index, writer, reader) = open_with_writer(dir, builder.build(), 32 * 1024 * 1024)?;
         Ok(Self {
             index,
             reader,

@@ -63,3 +63,20 @@ pub(crate) fn open_or_create(
         }
     }
 }
+
+/// An index in `dir` (or RAM) with one writer and a manually reloaded reader.
+/// One indexing thread: on small machines more threads only contend with
+/// the stage and the store for cores.
+pub(crate) fn open_with_writer(
+    dir: Option<&std::path::Path>,
+    schema: tantivy::schema::Schema,
+    arena_bytes: usize,
+) -> Result<(tantivy::Index, tantivy::IndexWriter, tantivy::IndexReader), IndexError> {
+    let index = open_or_create(dir, schema)?;
+    let writer = index.writer_with_num_threads(1, arena_bytes)?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(tantivy::ReloadPolicy::Manual)
+        .try_into()?;
+    Ok((index, writer, reader))
+}

@@ -1,6 +1,6 @@
 //! The memory-entry index.
 
-use crate::{open_or_create, words, IndexError};
+use crate::{open_with_writer, words, IndexError};
 use mrrec_memory::{Level, MemoryEntry};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
@@ -8,7 +8,7 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, TantivyDocument, TextFieldIndexing, TextOptions, Value, FAST,
     INDEXED, STORED, STRING,
 };
-use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+use tantivy::{doc, Index, IndexReader, IndexWriter, Term};
 
 /// Weight of a query word that names the entry's category.
 const CATEGORY_BOOST: f32 = 0.5;
@@ -69,14 +69,7 @@ impl MemoryIndex {
     /// Opens (or creates) the index in `dir`; `None` keeps it in memory.
     pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {
         let (schema, fields) = Self::schema();
-        let index = open_or_create(dir, schema)?;
-        // One indexing thread with a large arena: on small machines more
-        // threads only contend with the stage and the store for cores.
-        let writer = index.writer_with_num_threads(1, 128 * 1024 * 1024)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+        let (index, writer, reader) = open_with_writer(dir, schema, 128 * 1024 * 1024)?;
         Ok(Self {
             index,
             reader,
