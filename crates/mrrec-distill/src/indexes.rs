@@ -101,6 +101,8 @@ pub enum OpenError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("starting the index worker: {0}")]
+    Worker(std::io::Error),
 }
 
 async fn store_offsets<S: KvStore>(
@@ -182,10 +184,7 @@ impl Indexes {
                     *reported.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 }
             })
-            .map_err(|e| IndexError::Directory {
-                path: "index worker".into(),
-                message: e.to_string(),
-            })?;
+            .map_err(OpenError::Worker)?;
         Ok(Self {
             jobs: Some(jobs),
             worker: Some(worker),

@@ -89,7 +89,7 @@ struct Composed {
     items: Vec<Item>,
     /// The users as written, with their new versions.
     users: HashMap<String, LoadedUser>,
-    /// Every catalog item the batch used.
+    /// Catalog items new in the batch or loaded for it (the cache had the rest).
     catalog: HashMap<String, Item>,
 }
 
@@ -411,10 +411,10 @@ impl<S: KvStore> Distill<S> {
                 out.push(entry);
             }
         }
-        let entries = &mut replaced;
         for (user, categories) in &touched {
-            let LoadedUser { state, version } =
-                loaded.get_mut(user).expect("touched users are loaded");
+            let Some(LoadedUser { state, version }) = loaded.get_mut(user) else {
+                continue;
+            };
             for category in categories {
                 if let Some(stats) = state.categories.get(category) {
                     let entry = render::preference(user, category, stats, &catalog);
@@ -423,7 +423,7 @@ impl<S: KvStore> Distill<S> {
                         Keyspace::entry_field(&entry.id),
                         json(&entry),
                     );
-                    entries.push(entry);
+                    replaced.push(entry);
                 }
             }
             let profile = render::profile(state, &catalog);
@@ -432,14 +432,13 @@ impl<S: KvStore> Distill<S> {
                 Keyspace::entry_field(&profile.id),
                 json(&profile),
             );
-            entries.push(profile);
+            replaced.push(profile);
             let state_json = json(state);
             let next = mrrec_memory::fingerprint(&state_json);
             write.guard(keys.user(user), "version", version.replace(next.clone()));
             write.set(keys.user(user), "version", next);
             write.set(keys.user(user), "state", state_json);
         }
-        // Users the batch did not change keep their cached version.
 
         for (item, n) in global.popularity {
             write.increment(keys.popularity(), item, n);

@@ -152,27 +152,6 @@ fn bump(map: &mut HashMap<(String, String), i64>, a: &str, b: &str) {
     *map.entry((a.to_owned(), b.to_owned())).or_default() += 1;
 }
 
-impl GlobalDelta {
-    pub fn merge(&mut self, other: GlobalDelta) {
-        fn add<K: std::hash::Hash + Eq>(into: &mut HashMap<K, i64>, from: HashMap<K, i64>) {
-            for (k, v) in from {
-                *into.entry(k).or_default() += v;
-            }
-        }
-        add(&mut self.popularity, other.popularity);
-        add(&mut self.co_occurrence, other.co_occurrence);
-        add(&mut self.chosen, other.chosen);
-        add(&mut self.unchosen, other.unchosen);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.popularity.is_empty()
-            && self.co_occurrence.is_empty()
-            && self.chosen.is_empty()
-            && self.unchosen.is_empty()
-    }
-}
-
 /// The aspects an item brings to `category`: its other categories, its decade
 /// (from a numeric `year` attribute), and short scalar attributes.
 pub fn aspects_of(item: &Item, category: &str) -> Vec<String> {
