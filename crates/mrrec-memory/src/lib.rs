@@ -3,8 +3,8 @@
 //! - [`UserState`] holds what distillation keeps per user: integer aggregates per
 //!   category, profile attributes, a window of recent positive items, and events
 //!   waiting for an unknown item. [`UserState::apply`] folds one event in and
-//!   adds what it contributes to cross-user memory to a batch's [`GlobalDelta`] (co-occurrence, popularity, chosen/unchosen
-//!   aspects).
+//!   adds its contribution to cross-user memory (co-occurrence, popularity,
+//!   chosen/unchosen aspects) to the batch's [`GlobalDelta`].
 //! - [`render`] turns state into [`MemoryEntry`] text: level 1 behavior records,
 //!   level 2 preference patterns, level 3 the profile, and global memory.
 //!
