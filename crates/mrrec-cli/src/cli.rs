@@ -85,6 +85,9 @@ pub enum Command {
         /// Seed of the synthetic data.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// `bench recommend --llm-only`: calls to time per side.
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
     },
 }
 
@@ -152,17 +155,57 @@ pub enum MemoryCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
-    /// Build the embedded policy model (tokenizer, config, weights).
-    Init {
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Build a policy model directory mistral.rs loads as it is: a byte-level
+    /// BPE tokenizer trained on the catalog + protocol text, a small Llama
+    /// config, seeded weights, the chat template.
+    Init(ModelInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelInitArgs {
+    /// Directory to create (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Item catalog as DESIGN §2 JSON lines (titles, categories, descriptions
+    /// go into the tokenizer's training text).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// MovieLens-100K directory, as a catalog (u.item).
+    #[arg(long, conflicts_with = "catalog")]
+    pub data_dir: Option<PathBuf>,
+    /// Target vocabulary size.
+    #[arg(long, default_value_t = 4096)]
+    pub vocab_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub hidden_size: usize,
+    #[arg(long, default_value_t = 384)]
+    pub intermediate_size: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than --heads).
+    #[arg(long, default_value_t = 4)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 4096)]
+    pub max_positions: usize,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum LlmCommand {
-    /// Serve the current policy.
-    Serve,
+    /// Serve the current policy on mistral.rs's OpenAI-compatible routes,
+    /// following `mrrec.policy` to hot-swap new versions.
+    Serve {
+        /// Address to listen on (default: host and port of llm.url).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Do not follow mrrec.policy (serve the starting version only).
+        #[arg(long)]
+        no_follow: bool,
+    },
 }
 
 #[derive(Debug, Args)]

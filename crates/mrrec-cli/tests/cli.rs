@@ -125,7 +125,6 @@ fn commands_not_built_yet_say_so_and_fail() {
     for args in [
         vec!["demo"],
         vec!["run", "--stage", "recommend"],
-        vec!["model", "init", "--out", "/tmp/x"],
         vec!["bench", "train"],
     ] {
         let output = mrrec(&args, &[]);

@@ -160,24 +160,27 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
 /// Items and events as DESIGN §2 JSON lines. Every line is validated; the first
 /// bad one fails the load, naming file, line and reason.
 pub fn jsonl(items: &Path, events: &Path) -> Result<Dataset> {
-    fn read<M: Message>(path: &Path) -> Result<Vec<M>> {
-        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut out = Vec::new();
-        for (n, line) in text.split(|b| *b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            out.push(
-                mrrec_messages::decode::<M>(line)
-                    .with_context(|| format!("{}:{}", path.display(), n + 1))?,
-            );
-        }
-        Ok(out)
-    }
     Ok(Dataset {
-        items: read(items)?,
-        events: read(events)?,
+        items: read_jsonl(items)?,
+        events: read_jsonl(events)?,
     })
+}
+
+/// Messages of one kind from a JSON-lines file (blank lines skipped); the
+/// first bad line fails the read, naming file, line and reason.
+pub fn read_jsonl<M: Message>(path: &Path) -> Result<Vec<M>> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.push(
+            mrrec_messages::decode::<M>(line)
+                .with_context(|| format!("{}:{}", path.display(), n + 1))?,
+        );
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,13 +1,19 @@
 //! One function per command; commands whose stage is not built yet say so.
 
 mod bench;
+mod bench_llm;
+mod llm;
 mod load;
 mod memory;
+mod model;
 mod run;
 mod store;
 mod topics;
 
-use crate::cli::{BenchKind, Cli, Command, LoadCommand, MemoryCommand, StageName, TopicsCommand};
+use crate::cli::{
+    BenchKind, Cli, Command, LlmCommand, LoadCommand, MemoryCommand, ModelCommand, StageName,
+    TopicsCommand,
+};
 use anyhow::{bail, Result};
 use mrrec_config::Config;
 
@@ -34,8 +40,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             memory::search(&config, &user, &query, k).await
         }
         Command::Recommend { .. } => not_yet("recommend", "the recommendation stage (issue 5)"),
-        Command::Model(_) => not_yet("model init", "the LLM serving work (issue 4)"),
-        Command::Llm(_) => not_yet("llm serve", "the LLM serving work (issue 4)"),
+        Command::Model(ModelCommand::Init(args)) => model::init(&args),
+        Command::Llm(LlmCommand::Serve { listen, no_follow }) => {
+            llm::serve(&config, listen.as_deref(), !no_follow).await
+        }
         Command::Train { .. } => not_yet("train", "the reward and trainer work (issue 6)"),
         Command::Eval(_) => not_yet("eval", "the demo and eval work (issue 7)"),
         Command::Bench {
@@ -44,13 +52,16 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             entries,
             queries,
             seed,
-            ..
+            llm_only,
+            calls,
         } => match which {
             BenchKind::Ingest => bench::ingest(&config, events, seed).await,
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
-            BenchKind::Recommend => {
-                not_yet("bench recommend", "the recommendation stage (issue 5)")
-            }
+            BenchKind::Recommend if llm_only => bench_llm::llm_only(&config, calls).await,
+            BenchKind::Recommend => not_yet(
+                "bench recommend (without --llm-only)",
+                "the recommendation stage (issue 5)",
+            ),
             BenchKind::Train => not_yet("bench train", "the trainer (issue 6)"),
         },
     }

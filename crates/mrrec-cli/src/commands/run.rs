@@ -17,12 +17,18 @@ pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
     }
 }
 
-async fn distill(config: &Config) -> Result<()> {
+/// Starts the Prometheus endpoint at `metrics.listen` (if set).
+pub(crate) fn start_metrics(config: &Config) -> Result<()> {
     if let Some(addr) =
         metrics::install_prometheus(&config.metrics.listen).map_err(anyhow::Error::msg)?
     {
         tracing::info!(%addr, "metrics on http://{addr}/metrics");
     }
+    Ok(())
+}
+
+async fn distill(config: &Config) -> Result<()> {
+    start_metrics(config)?;
     let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
     let clients = KafkaClients::from_config(config, &bootstrap);
     let memory = super::store::open(config).await?;

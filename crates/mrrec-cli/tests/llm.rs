@@ -1,0 +1,233 @@
+//! The LLM tier as a user runs it: `mrrec model init` builds a policy, `mrrec
+//! llm serve` (mistralrs-server-core) serves it, and the http backend passes
+//! the same agent-level suite as the embedded one — then the server follows a
+//! new version announced on `mrrec.policy` (tansu) while requests stream, with
+//! no failed request and every answer from the version it names.
+
+use mrrec_llm::conformance::{self, agent_prompt, first_turn_grammar};
+use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, HttpLlm, Llm, Sampling};
+use mrrec_testkit::{free_port, Tansu};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn mrrec(args: &[&str], env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mrrec"));
+    command.args(args).env_remove("MRREC_CONFIG");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MRREC__")) {
+        command.env_remove(key);
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+fn ok(output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+const SMALL: [&str; 10] = [
+    "--vocab-size",
+    "1024",
+    "--hidden-size",
+    "64",
+    "--intermediate-size",
+    "128",
+    "--layers",
+    "2",
+    "--heads",
+    "2",
+];
+
+fn init(dir: &Path, seed: u64) -> String {
+    let dir = dir.display().to_string();
+    let seed = seed.to_string();
+    let mut args = vec![
+        "model",
+        "init",
+        "--out",
+        &dir,
+        "--seed",
+        &seed,
+        "--kv-heads",
+        "2",
+    ];
+    args.extend(SMALL);
+    ok(mrrec(&args, &[]).output().unwrap())
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn serving_version(client: &reqwest::Client, port: u16) -> Option<u32> {
+    let body: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{port}/mrrec/policy"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["version"].as_u64().map(|v| v as u32)
+}
+
+fn greedy() -> GenerationRequest {
+    GenerationRequest {
+        messages: agent_prompt("a funny movie for tonight"),
+        grammar: Some(first_turn_grammar()),
+        sampling: Sampling::greedy(conformance::MAX_TOKENS),
+        n: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_serve_passes_the_agent_suite_and_swaps_under_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy");
+    let stdout = init(&policy.join("v0000"), 0);
+    assert!(stdout.contains("policy model written"), "{stdout}");
+    // A policy directory is never overwritten.
+    let again = mrrec(
+        &[
+            "model",
+            "init",
+            "--out",
+            policy.join("v0000").to_str().unwrap(),
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let tansu = Tansu::start().unwrap();
+    let env = vec![
+        ("MRREC__KAFKA__BROKERS", tansu.bootstrap()),
+        ("MRREC__POLICY__DIR", policy.display().to_string()),
+        ("MRREC__METRICS__LISTEN", String::new()),
+    ];
+    ok(mrrec(&["topics", "create"], &env).output().unwrap());
+    let port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let log_path = tmp.path().join("serve.log");
+    let _server = Server(
+        mrrec(&["llm", "serve", "--listen", &listen], &env)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..600 {
+        if serving_version(&client, port).await == Some(0) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "llm serve did not come up on {listen}:\n{}", log());
+
+    let http = Arc::new(HttpLlm::new(&format!("http://{listen}/v1")).unwrap());
+    conformance::run(http.as_ref(), 0).await;
+
+    // Both backends compute the same thing on the same directory.
+    let embedded = EmbeddedLlm::open(&policy.join("v0000"), EngineOptions::default())
+        .await
+        .unwrap();
+    let expected_v0 = embedded.generate(greedy()).await.unwrap().completions[0]
+        .text
+        .clone();
+    assert_eq!(
+        http.generate(greedy()).await.unwrap().completions[0].text,
+        expected_v0
+    );
+    drop(embedded);
+
+    // A new version, announced while requests stream.
+    init(&policy.join("v0001"), 1);
+    let expected_v1 = EmbeddedLlm::open(&policy.join("v0001"), EngineOptions::default())
+        .await
+        .unwrap()
+        .generate(greedy())
+        .await
+        .unwrap()
+        .completions[0]
+        .text
+        .clone();
+    assert_ne!(expected_v0, expected_v1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let (http, stop) = (http.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                results.push(http.generate(greedy()).await);
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clients = mrrec_stream::KafkaClients::new(&tansu.bootstrap(), &Default::default());
+    let registry = mrrec_policy::PolicyRegistry::new(&policy);
+    let v1 = registry.latest().unwrap().unwrap();
+    let announcement = registry.announcement(&v1, Some(0), Default::default());
+    mrrec_stream::Publisher::new(&clients, "test")
+        .unwrap()
+        .publish_all(vec![mrrec_stream::OutgoingRecord {
+            topic: "mrrec.policy".into(),
+            key: None,
+            payload: mrrec_messages::encode(&announcement).unwrap(),
+        }])
+        .await
+        .unwrap();
+    let mut switched = false;
+    for _ in 0..600 {
+        if serving_version(&client, port).await == Some(1) {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        switched,
+        "llm serve did not switch to version 1:\n{}",
+        log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut seen = [0usize; 2];
+    for sender in senders {
+        for result in sender.await.unwrap() {
+            let generation = result.expect("no request may fail during a swap");
+            let version = generation.policy_version as usize;
+            let expected = [&expected_v0, &expected_v1][version];
+            assert_eq!(
+                &generation.completions[0].text, expected,
+                "version {version}"
+            );
+            seen[version] += 1;
+        }
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "answers per version: {seen:?}");
+}

@@ -1,0 +1,267 @@
+//! The embedded backend on real mistral.rs inference: the agent-level suite,
+//! hot swap under a stream of requests, a broken version refused without
+//! harm, and `mrrec.policy` followed through a (mock) broker.
+
+use mrrec_llm::conformance::{self, agent_prompt, first_turn_grammar};
+use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, Llm, PolicyTarget, Sampling};
+use mrrec_messages::{DeadLetter, PolicyAnnouncement, Topic};
+use mrrec_policy::{init_model, ModelSpec, PolicyMeta, PolicyRegistry};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn spec(seed: u64) -> ModelSpec {
+    ModelSpec {
+        vocab_size: 1024,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_layers: 2,
+        num_heads: 2,
+        num_kv_heads: 2,
+        seed,
+        ..ModelSpec::default()
+    }
+}
+
+/// Publishes versions `0..n` (seed = version) into a registry under `root`.
+fn registry_with_versions(root: &Path, n: u32) -> (PolicyRegistry, Vec<PathBuf>) {
+    let registry = PolicyRegistry::new(root.join("policy"));
+    let catalog = vec!["Toy Story (1995) | Animation, Comedy".to_owned()];
+    let mut paths = Vec::new();
+    for version in 0..n {
+        let staging = registry.staging_dir(version).unwrap();
+        let meta = PolicyMeta {
+            version: Some(version),
+            parent: version.checked_sub(1),
+            origin: "test".into(),
+            created_ts: 0,
+            metrics: Default::default(),
+        };
+        init_model(&staging, &spec(u64::from(version)), &catalog, &meta).unwrap();
+        paths.push(registry.publish(&staging, version).unwrap().path);
+    }
+    (registry, paths)
+}
+
+fn greedy_request() -> GenerationRequest {
+    GenerationRequest {
+        messages: agent_prompt("a funny movie for tonight"),
+        grammar: Some(first_turn_grammar()),
+        sampling: Sampling::greedy(conformance::MAX_TOKENS),
+        n: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_suite_passes_in_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, paths) = registry_with_versions(tmp.path(), 1);
+    let llm = EmbeddedLlm::open(&paths[0], EngineOptions::default())
+        .await
+        .unwrap();
+    conformance::run(&llm, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_versions_under_load_fails_no_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, paths) = registry_with_versions(tmp.path(), 4);
+
+    // What each version answers, greedily: the fingerprint a response's text
+    // must match for the version it names.
+    let mut expected = Vec::new();
+    for path in &paths {
+        let llm = EmbeddedLlm::open(path, EngineOptions::default())
+            .await
+            .unwrap();
+        let generation = llm.generate(greedy_request()).await.unwrap();
+        expected.push(generation.completions[0].text.clone());
+    }
+    for (i, a) in expected.iter().enumerate() {
+        for b in &expected[i + 1..] {
+            assert_ne!(a, b, "two versions answer alike; the check would be blind");
+        }
+    }
+
+    let llm = Arc::new(
+        EmbeddedLlm::open(&paths[0], EngineOptions::default())
+            .await
+            .unwrap(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (llm, stop) = (llm.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                results.push(llm.generate(greedy_request()).await);
+            }
+            results
+        }));
+    }
+    for path in &paths[1..] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        llm.switch_to(path).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut served = [0usize; 4];
+    let mut total = 0;
+    for sender in senders {
+        for result in sender.await.unwrap() {
+            let generation = result.expect("no request may fail during a swap");
+            let version = generation.policy_version as usize;
+            assert_eq!(
+                generation.completions[0].text, expected[version],
+                "the response names version {version} but is not its answer"
+            );
+            served[version] += 1;
+            total += 1;
+        }
+    }
+    assert!(
+        served[0] > 0 && served[3] > 0,
+        "served per version: {served:?}"
+    );
+    assert!(total >= 12, "only {total} requests ran");
+    // The old versions unload once drained.
+    for _ in 0..200 {
+        if llm.loaded_models().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(llm.loaded_models().len(), 1, "{:?}", llm.loaded_models());
+    assert_eq!(llm.serving_version(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (registry, paths) = registry_with_versions(tmp.path(), 1);
+    let llm = EmbeddedLlm::open(&paths[0], EngineOptions::default())
+        .await
+        .unwrap();
+
+    let broken = registry.path(1);
+    std::fs::create_dir_all(&broken).unwrap();
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(paths[0].join(file), broken.join(file)).unwrap();
+    }
+    std::fs::write(broken.join("model.safetensors"), b"not weights").unwrap();
+    let err = llm.switch_to(&broken).await.unwrap_err().to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+
+    let missing = llm
+        .switch_to(&tmp.path().join("nowhere"))
+        .await
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("mrrec model init"),
+        "{missing}"
+    );
+
+    assert_eq!(llm.serving_version(), 0);
+    llm.generate(greedy_request()).await.unwrap();
+
+    // Opening a broken directory fails at start-up with the file named.
+    let err = EmbeddedLlm::open(&broken, EngineOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_on_the_policy_topic_are_followed() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message as _;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (registry, paths) = registry_with_versions(tmp.path(), 3);
+    let broker = mrrec_stream::EmbeddedBroker::start("mrrec.", 2).unwrap();
+    let clients = mrrec_stream::KafkaClients::new(broker.bootstrap_servers(), &Default::default());
+    let llm = Arc::new(
+        EmbeddedLlm::open(&paths[0], EngineOptions::default())
+            .await
+            .unwrap(),
+    );
+    let shutdown = mrrec_stream::Shutdown::new();
+    let follower = {
+        let (clients, shutdown) = (clients.clone(), shutdown.clone());
+        let target: Arc<dyn PolicyTarget> = llm.clone();
+        tokio::spawn(async move {
+            mrrec_llm::follow_policy_topic(&clients, "mrrec.", "test", target, shutdown).await
+        })
+    };
+    let publisher = mrrec_stream::Publisher::new(&clients, "test").unwrap();
+    let announce = |payload: Vec<u8>| mrrec_stream::OutgoingRecord {
+        topic: Topic::Policy.name("mrrec."),
+        key: None,
+        payload,
+    };
+    let announcement = |version: u32| {
+        let v = registry.versions().unwrap()[version as usize].clone();
+        mrrec_messages::encode(&registry.announcement(
+            &v,
+            version.checked_sub(1),
+            Default::default(),
+        ))
+        .unwrap()
+    };
+    let stale: PolicyAnnouncement = PolicyAnnouncement {
+        version: 0,
+        path: paths[0].display().to_string(),
+        parent: None,
+        metrics: Default::default(),
+        ts: 1,
+    };
+    publisher
+        .publish_all(vec![
+            announce(announcement(2)),
+            announce(b"{not json".to_vec()),
+            announce(mrrec_messages::encode(&stale).unwrap()),
+        ])
+        .await
+        .unwrap();
+
+    let wait_for = |version: u32| {
+        let llm = llm.clone();
+        async move {
+            for _ in 0..500 {
+                if llm.serving_version() == version {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("still serving {} (wanted {version})", llm.serving_version());
+        }
+    };
+    wait_for(2).await;
+    // An older announcement (version 1 after 2) is not a downgrade.
+    publisher
+        .publish_all(vec![announce(announcement(1))])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(llm.serving_version(), 2);
+    let generation = llm.generate(greedy_request()).await.unwrap();
+    assert_eq!(generation.policy_version, 2);
+
+    // The unreadable announcement is in the DLQ with its reason.
+    let reader: StreamConsumer = clients.reader("dlq-check").create().unwrap();
+    reader.subscribe(&[&Topic::Dlq.name("mrrec.")]).unwrap();
+    let record = tokio::time::timeout(Duration::from_secs(20), reader.recv())
+        .await
+        .expect("a DLQ record")
+        .unwrap();
+    let letter: DeadLetter = mrrec_messages::decode(record.payload().unwrap()).unwrap();
+    assert_eq!(letter.source_topic, "mrrec.policy");
+    assert_eq!(letter.payload, "{not json");
+    assert_eq!(letter.offset, 1);
+
+    shutdown.trigger();
+    follower.await.unwrap().unwrap();
+}
