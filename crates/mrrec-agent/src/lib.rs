@@ -6,12 +6,16 @@
 //! runs out of tokens or says nothing usable, a deterministic fallback (query +
 //! profile) still answers, and the trace says so. The outcome records the
 //! trace, the chat, and which text the model wrote vs. the system inserted.
+//! [`rank`] turns the profile into a ranked list (BM25 fused with
+//! collaborative and popularity signals).
 
 pub mod escape;
+pub mod rank;
 pub mod teacher;
 pub mod turn;
 
 pub use escape::{escape_text, safe_id};
+pub use rank::{fuse, FusionWeights, Signals};
 pub use turn::{parse_turn, Action, Turn};
 
 use async_trait::async_trait;
