@@ -33,15 +33,7 @@ impl MemorySource for Shelf {
 async fn untrained_policy_trajectories_are_well_formed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v0000");
-    let spec = ModelSpec {
-        vocab_size: 1024,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_layers: 2,
-        num_heads: 2,
-        num_kv_heads: 2,
-        ..ModelSpec::default()
-    };
+    let spec = ModelSpec::tiny(0);
     let meta = PolicyMeta {
         version: Some(0),
         parent: None,

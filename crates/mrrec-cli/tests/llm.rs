@@ -4,8 +4,8 @@
 //! new version announced on `mrrec.policy` (tansu) while requests stream, with
 //! no failed request and every answer from the version it names.
 
-use mrrec_llm::conformance::{self, agent_prompt, first_turn_grammar};
-use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, HttpLlm, Llm, Sampling};
+use mrrec_llm::conformance;
+use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, HttpLlm, Llm};
 use mrrec_testkit::{free_port, Tansu};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -87,12 +87,7 @@ async fn serving_version(client: &reqwest::Client, port: u16) -> Option<u32> {
 }
 
 fn greedy() -> GenerationRequest {
-    GenerationRequest {
-        messages: agent_prompt("a funny movie for tonight"),
-        grammar: Some(first_turn_grammar()),
-        sampling: Sampling::greedy(conformance::MAX_TOKENS),
-        n: 1,
-    }
+    conformance::greedy_agent_request()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

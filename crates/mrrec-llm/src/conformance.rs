@@ -26,6 +26,17 @@ pub fn first_turn_grammar() -> String {
     protocol::turn_grammar(true, 120, 60, 3)
 }
 
+/// The suite's greedy first-turn request (the same on every backend, so the
+/// answers of two backends or two versions can be compared).
+pub fn greedy_agent_request() -> GenerationRequest {
+    GenerationRequest {
+        messages: agent_prompt("a funny movie for tonight"),
+        grammar: Some(first_turn_grammar()),
+        sampling: Sampling::greedy(MAX_TOKENS),
+        n: 1,
+    }
+}
+
 /// Whether `text` is one well-formed protocol turn (as [`first_turn_grammar`] allows).
 pub fn is_protocol_turn(text: &str) -> bool {
     let rest = match text.strip_prefix(protocol::THINK_OPEN) {
@@ -60,12 +71,7 @@ pub fn is_protocol_turn(text: &str) -> bool {
 /// Runs the suite; panics (test style) on the first broken promise.
 /// `expected_version` is the version the backend should report.
 pub async fn run(llm: &dyn Llm, expected_version: u32) {
-    let greedy = GenerationRequest {
-        messages: agent_prompt("a funny movie for tonight"),
-        grammar: Some(first_turn_grammar()),
-        sampling: Sampling::greedy(MAX_TOKENS),
-        n: 1,
-    };
+    let greedy = greedy_agent_request();
     let first = llm.generate(greedy.clone()).await.expect("greedy call");
     assert_eq!(first.completions.len(), 1);
     assert_eq!(first.policy_version, expected_version, "{}", first.model);

@@ -2,26 +2,13 @@
 //! hot swap under a stream of requests, a broken version refused without
 //! harm, and `mrrec.policy` followed through a (mock) broker.
 
-use mrrec_llm::conformance::{self, agent_prompt, first_turn_grammar};
-use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, Llm, PolicyTarget, Sampling};
+use mrrec_llm::conformance;
+use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, Llm, PolicyTarget};
 use mrrec_messages::{DeadLetter, PolicyAnnouncement, Topic};
 use mrrec_policy::{init_model, ModelSpec, PolicyMeta, PolicyRegistry};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn spec(seed: u64) -> ModelSpec {
-    ModelSpec {
-        vocab_size: 1024,
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_layers: 2,
-        num_heads: 2,
-        num_kv_heads: 2,
-        seed,
-        ..ModelSpec::default()
-    }
-}
 
 /// Publishes versions `0..n` (seed = version) into a registry under `root`.
 fn registry_with_versions(root: &Path, n: u32) -> (PolicyRegistry, Vec<PathBuf>) {
@@ -37,19 +24,20 @@ fn registry_with_versions(root: &Path, n: u32) -> (PolicyRegistry, Vec<PathBuf>)
             created_ts: 0,
             metrics: Default::default(),
         };
-        init_model(&staging, &spec(u64::from(version)), &catalog, &meta).unwrap();
+        init_model(
+            &staging,
+            &ModelSpec::tiny(u64::from(version)),
+            &catalog,
+            &meta,
+        )
+        .unwrap();
         paths.push(registry.publish(&staging, version).unwrap().path);
     }
     (registry, paths)
 }
 
 fn greedy_request() -> GenerationRequest {
-    GenerationRequest {
-        messages: agent_prompt("a funny movie for tonight"),
-        grammar: Some(first_turn_grammar()),
-        sampling: Sampling::greedy(conformance::MAX_TOKENS),
-        n: 1,
-    }
+    conformance::greedy_agent_request()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

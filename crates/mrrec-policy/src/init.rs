@@ -49,6 +49,20 @@ impl Default for ModelSpec {
 }
 
 impl ModelSpec {
+    /// A very small model (~0.1M parameters) for tests: loads and decodes in milliseconds.
+    pub fn tiny(seed: u64) -> Self {
+        Self {
+            vocab_size: 1024,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 2,
+            num_kv_heads: 2,
+            seed,
+            ..Self::default()
+        }
+    }
+
     /// Every problem with the sizes, each as one line.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
