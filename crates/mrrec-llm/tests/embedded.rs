@@ -253,3 +253,53 @@ async fn announcements_on_the_policy_topic_are_followed() {
     shutdown.trigger();
     follower.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_chat_rendering_is_what_the_engine_feeds_the_model() {
+    use mrrec_llm::{ChatMessage, Role};
+    use mrrec_policy::protocol::{render_chat, INSTRUCTIONS};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, paths) = registry_with_versions(tmp.path(), 1);
+    let llm = EmbeddedLlm::open(&paths[0], EngineOptions::default())
+        .await
+        .unwrap();
+    let messages = vec![
+        ChatMessage::system(INSTRUCTIONS),
+        ChatMessage::user("Request: Ünïcode \"quotes\" and  two spaces\nProfile: none"),
+        ChatMessage::assistant("<think>hm</think><retrieve>funny films</retrieve>"),
+        ChatMessage::user("<memory id=\"u1:pref:comedy\">Comedy: 12 ratings</memory>"),
+    ];
+    let mut chat = mistralrs::TextMessages::new();
+    for message in &messages {
+        let role = match message.role {
+            Role::System => mistralrs::TextMessageRole::System,
+            Role::User => mistralrs::TextMessageRole::User,
+            Role::Assistant => mistralrs::TextMessageRole::Assistant,
+        };
+        chat = chat.add_message(role, &message.content);
+    }
+    let model_id = llm.lease().model_id.clone();
+    let engine = llm
+        .sdk_model()
+        .tokenize_with_model(
+            either::Either::Left(chat),
+            None,
+            true,
+            true,
+            None,
+            Some(&model_id),
+        )
+        .await
+        .unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(paths[0].join("tokenizer.json")).unwrap();
+    let ours = tokenizer
+        .encode(render_chat(&messages, true), true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(
+        engine, ours,
+        "the trainer would score other tokens than the engine ran"
+    );
+}
