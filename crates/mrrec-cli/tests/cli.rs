@@ -4,14 +4,11 @@
 
 use mrrec_testkit::Tansu;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn mrrec(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mrrec"));
-    command.args(args).env_remove("MRREC_CONFIG");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MRREC__")) {
-        command.env_remove(key);
-    }
+    let mut command = mrrec_testkit::isolated_mrrec(env!("CARGO_BIN_EXE_mrrec"));
+    command.args(args);
     for (key, value) in env {
         command.env(key, value);
     }

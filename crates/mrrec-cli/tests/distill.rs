@@ -27,15 +27,11 @@ fn ml100k_dir() -> PathBuf {
 }
 
 fn mrrec(args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mrrec"));
+    let mut command = mrrec_testkit::isolated_mrrec(env!("CARGO_BIN_EXE_mrrec"));
     command
         .args(args)
-        .env_remove("MRREC_CONFIG")
         .env("MRREC__METRICS__LISTEN", "")
         .env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MRREC__")) {
-        command.env_remove(key);
-    }
     for (key, value) in env {
         command.env(key, value);
     }

@@ -14,11 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn mrrec(args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mrrec"));
-    command.args(args).env_remove("MRREC_CONFIG");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MRREC__")) {
-        command.env_remove(key);
-    }
+    let mut command = mrrec_testkit::isolated_mrrec(env!("CARGO_BIN_EXE_mrrec"));
+    command.args(args);
     for (key, value) in env {
         command.env(key, value);
     }
@@ -86,6 +83,17 @@ async fn serving_version(client: &reqwest::Client, port: u16) -> Option<u32> {
     body["version"].as_u64().map(|v| v as u32)
 }
 
+/// Polls `GET /mrrec/policy` until it reports `version` (up to a minute).
+async fn wait_for_version(client: &reqwest::Client, port: u16, version: u32) -> bool {
+    for _ in 0..600 {
+        if serving_version(client, port).await == Some(version) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn greedy() -> GenerationRequest {
     conformance::greedy_agent_request()
 }
@@ -130,14 +138,7 @@ async fn llm_serve_passes_the_agent_suite_and_swaps_under_load() {
     );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..600 {
-        if serving_version(&client, port).await == Some(0) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let up = wait_for_version(&client, port, 0).await;
     assert!(up, "llm serve did not come up on {listen}:\n{}", log());
 
     let http = Arc::new(HttpLlm::new(&format!("http://{listen}/v1")).unwrap());
@@ -195,14 +196,7 @@ async fn llm_serve_passes_the_agent_suite_and_swaps_under_load() {
         }])
         .await
         .unwrap();
-    let mut switched = false;
-    for _ in 0..600 {
-        if serving_version(&client, port).await == Some(1) {
-            switched = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let switched = wait_for_version(&client, port, 1).await;
     assert!(
         switched,
         "llm serve did not switch to version 1:\n{}",

@@ -36,6 +36,12 @@ fn registry_with_versions(root: &Path, n: u32) -> (PolicyRegistry, Vec<PathBuf>)
     (registry, paths)
 }
 
+async fn open(dir: &Path) -> EmbeddedLlm {
+    EmbeddedLlm::open(dir, EngineOptions::default())
+        .await
+        .unwrap()
+}
+
 fn greedy_request() -> GenerationRequest {
     conformance::greedy_agent_request()
 }
@@ -44,9 +50,7 @@ fn greedy_request() -> GenerationRequest {
 async fn the_agent_suite_passes_in_process() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, paths) = registry_with_versions(tmp.path(), 1);
-    let llm = EmbeddedLlm::open(&paths[0], EngineOptions::default())
-        .await
-        .unwrap();
+    let llm = open(&paths[0]).await;
     conformance::run(&llm, 0).await;
 }
 
@@ -59,9 +63,7 @@ async fn swapping_versions_under_load_fails_no_request() {
     // must match for the version it names.
     let mut expected = Vec::new();
     for path in &paths {
-        let llm = EmbeddedLlm::open(path, EngineOptions::default())
-            .await
-            .unwrap();
+        let llm = open(path).await;
         let generation = llm.generate(greedy_request()).await.unwrap();
         expected.push(generation.completions[0].text.clone());
     }
@@ -71,11 +73,7 @@ async fn swapping_versions_under_load_fails_no_request() {
         }
     }
 
-    let llm = Arc::new(
-        EmbeddedLlm::open(&paths[0], EngineOptions::default())
-            .await
-            .unwrap(),
-    );
+    let llm = Arc::new(open(&paths[0]).await);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut senders = Vec::new();
     for _ in 0..4 {
@@ -129,9 +127,7 @@ async fn swapping_versions_under_load_fails_no_request() {
 async fn a_broken_version_is_refused_and_the_old_one_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let (registry, paths) = registry_with_versions(tmp.path(), 1);
-    let llm = EmbeddedLlm::open(&paths[0], EngineOptions::default())
-        .await
-        .unwrap();
+    let llm = open(&paths[0]).await;
 
     let broken = registry.path(1);
     std::fs::create_dir_all(&broken).unwrap();
@@ -171,11 +167,7 @@ async fn announcements_on_the_policy_topic_are_followed() {
     let (registry, paths) = registry_with_versions(tmp.path(), 3);
     let broker = mrrec_stream::EmbeddedBroker::start("mrrec.", 2).unwrap();
     let clients = mrrec_stream::KafkaClients::new(broker.bootstrap_servers(), &Default::default());
-    let llm = Arc::new(
-        EmbeddedLlm::open(&paths[0], EngineOptions::default())
-            .await
-            .unwrap(),
-    );
+    let llm = Arc::new(open(&paths[0]).await);
     let shutdown = mrrec_stream::Shutdown::new();
     let follower = {
         let (clients, shutdown) = (clients.clone(), shutdown.clone());
@@ -261,9 +253,7 @@ async fn our_chat_rendering_is_what_the_engine_feeds_the_model() {
 
     let tmp = tempfile::tempdir().unwrap();
     let (_, paths) = registry_with_versions(tmp.path(), 1);
-    let llm = EmbeddedLlm::open(&paths[0], EngineOptions::default())
-        .await
-        .unwrap();
+    let llm = open(&paths[0]).await;
     let messages = vec![
         ChatMessage::system(INSTRUCTIONS),
         ChatMessage::user("Request: Ünïcode \"quotes\" and  two spaces\nProfile: none"),

@@ -17,6 +17,17 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// A command for the `mrrec` binary at `bin` that sees only the configuration
+/// a test gives it: the caller's `MRREC_CONFIG` and `MRREC__…` variables are removed.
+pub fn isolated_mrrec(bin: &str) -> Command {
+    let mut command = Command::new(bin);
+    command.env_remove("MRREC_CONFIG");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("MRREC__")) {
+        command.env_remove(key);
+    }
+    command
+}
+
 fn find_binary(env: &str, name: &str, install_hint: &str) -> Result<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
