@@ -1,6 +1,6 @@
 //! The item catalog index: BM25 over title, categories, description and attributes.
 
-use crate::{open_with_writer, words, IndexError};
+use crate::{open_reader, open_with_writer, words, IndexError};
 use mrrec_messages::Item;
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
@@ -13,7 +13,8 @@ use tantivy::{doc, Index, IndexReader, IndexWriter, Term};
 pub struct ItemIndex {
     index: Index,
     reader: IndexReader,
-    writer: IndexWriter,
+    /// `None` when opened read-only.
+    writer: Option<IndexWriter>,
     id: Field,
     text: Field,
 }
@@ -21,17 +22,36 @@ pub struct ItemIndex {
 impl ItemIndex {
     /// Opens (or creates) the index in `dir`; `None` keeps it in memory.
     pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {
-        let mut builder = Schema::builder();
-        let id = builder.add_text_field("id", STRING | STORED);
-        let text = builder.add_text_field("text", TEXT);
-        let (index, writer, reader) = open_with_writer(dir, builder.build(), 32 * 1024 * 1024)?;
+        let (schema, id, text) = Self::schema();
+        let (index, writer, reader) = open_with_writer(dir, schema, 32 * 1024 * 1024)?;
         Ok(Self {
             index,
             reader,
-            writer,
+            writer: Some(writer),
             id,
             text,
         })
+    }
+
+    /// Opens the index in `dir` for searching only, following the commits of
+    /// whoever writes it.
+    pub fn open_read_only(dir: &std::path::Path) -> Result<Self, IndexError> {
+        let (schema, id, text) = Self::schema();
+        let (index, reader) = open_reader(dir, schema)?;
+        Ok(Self {
+            index,
+            reader,
+            writer: None,
+            id,
+            text,
+        })
+    }
+
+    fn schema() -> (Schema, Field, Field) {
+        let mut builder = Schema::builder();
+        let id = builder.add_text_field("id", STRING | STORED);
+        let text = builder.add_text_field("text", TEXT);
+        (builder.build(), id, text)
     }
 
     /// The searchable text of an item: title, categories, description, attribute values.
@@ -58,10 +78,10 @@ impl ItemIndex {
         &mut self,
         items: impl IntoIterator<Item = &'a Item>,
     ) -> Result<(), IndexError> {
+        let writer = self.writer.as_mut().ok_or(IndexError::ReadOnly)?;
         for item in items {
-            self.writer
-                .delete_term(Term::from_field_text(self.id, &item.item_id));
-            self.writer.add_document(doc!(
+            writer.delete_term(Term::from_field_text(self.id, &item.item_id));
+            writer.add_document(doc!(
                 self.id => item.item_id.as_str(),
                 self.text => Self::text_of(item),
             ))?;
@@ -70,7 +90,7 @@ impl ItemIndex {
     }
 
     pub fn commit(&mut self) -> Result<(), IndexError> {
-        self.writer.commit()?;
+        self.writer.as_mut().ok_or(IndexError::ReadOnly)?.commit()?;
         self.reader.reload()?;
         Ok(())
     }
@@ -81,6 +101,12 @@ impl ItemIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Picks up the writer's latest commit now (a read-only index also does
+    /// so by itself, shortly after each commit).
+    pub fn reload(&self) -> Result<(), IndexError> {
+        Ok(self.reader.reload()?)
     }
 
     /// Item ids by BM25 against any word of `query`, best first (ties by id).

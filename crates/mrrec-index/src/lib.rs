@@ -22,6 +22,8 @@ pub enum IndexError {
     Tantivy(#[from] tantivy::TantivyError),
     #[error("index directory {path}: {message}")]
     Directory { path: String, message: String },
+    #[error("this index was opened read-only")]
+    ReadOnly,
 }
 
 /// Lower-cased words of `text` as the default tokenizer makes them.
@@ -79,4 +81,18 @@ pub(crate) fn open_with_writer(
         .reload_policy(tantivy::ReloadPolicy::Manual)
         .try_into()?;
     Ok((index, writer, reader))
+}
+
+/// An index in `dir` opened for searching only (another process or stage
+/// owns the writer); it follows the writer's commits by itself.
+pub(crate) fn open_reader(
+    dir: &std::path::Path,
+    schema: tantivy::schema::Schema,
+) -> Result<(tantivy::Index, tantivy::IndexReader), IndexError> {
+    let index = open_or_create(Some(dir), schema)?;
+    let reader = index
+        .reader_builder()
+        .reload_policy(tantivy::ReloadPolicy::OnCommitWithDelay)
+        .try_into()?;
+    Ok((index, reader))
 }

@@ -1,6 +1,6 @@
 //! The memory-entry index.
 
-use crate::{open_with_writer, words, IndexError};
+use crate::{open_reader, open_with_writer, words, IndexError};
 use mrrec_memory::{Level, MemoryEntry};
 use tantivy::collector::TopDocs;
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
@@ -45,7 +45,8 @@ struct Fields {
 pub struct MemoryIndex {
     index: Index,
     reader: IndexReader,
-    writer: IndexWriter,
+    /// `None` when opened read-only.
+    writer: Option<IndexWriter>,
     fields: Fields,
     pending: usize,
 }
@@ -73,10 +74,28 @@ impl MemoryIndex {
         Ok(Self {
             index,
             reader,
-            writer,
+            writer: Some(writer),
             fields,
             pending: 0,
         })
+    }
+
+    /// Opens the index in `dir` for searching only, following the commits of
+    /// whoever writes it (a distill stage, maybe in another process).
+    pub fn open_read_only(dir: &std::path::Path) -> Result<Self, IndexError> {
+        let (schema, fields) = Self::schema();
+        let (index, reader) = open_reader(dir, schema)?;
+        Ok(Self {
+            index,
+            reader,
+            writer: None,
+            fields,
+            pending: 0,
+        })
+    }
+
+    fn writer(&mut self) -> Result<&mut IndexWriter, IndexError> {
+        self.writer.as_mut().ok_or(IndexError::ReadOnly)
     }
 
     /// Adds or replaces entries (by id). Visible after [`MemoryIndex::commit`].
@@ -102,12 +121,12 @@ impl MemoryIndex {
         replace: bool,
     ) -> Result<(), IndexError> {
         let f = self.fields;
+        let writer = self.writer.as_mut().ok_or(IndexError::ReadOnly)?;
         for entry in entries {
             if replace {
-                self.writer
-                    .delete_term(Term::from_field_text(f.id, &entry.id));
+                writer.delete_term(Term::from_field_text(f.id, &entry.id));
             }
-            self.writer.add_document(doc!(
+            writer.add_document(doc!(
                 f.id => entry.id.as_str(),
                 f.user => entry.user.as_str(),
                 f.level => entry.level.number(),
@@ -128,7 +147,7 @@ impl MemoryIndex {
 
     /// Makes everything added visible and durable, recording `payload`.
     pub fn commit(&mut self, payload: &str) -> Result<(), IndexError> {
-        let mut prepared = self.writer.prepare_commit()?;
+        let mut prepared = self.writer()?.prepare_commit()?;
         prepared.set_payload(payload);
         prepared.commit()?;
         self.reader.reload()?;
@@ -143,7 +162,7 @@ impl MemoryIndex {
 
     /// Removes every document (before a rebuild).
     pub fn clear(&mut self) -> Result<(), IndexError> {
-        self.writer.delete_all_documents()?;
+        self.writer()?.delete_all_documents()?;
         self.pending = 0;
         Ok(())
     }
@@ -155,6 +174,12 @@ impl MemoryIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Picks up the writer's latest commit now (a read-only index also does
+    /// so by itself, shortly after each commit).
+    pub fn reload(&self) -> Result<(), IndexError> {
+        Ok(self.reader.reload()?)
     }
 
     /// BM25 over `user`'s entries (any word of `query`), restricted to `levels`

@@ -23,7 +23,16 @@ pub fn agent_prompt(query: &str) -> Vec<ChatMessage> {
 
 /// The grammar of a first turn: think, then retrieve or answer.
 pub fn first_turn_grammar() -> String {
-    protocol::turn_grammar(true, 120, 60, 3)
+    protocol::turn_grammar(
+        true,
+        true,
+        protocol::TurnLimits {
+            think: 120,
+            query: 60,
+            profile: 60,
+            ids: 3,
+        },
+    )
 }
 
 /// The suite's greedy first-turn request (the same on every backend, so the

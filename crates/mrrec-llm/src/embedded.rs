@@ -47,7 +47,7 @@ pub type PolicyLease = Arc<Loaded>;
 /// mistral.rs in process.
 pub struct EmbeddedLlm {
     runner: Arc<MistralRs>,
-    model: Model,
+    model: Arc<Model>,
     current: RwLock<PolicyLease>,
     swap: tokio::sync::Mutex<()>,
     options: EngineOptions,
@@ -164,7 +164,7 @@ impl EmbeddedLlm {
         tracing::info!(version, dir = %dir.display(), "policy loaded");
         metrics::gauge!("mrrec_policy_version").set(version as f64);
         Ok(Self {
-            model: Model::new(runner.clone()),
+            model: Arc::new(Model::new(runner.clone())),
             runner,
             current: RwLock::new(Arc::new(Loaded {
                 model_id,
@@ -274,11 +274,21 @@ impl Llm for EmbeddedLlm {
         validate_request(&request)?;
         let lease = self.lease();
         let started = Instant::now();
-        let response = self
-            .model
-            .send_chat_request_with_model(request_builder(&request), Some(&lease.model_id))
-            .await
-            .map_err(|e| LlmError::Engine(e.to_string()))?;
+        // The call runs on its own task: mistral.rs's engine thread panics if
+        // a request's response channel closes early, which is what dropping
+        // this future (a caller's timeout) would do. The task keeps the
+        // channel (and the lease) until the engine is done with the request.
+        let model = self.model.clone();
+        let builder = request_builder(&request);
+        let task_lease = lease.clone();
+        let response = tokio::spawn(async move {
+            model
+                .send_chat_request_with_model(builder, Some(&task_lease.model_id))
+                .await
+        })
+        .await
+        .map_err(|e| LlmError::Engine(format!("engine call: {e}")))?
+        .map_err(|e| LlmError::Engine(e.to_string()))?;
         let completions = response
             .choices
             .into_iter()
@@ -295,6 +305,10 @@ impl Llm for EmbeddedLlm {
             completion_tokens: response.usage.completion_tokens,
             elapsed: started.elapsed(),
         })
+    }
+
+    fn serving_version(&self) -> Option<u32> {
+        Some(EmbeddedLlm::serving_version(self))
     }
 
     fn backend(&self) -> &'static str {

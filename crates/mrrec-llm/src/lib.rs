@@ -116,6 +116,11 @@ pub trait Llm: Send + Sync {
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError>;
     /// `embedded` or `http`.
     fn backend(&self) -> &'static str;
+    /// The policy version new calls go to, when the backend knows it without
+    /// a call (for answers that never reached the LLM).
+    fn serving_version(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Checks a request before it reaches an engine.

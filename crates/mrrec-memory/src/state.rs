@@ -2,7 +2,7 @@
 
 use mrrec_messages::{Event, EventKind, Item};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Positive items remembered per user (co-occurrence window, collaborative signal).
 pub const RECENT_POSITIVE: usize = 20;
@@ -193,6 +193,9 @@ pub struct UserState {
     pub categories: BTreeMap<String, CategoryStats>,
     /// Latest positive items, oldest first, without repeats.
     pub recent_positive: Vec<String>,
+    /// Every item the user has had an event about (what `exclude_seen` leaves out).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub seen: BTreeSet<String>,
     /// Events about items not in the catalog yet, by item id.
     pub pending: BTreeMap<String, Vec<BehaviorRecord>>,
 }
@@ -230,6 +233,9 @@ impl UserState {
         let Some(item_id) = record.item_id.as_deref() else {
             return Vec::new();
         };
+        if !self.seen.contains(item_id) {
+            self.seen.insert(item_id.to_owned());
+        }
         if record.sentiment() == Sentiment::Liked {
             *delta.popularity.entry(item_id.to_owned()).or_default() += 1;
             for earlier in self.recent_positive.iter().rev().take(CO_OCCURRENCE_WINDOW) {

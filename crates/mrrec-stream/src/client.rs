@@ -66,6 +66,21 @@ impl KafkaClients {
         &self.bootstrap
     }
 
+    /// The same clients with `defaults` added to the properties, except
+    /// where the user set a property already (the user's value wins).
+    pub fn with_default_properties(&self, defaults: &[(&str, &str)]) -> Self {
+        let mut properties = self.properties.clone();
+        for (key, value) in defaults {
+            properties
+                .entry((*key).to_owned())
+                .or_insert_with(|| (*value).to_owned());
+        }
+        Self {
+            bootstrap: self.bootstrap.clone(),
+            properties,
+        }
+    }
+
     fn base(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
