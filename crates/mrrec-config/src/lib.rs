@@ -28,6 +28,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub stream: StreamConfig,
     pub distill: DistillConfig,
+    pub recommend: RecommendConfig,
 }
 
 /// The value of `kafka.brokers` that selects the in-process broker.
@@ -141,8 +142,49 @@ pub struct LlmConfig {
 pub struct AgentConfig {
     /// Most retrieve steps per trajectory.
     pub max_steps: u32,
+    /// Retrieve steps the policy must take before it may answer.
+    pub min_steps: u32,
     /// Trajectories sampled per request.
     pub group_size: u32,
+    /// Sampling temperature; 0 is greedy (must be > 0 when group_size > 1).
+    pub temperature: f64,
+    /// Nucleus sampling; 1 disables it.
+    pub top_p: f64,
+    /// Memory entries inserted per retrieve step (MR.Rec: 3).
+    pub memory_per_step: u32,
+    /// Longest `<think>` text, in characters.
+    pub max_think_chars: u32,
+    /// Longest `<retrieve>` query, in characters.
+    pub max_query_chars: u32,
+    /// Longest ideal item profile, in characters.
+    pub max_profile_chars: u32,
+    /// Most tokens the policy may write per turn.
+    pub max_turn_tokens: u32,
+    /// Longest piece of user text (query, memory entry) put into a prompt, in characters.
+    pub max_input_chars: u32,
+}
+
+/// The recommendation stage: concurrency, deadlines and the item ranking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecommendConfig {
+    /// Requests answered at once by one instance (backpressure on the LLM).
+    pub concurrency: u32,
+    /// Deadline of one request's agent run; after it, the fallback answers.
+    pub timeout_ms: u64,
+    /// Longest a batch of requests waits for more before it starts.
+    pub batch_max_ms: u64,
+    /// Candidates each ranking signal contributes before fusion.
+    pub candidates: u32,
+    /// Recent positive items whose co-occurrences form the collaborative signal.
+    pub recent_items: u32,
+    /// Fusion weight of BM25 (profile against the catalog).
+    pub weight_bm25: f64,
+    /// Fusion weight of co-occurrence with the user's recent positive items.
+    pub weight_collaborative: f64,
+    /// Fusion weight of popularity.
+    pub weight_popularity: f64,
+    /// How often the cached catalog facts (categories, popularity) are re-read.
+    pub refresh_ms: u64,
 }
 
 /// The reward join.

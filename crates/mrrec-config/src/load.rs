@@ -178,6 +178,7 @@ fn section_type_error(name: &str, value: toml::Value) -> Option<ConfigIssue> {
         "metrics" => check::<MetricsConfig>(name, value),
         "stream" => check::<StreamConfig>(name, value),
         "distill" => check::<DistillConfig>(name, value),
+        "recommend" => check::<RecommendConfig>(name, value),
         _ => None,
     }
 }

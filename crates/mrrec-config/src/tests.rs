@@ -120,6 +120,41 @@ batch_max_records = 200000
 }
 
 #[test]
+fn agent_sampling_and_recommend_limits_are_checked() {
+    let error = Config::from_toml_str(
+        r#"
+[agent]
+group_size = 4
+temperature = 0.0
+top_p = 0.0
+max_query_chars = 0
+[recommend]
+concurrency = 0
+timeout_ms = 0
+weight_bm25 = -1.0
+"#,
+    )
+    .unwrap_err();
+    for key in [
+        "agent.temperature",
+        "agent.top_p",
+        "agent.max_query_chars",
+        "recommend.concurrency",
+        "recommend.timeout_ms",
+        "recommend.weight_bm25",
+    ] {
+        assert!(error.mentions(key), "{key} missing from {error}");
+    }
+    assert!(
+        error.to_string().contains("greedy samples are identical"),
+        "{error}"
+    );
+    let sampled = Config::from_toml_str("[agent]\ngroup_size = 4\ntemperature = 0.8\n").unwrap();
+    assert_eq!(sampled.agent.group_size, 4);
+    assert_eq!(sampled.recommend.concurrency, 1);
+}
+
+#[test]
 fn missing_config_file_is_a_clear_error() {
     let error = Config::load_with_env(
         Some(std::path::Path::new("/nonexistent/mrrec.toml")),

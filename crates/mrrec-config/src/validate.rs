@@ -97,6 +97,82 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
             format!("{} is not between 1 and 64", config.agent.group_size),
         );
     }
+    let agent = &config.agent;
+    if agent.min_steps > agent.max_steps {
+        fail(
+            "agent.min_steps",
+            format!(
+                "{} is more than agent.max_steps ({})",
+                agent.min_steps, agent.max_steps
+            ),
+        );
+    }
+    if !(agent.temperature.is_finite() && (0.0..=5.0).contains(&agent.temperature)) {
+        fail(
+            "agent.temperature",
+            format!("{} is not between 0 and 5", agent.temperature),
+        );
+    } else if agent.group_size > 1 && agent.temperature == 0.0 {
+        fail(
+            "agent.temperature",
+            format!(
+                "must be > 0 when agent.group_size is {} (greedy samples are identical and teach nothing)",
+                agent.group_size
+            ),
+        );
+    }
+    if !(agent.top_p.is_finite() && agent.top_p > 0.0 && agent.top_p <= 1.0) {
+        fail("agent.top_p", format!("{} is not in (0, 1]", agent.top_p));
+    }
+    for (key, value, max) in [
+        ("agent.memory_per_step", agent.memory_per_step, 20),
+        ("agent.max_think_chars", agent.max_think_chars, 2000),
+        ("agent.max_query_chars", agent.max_query_chars, 2000),
+        ("agent.max_profile_chars", agent.max_profile_chars, 2000),
+        ("agent.max_turn_tokens", agent.max_turn_tokens, 8192),
+        ("agent.max_input_chars", agent.max_input_chars, 16384),
+    ] {
+        if !(1..=max).contains(&value) {
+            fail(key, format!("{value} is not between 1 and {max}"));
+        }
+    }
+    let recommend = &config.recommend;
+    if !(1..=4096).contains(&recommend.concurrency) {
+        fail(
+            "recommend.concurrency",
+            format!("{} is not between 1 and 4096", recommend.concurrency),
+        );
+    }
+    if recommend.timeout_ms == 0 {
+        fail("recommend.timeout_ms", "must be positive".into());
+    }
+    if !(1..=100_000).contains(&recommend.candidates) {
+        fail(
+            "recommend.candidates",
+            format!("{} is not between 1 and 100000", recommend.candidates),
+        );
+    }
+    if recommend.recent_items > 1000 {
+        fail(
+            "recommend.recent_items",
+            format!("{} is over the limit of 1000", recommend.recent_items),
+        );
+    }
+    for (key, weight) in [
+        ("recommend.weight_bm25", recommend.weight_bm25),
+        (
+            "recommend.weight_collaborative",
+            recommend.weight_collaborative,
+        ),
+        ("recommend.weight_popularity", recommend.weight_popularity),
+    ] {
+        if !(weight.is_finite() && weight >= 0.0) {
+            fail(key, format!("{weight} must be a finite number ≥ 0"));
+        }
+    }
+    if recommend.refresh_ms == 0 {
+        fail("recommend.refresh_ms", "must be positive".into());
+    }
     if config.reward.window_ms == 0 {
         fail("reward.window_ms", "must be positive".into());
     }

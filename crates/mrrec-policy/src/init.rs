@@ -37,8 +37,8 @@ impl Default for ModelSpec {
         Self {
             vocab_size: 4096,
             hidden_size: 128,
-            intermediate_size: 384,
-            num_layers: 4,
+            intermediate_size: 512,
+            num_layers: 2,
             num_heads: 4,
             num_kv_heads: 4,
             max_position_embeddings: 4096,

@@ -49,30 +49,41 @@ pub const CHAT_TEMPLATE: &str = "{%- for message in messages -%}\
 {%- endfor -%}\
 {%- if add_generation_prompt -%}<|assistant|>{%- endif -%}";
 
-/// The instructions that open every prompt.
-pub const INSTRUCTIONS: &str = "You are a recommendation assistant. Read the request, \
-the global memory and the user profile. Think briefly inside <think></think>. To look up \
-the user's own memory, write an aspect query inside <retrieve></retrieve>; the system \
-answers with <memory id=\"...\">...</memory> entries. When you know enough, write \
-<answer>{\"profile\":\"the ideal item for this user\",\"memory_ids\":[\"ids you used\"]}</answer>.";
+/// The instructions that open every prompt. Short on purpose: every prompt
+/// token is prefilled on every turn, and the policy learns the protocol from
+/// training, not from prose.
+pub const INSTRUCTIONS: &str = "Recommend an item. Optionally <think>briefly</think>. \
+<retrieve>aspect</retrieve> looks up the user's memory. \
+End with <answer>{\"profile\":\"ideal item\",\"memory_ids\":[\"ids used\"]}</answer>.";
+
+/// Length bounds of one assistant turn, in characters (ids: count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnLimits {
+    pub think: usize,
+    pub query: usize,
+    pub profile: usize,
+    pub ids: usize,
+}
 
 /// Lark grammar (llguidance dialect) of one assistant turn: an optional
 /// `<think>`, then a `<retrieve>` query when `may_retrieve`, or the
 /// `<answer>`. Free text excludes `<` (no tag can be opened or closed inside
 /// it) and control characters; the profile also excludes `"` and `\`. Every
-/// piece is bounded in length, and the answer cites at most `max_ids` ids.
-pub fn turn_grammar(
-    may_retrieve: bool,
-    max_think_chars: usize,
-    max_text_chars: usize,
-    max_ids: usize,
-) -> String {
-    let action = if may_retrieve {
-        "retrieve | answer"
-    } else {
-        "answer"
+/// piece is bounded in length, and the answer cites at most `limits.ids` ids.
+/// `may_answer = false` forces a retrieve (when one is allowed).
+pub fn turn_grammar(may_retrieve: bool, may_answer: bool, limits: TurnLimits) -> String {
+    let action = match (may_retrieve, may_answer) {
+        (true, true) => "retrieve | answer",
+        (true, false) => "retrieve",
+        (false, _) => "answer",
     };
-    let more_ids = "(\",\" ID)? ".repeat(max_ids.saturating_sub(1));
+    let TurnLimits {
+        think,
+        query,
+        profile,
+        ids,
+    } = limits;
+    let more_ids = "(\",\" ID)? ".repeat(ids.saturating_sub(1));
     format!(
         r#"start: think? action
 action: {action}
@@ -80,9 +91,9 @@ think: "<think>" THOUGHT "</think>"
 retrieve: "<retrieve>" QUERY "</retrieve>"
 answer: "<answer>{{\"profile\":\"" PROFILE "\",\"memory_ids\":[" ids? "]}}</answer>"
 ids: ID {more_ids}
-THOUGHT: /[^<\x00-\x1f\x7f]{{1,{max_think_chars}}}/
-QUERY: /[^<\x00-\x1f\x7f]{{1,{max_text_chars}}}/
-PROFILE: /[^<"\\\x00-\x1f\x7f]{{1,{max_text_chars}}}/
+THOUGHT: /[^<\x00-\x1f\x7f]{{1,{think}}}/
+QUERY: /[^<\x00-\x1f\x7f]{{1,{query}}}/
+PROFILE: /[^<"\\\x00-\x1f\x7f]{{1,{profile}}}/
 ID: /"[A-Za-z0-9:_.\-]{{1,48}}"/
 "#
     )
