@@ -19,7 +19,7 @@ pub use rank::{fuse, FusionWeights, Signals};
 pub use turn::{parse_turn, Action, Turn};
 
 use async_trait::async_trait;
-use mrrec_llm::{ChatMessage, GenerationRequest, Llm, LlmError, Sampling};
+use mrrec_llm::{ChatMessage, Generation, GenerationRequest, Llm, LlmError, Sampling};
 use mrrec_messages::{Segment, SegmentSource, Step, StepKind};
 use mrrec_policy::protocol::{self, INSTRUCTIONS};
 use std::time::Duration;
@@ -42,6 +42,10 @@ pub trait MemorySource: Send + Sync {
 pub struct AgentSettings {
     /// Most retrieve steps (DESIGN `agent.max_steps`).
     pub max_steps: u32,
+    /// Retrieve steps the policy must take before it may answer (the
+    /// grammar allows only a retrieve until then), so every answer is
+    /// grounded in the user's own memory at least this often.
+    pub min_steps: u32,
     /// Memory entries inserted per retrieve (MR.Rec: 3).
     pub memory_per_step: usize,
     pub max_think_chars: usize,
@@ -58,12 +62,13 @@ impl Default for AgentSettings {
     fn default() -> Self {
         Self {
             max_steps: 3,
+            min_steps: 1,
             memory_per_step: 3,
-            max_think_chars: 64,
-            max_query_chars: 48,
+            max_think_chars: 48,
+            max_query_chars: 32,
             max_profile_chars: 96,
             max_answer_ids: 3,
-            max_input_chars: 400,
+            max_input_chars: 200,
             sampling: Sampling::greedy(256),
         }
     }
@@ -161,62 +166,33 @@ pub fn fallback_profile(input: &AgentInput, settings: &AgentSettings) -> String 
         .map(|t| escape_text(t, settings.max_input_chars))
         .filter(|t| !t.is_empty())
         .collect();
+    if parts.is_empty() {
+        // No request and no history: popularity decides the ranking.
+        return "anything popular".to_owned();
+    }
     parts.join(" ")
 }
 
-/// Runs one trajectory.
-pub async fn run_agent(
-    llm: &dyn Llm,
-    memory: &dyn MemorySource,
-    input: &AgentInput,
-    settings: &AgentSettings,
-) -> Result<AgentOutcome, AgentError> {
-    let mut messages = vec![
-        ChatMessage::system(INSTRUCTIONS),
-        ChatMessage::user(request_text(input, settings)),
-    ];
-    let prompt = protocol::render_chat(&messages, false);
-    let mut outcome = AgentOutcome {
-        profile: String::new(),
-        memory_ids: Vec::new(),
-        steps: Vec::new(),
-        prompt,
-        segments: Vec::new(),
-        format_ok: false,
-        policy_version: 0,
-        llm_calls: 0,
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        llm_time: Duration::ZERO,
-    };
-    let mut retrieved: Vec<String> = Vec::new();
-    for step in 0..=settings.max_steps {
+/// The turns of one trajectory while it is being written.
+struct Live {
+    outcome: AgentOutcome,
+    messages: Vec<ChatMessage>,
+    retrieved: Vec<String>,
+    done: bool,
+}
+
+impl Live {
+    /// Takes the policy's turn `text` (written at `step`); runs its retrieve.
+    async fn absorb(
+        &mut self,
+        text: String,
+        step: u32,
+        memory: &dyn MemorySource,
+        input: &AgentInput,
+        settings: &AgentSettings,
+    ) {
         let may_retrieve = step < settings.max_steps;
-        let grammar = protocol::turn_grammar(
-            may_retrieve,
-            settings.max_think_chars,
-            settings.max_query_chars.max(settings.max_profile_chars),
-            settings.max_answer_ids,
-        );
-        let generation = llm
-            .generate(GenerationRequest {
-                messages: messages.clone(),
-                grammar: Some(grammar),
-                sampling: settings.sampling.clone(),
-                n: 1,
-            })
-            .await?;
-        outcome.llm_calls += 1;
-        outcome.policy_version = generation.policy_version;
-        outcome.prompt_tokens += generation.prompt_tokens;
-        outcome.completion_tokens += generation.completion_tokens;
-        outcome.llm_time += generation.elapsed;
-        let text = generation
-            .completions
-            .into_iter()
-            .next()
-            .map(|c| c.text)
-            .unwrap_or_default();
+        let outcome = &mut self.outcome;
         // The chat template frames every assistant turn; the model writes its
         // text and the EOS, the system writes the role markers.
         outcome.segments.push(Segment {
@@ -229,9 +205,10 @@ pub async fn run_agent(
             text: format!("{text}{}", protocol::EOS),
             tokens: Vec::new(),
         });
-        messages.push(ChatMessage::assistant(text.clone()));
+        self.messages.push(ChatMessage::assistant(text.clone()));
         let Some(turn) = parse_turn(&text) else {
-            break;
+            self.done = true;
+            return;
         };
         if let Some(thought) = &turn.think {
             outcome.steps.push(Step {
@@ -255,7 +232,7 @@ pub async fn run_agent(
                         Vec::new()
                     });
                 let ids: Vec<String> = hits.iter().map(|h| h.id.clone()).collect();
-                retrieved.extend(ids.iter().cloned());
+                self.retrieved.extend(ids.iter().cloned());
                 let inserted = memory_text(&hits, settings.max_input_chars);
                 outcome.steps.push(Step {
                     kind: StepKind::Memory,
@@ -267,16 +244,16 @@ pub async fn run_agent(
                     text: format!("{}{inserted}", protocol::USER),
                     tokens: Vec::new(),
                 });
-                messages.push(ChatMessage::user(inserted));
+                self.messages.push(ChatMessage::user(inserted));
             }
-            Action::Retrieve(_) => break,
+            Action::Retrieve(_) => self.done = true,
             Action::Answer {
                 profile,
                 memory_ids,
             } => {
                 let cited: Vec<String> = memory_ids
                     .into_iter()
-                    .filter(|id| retrieved.contains(id))
+                    .filter(|id| self.retrieved.contains(id))
                     .collect();
                 outcome.steps.push(Step {
                     kind: StepKind::Answer,
@@ -286,16 +263,170 @@ pub async fn run_agent(
                 outcome.profile = profile;
                 outcome.memory_ids = cited;
                 outcome.format_ok = true;
-                return Ok(outcome);
+                self.done = true;
             }
         }
     }
-    let profile = fallback_profile(input, settings);
-    outcome.steps.push(Step {
-        kind: StepKind::Fallback,
-        text: profile.clone(),
+
+    /// Ends a trajectory that gave no usable answer with the fallback.
+    fn finish(mut self, input: &AgentInput, settings: &AgentSettings) -> AgentOutcome {
+        if !self.outcome.format_ok {
+            let profile = fallback_profile(input, settings);
+            self.outcome.steps.push(Step {
+                kind: StepKind::Fallback,
+                text: profile.clone(),
+                memory_ids: Vec::new(),
+            });
+            self.outcome.profile = profile;
+        }
+        self.outcome
+    }
+
+    fn record(&mut self, generation: &Generation, share: usize) {
+        let outcome = &mut self.outcome;
+        outcome.llm_calls += 1;
+        outcome.policy_version = generation.policy_version;
+        outcome.prompt_tokens += generation.prompt_tokens;
+        outcome.completion_tokens += generation.completion_tokens / share.max(1);
+        outcome.llm_time += generation.elapsed;
+    }
+}
+
+/// The trajectories of one request and what producing them cost.
+#[derive(Debug, Clone)]
+pub struct GroupOutcome {
+    /// One per sample, in sample order.
+    pub trajectories: Vec<AgentOutcome>,
+    /// Time spent waiting for the LLM along the request's critical path (the
+    /// samples of a step run concurrently, so a step counts its slowest call).
+    pub llm_time: Duration,
+}
+
+/// The grammar of a turn at `step`.
+pub fn step_grammar(step: u32, settings: &AgentSettings) -> String {
+    let may_retrieve = step < settings.max_steps;
+    protocol::turn_grammar(
+        may_retrieve,
+        step >= settings.min_steps,
+        protocol::TurnLimits {
+            think: settings.max_think_chars,
+            query: settings.max_query_chars,
+            profile: settings.max_profile_chars,
+            ids: settings.max_answer_ids,
+        },
+    )
+}
+
+/// Runs one trajectory.
+pub async fn run_agent(
+    llm: &dyn Llm,
+    memory: &dyn MemorySource,
+    input: &AgentInput,
+    settings: &AgentSettings,
+) -> Result<AgentOutcome, AgentError> {
+    let mut group = run_group(llm, memory, input, settings, 1).await?;
+    Ok(group.trajectories.remove(0))
+}
+
+/// Runs `group_size` trajectories of one request (DESIGN §4, G samples): the
+/// first turn is one call with `n = group_size` (the prompt is shared); from
+/// then on each trajectory continues on its own, the group's calls of a step
+/// running concurrently.
+pub async fn run_group(
+    llm: &dyn Llm,
+    memory: &dyn MemorySource,
+    input: &AgentInput,
+    settings: &AgentSettings,
+    group_size: usize,
+) -> Result<GroupOutcome, AgentError> {
+    let group_size = group_size.max(1);
+    let messages = vec![
+        ChatMessage::system(INSTRUCTIONS),
+        ChatMessage::user(request_text(input, settings)),
+    ];
+    let prompt = protocol::render_chat(&messages, false);
+    let empty = AgentOutcome {
+        profile: String::new(),
         memory_ids: Vec::new(),
+        steps: Vec::new(),
+        prompt,
+        segments: Vec::new(),
+        format_ok: false,
+        policy_version: 0,
+        llm_calls: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        llm_time: Duration::ZERO,
+    };
+    let mut live: Vec<Live> = (0..group_size)
+        .map(|_| Live {
+            outcome: empty.clone(),
+            messages: messages.clone(),
+            retrieved: Vec::new(),
+            done: false,
+        })
+        .collect();
+    let mut llm_time = Duration::ZERO;
+
+    // Step 0: one call, n samples.
+    let first = llm
+        .generate(GenerationRequest {
+            messages,
+            grammar: Some(step_grammar(0, settings)),
+            sampling: settings.sampling.clone(),
+            n: group_size,
+        })
+        .await?;
+    llm_time += first.elapsed;
+    let mut texts = first.completions.iter().map(|c| c.text.clone());
+    for trajectory in &mut live {
+        trajectory.record(&first, group_size);
+    }
+    let absorbed = live.iter_mut().map(|trajectory| {
+        let text = texts.next().unwrap_or_default();
+        trajectory.absorb(text, 0, memory, input, settings)
     });
-    outcome.profile = profile;
-    Ok(outcome)
+    futures::future::join_all(absorbed).await;
+
+    for step in 1..=settings.max_steps {
+        let open: Vec<&mut Live> = live.iter_mut().filter(|t| !t.done).collect();
+        if open.is_empty() {
+            break;
+        }
+        let grammar = step_grammar(step, settings);
+        let turns = open.into_iter().map(|trajectory| {
+            let grammar = grammar.clone();
+            async move {
+                let generation = llm
+                    .generate(GenerationRequest {
+                        messages: trajectory.messages.clone(),
+                        grammar: Some(grammar),
+                        sampling: settings.sampling.clone(),
+                        n: 1,
+                    })
+                    .await?;
+                trajectory.record(&generation, 1);
+                let text = generation
+                    .completions
+                    .into_iter()
+                    .next()
+                    .map(|c| c.text)
+                    .unwrap_or_default();
+                trajectory.absorb(text, step, memory, input, settings).await;
+                Ok::<Duration, AgentError>(generation.elapsed)
+            }
+        });
+        let mut slowest = Duration::ZERO;
+        for result in futures::future::join_all(turns).await {
+            slowest = slowest.max(result?);
+        }
+        llm_time += slowest;
+    }
+    Ok(GroupOutcome {
+        trajectories: live
+            .into_iter()
+            .map(|trajectory| trajectory.finish(input, settings))
+            .collect(),
+        llm_time,
+    })
 }

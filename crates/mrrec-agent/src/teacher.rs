@@ -116,4 +116,8 @@ impl Llm for TeacherLlm {
     fn backend(&self) -> &'static str {
         "teacher"
     }
+
+    fn serving_version(&self) -> Option<u32> {
+        Some(self.version)
+    }
 }

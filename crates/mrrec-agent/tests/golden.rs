@@ -158,20 +158,35 @@ async fn cited_ids_that_were_never_retrieved_are_dropped() {
     let llm = Scripted {
         grammars: Mutex::new(Vec::new()),
     };
-    let outcome = run_agent(
+    let settings = AgentSettings {
+        min_steps: 0,
+        ..AgentSettings::default()
+    };
+    let outcome = run_agent(&llm, &FakeMemory::default(), &input(), &settings)
+        .await
+        .unwrap();
+    assert!(outcome.format_ok);
+    assert!(outcome.memory_ids.is_empty());
+    assert_eq!(outcome.completion_tokens, 5);
+    // By default the first turn must retrieve: its grammar offers nothing else.
+    let _ = run_agent(
         &llm,
         &FakeMemory::default(),
         &input(),
         &AgentSettings::default(),
     )
-    .await
-    .unwrap();
-    assert!(outcome.format_ok);
-    assert!(outcome.memory_ids.is_empty());
-    assert_eq!(outcome.completion_tokens, 5);
+    .await;
     let grammars = llm.grammars.lock().unwrap();
-    assert_eq!(grammars.len(), 1);
-    assert!(grammars[0].contains("retrieve | answer"), "{}", grammars[0]);
+    assert!(
+        grammars[0].contains("action: retrieve | answer\n"),
+        "{}",
+        grammars[0]
+    );
+    assert!(
+        grammars[1].contains("action: retrieve\n"),
+        "{}",
+        grammars[1]
+    );
 }
 
 #[tokio::test]

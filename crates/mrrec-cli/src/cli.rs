@@ -51,6 +51,9 @@ pub enum Command {
         query: Option<String>,
         #[arg(long, default_value_t = 10)]
         k: u32,
+        /// How long to wait for the response.
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
     },
     /// Policy model tools.
     #[command(subcommand)]
@@ -88,6 +91,18 @@ pub enum Command {
         /// `bench recommend --llm-only`: calls to time per side.
         #[arg(long, default_value_t = 200)]
         calls: usize,
+        /// `bench recommend`: requests per second, sent open-loop.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// `bench recommend`: requests to time.
+        #[arg(long, default_value_t = 600)]
+        requests: usize,
+        /// `bench recommend`: untimed requests first, one at a time.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// `bench recommend`: retrieve steps per trajectory (overrides agent.max_steps).
+        #[arg(long, default_value_t = 2)]
+        max_steps: u32,
     },
 }
 
@@ -178,9 +193,9 @@ pub struct ModelInitArgs {
     pub vocab_size: usize,
     #[arg(long, default_value_t = 128)]
     pub hidden_size: usize,
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = 512)]
     pub intermediate_size: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub layers: usize,
     #[arg(long, default_value_t = 4)]
     pub heads: usize,

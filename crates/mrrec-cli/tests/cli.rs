@@ -121,7 +121,7 @@ fn bad_configuration_exits_non_zero_naming_every_key() {
 fn commands_not_built_yet_say_so_and_fail() {
     for args in [
         vec!["demo"],
-        vec!["run", "--stage", "recommend"],
+        vec!["run", "--stage", "reward"],
         vec!["bench", "train"],
     ] {
         let output = mrrec(&args, &[]);
@@ -130,6 +130,33 @@ fn commands_not_built_yet_say_so_and_fail() {
         assert!(stdout.is_empty(), "{args:?} printed output: {stdout}");
         assert!(stderr.contains("not yet available"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn recommend_without_a_policy_says_how_to_make_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = mrrec(
+        &["recommend", "--user", "1", "--query", "a comedy"],
+        &[
+            (
+                "MRREC__STORE__PATH",
+                tmp.path().join("store").display().to_string().as_str(),
+            ),
+            (
+                "MRREC__INDEX__PATH",
+                tmp.path().join("index").display().to_string().as_str(),
+            ),
+            (
+                "MRREC__POLICY__DIR",
+                tmp.path().join("policy").display().to_string().as_str(),
+            ),
+            ("MRREC__METRICS__LISTEN", ""),
+        ],
+    );
+    assert!(!output.status.success());
+    let (stdout, stderr) = text(&output);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("model init"), "{stderr}");
 }
 
 #[test]

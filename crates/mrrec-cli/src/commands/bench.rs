@@ -59,28 +59,7 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
         .await
         .context("creating the bench topics")?;
 
-    // Data: 2,000 items in 1–3 categories; users ~ events/50; ratings 1–5.
-    let mut rng = Rng(seed.max(1));
-    let items: Vec<Item> = (0..2000)
-        .map(|i| {
-            let n = 1 + rng.below(3) as usize;
-            let categories: Vec<String> = (0..n)
-                .map(|_| CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize].to_owned())
-                .collect();
-            let mut categories = categories;
-            categories.sort();
-            categories.dedup();
-            Item {
-                item_id: format!("i{i}"),
-                title: format!("Item {i} ({})", 1950 + rng.below(70)),
-                categories,
-                description: None,
-                attrs: serde_json::json!({"year": 1950 + rng.below(70)})
-                    .as_object()
-                    .cloned(),
-            }
-        })
-        .collect();
+    let (items, events_data) = synthetic_world(seed, events);
     let users = (events / 50).max(1) as u64;
     let mut records: Vec<OutgoingRecord> = items
         .iter()
@@ -92,22 +71,11 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
             })
         })
         .collect::<Result<_>>()?;
-    for i in 0..events {
-        let user = format!("u{}", rng.below(users));
-        let event = Event {
-            event_id: format!("e{i}"),
-            user_id: user.clone(),
-            kind: EventKind::Rate,
-            item_id: Some(format!("i{}", rng.below(items.len() as u64))),
-            value: Some(1.0 + rng.below(5) as f64),
-            text: None,
-            attrs: None,
-            ts: 1_700_000_000_000 + i as i64 * 1000,
-        };
+    for event in &events_data {
         records.push(OutgoingRecord {
             topic: Topic::Events.name(&topics.prefix),
-            key: Some(user.into_bytes()),
-            payload: encode(&event)?,
+            key: Some(event.user_id.clone().into_bytes()),
+            payload: encode(event)?,
         });
     }
     let total = records.len() as u64;
@@ -328,4 +296,47 @@ pub fn retrieve(entries: usize, queries: usize, seed: u64) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// A synthetic catalog (2,000 items in 1–3 of 12 categories) and `events`
+/// ratings 1–5 by ~events/50 users, deterministic in `seed`.
+pub(crate) fn synthetic_world(seed: u64, events: usize) -> (Vec<Item>, Vec<Event>) {
+    let mut rng = Rng(seed.max(1));
+    let items: Vec<Item> = (0..2000)
+        .map(|i| {
+            let n = 1 + rng.below(3) as usize;
+            let categories: Vec<String> = (0..n)
+                .map(|_| CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize].to_owned())
+                .collect();
+            let mut categories = categories;
+            categories.sort();
+            categories.dedup();
+            Item {
+                item_id: format!("i{i}"),
+                title: format!("Item {i} ({})", 1950 + rng.below(70)),
+                categories,
+                description: None,
+                attrs: serde_json::json!({"year": 1950 + rng.below(70)})
+                    .as_object()
+                    .cloned(),
+            }
+        })
+        .collect();
+    let users = (events / 50).max(1) as u64;
+    let events = (0..events)
+        .map(|i| {
+            let user = format!("u{}", rng.below(users));
+            Event {
+                event_id: format!("e{i}"),
+                user_id: user,
+                kind: EventKind::Rate,
+                item_id: Some(format!("i{}", rng.below(items.len() as u64))),
+                value: Some(1.0 + rng.below(5) as f64),
+                text: None,
+                attrs: None,
+                ts: 1_700_000_000_000 + i as i64 * 1000,
+            }
+        })
+        .collect();
+    (items, events)
 }

@@ -13,8 +13,12 @@ use std::time::Instant;
 
 const MAX_TOKENS: usize = 64;
 
-/// The policy to measure: the configured one, else a fresh default model in a temp dir.
-fn model_dir(config: &Config) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+/// The policy to measure: the configured one, else a fresh default model
+/// (tokenizer trained on `catalog`) in a temp dir.
+pub(crate) fn model_dir_for(
+    config: &Config,
+    catalog: &[String],
+) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
     if let Ok(dir) =
         mrrec_policy::registry::resolve_model_dir(&config.llm.model_dir, &config.policy.dir)
     {
@@ -29,7 +33,7 @@ fn model_dir(config: &Config) -> Result<(std::path::PathBuf, Option<tempfile::Te
         created_ts: mrrec_policy::now_ms(),
         metrics: Default::default(),
     };
-    init_model(&dir, &ModelSpec::default(), &[], &meta)?;
+    init_model(&dir, &ModelSpec::default(), catalog, &meta)?;
     eprintln!(
         "no policy configured: measuring a fresh default model ({})",
         dir.display()
@@ -60,7 +64,7 @@ pub async fn llm_only(config: &Config, calls: usize) -> Result<()> {
     if calls == 0 {
         bail!("--calls must be at least 1");
     }
-    let (dir, _tmp) = model_dir(config)?;
+    let (dir, _tmp) = model_dir_for(config, &[])?;
     let llm = EmbeddedLlm::open(&dir, EngineOptions::default())
         .await
         .with_context(|| format!("loading {}", dir.display()))?;

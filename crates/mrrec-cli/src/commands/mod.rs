@@ -2,10 +2,12 @@
 
 mod bench;
 mod bench_llm;
+mod bench_recommend;
 mod llm;
 mod load;
 mod memory;
 mod model;
+mod recommend;
 mod run;
 mod store;
 mod topics;
@@ -39,7 +41,21 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Memory(MemoryCommand::Search { user, query, k }) => {
             memory::search(&config, &user, &query, k).await
         }
-        Command::Recommend { .. } => not_yet("recommend", "the recommendation stage (issue 5)"),
+        Command::Recommend {
+            user,
+            query,
+            k,
+            timeout_ms,
+        } => {
+            recommend::ask(
+                &config,
+                &user,
+                query.as_deref(),
+                k,
+                std::time::Duration::from_millis(timeout_ms),
+            )
+            .await
+        }
         Command::Model(ModelCommand::Init(args)) => model::init(&args),
         Command::Llm(LlmCommand::Serve { listen, no_follow }) => {
             llm::serve(&config, listen.as_deref(), !no_follow).await
@@ -54,14 +70,28 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             seed,
             llm_only,
             calls,
+            rate,
+            requests,
+            warmup,
+            max_steps,
         } => match which {
             BenchKind::Ingest => bench::ingest(&config, events, seed).await,
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
             BenchKind::Recommend if llm_only => bench_llm::llm_only(&config, calls).await,
-            BenchKind::Recommend => not_yet(
-                "bench recommend (without --llm-only)",
-                "the recommendation stage (issue 5)",
-            ),
+            BenchKind::Recommend => {
+                bench_recommend::run(
+                    &config,
+                    bench_recommend::RecommendBench {
+                        rate,
+                        requests,
+                        warmup,
+                        events,
+                        seed,
+                        max_steps: Some(max_steps),
+                    },
+                )
+                .await
+            }
             BenchKind::Train => not_yet("bench train", "the trainer (issue 6)"),
         },
     }

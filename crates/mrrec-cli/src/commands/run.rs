@@ -9,6 +9,7 @@ use mrrec_stream::{metrics, Bootstrap, KafkaClients, Shutdown, StageRunner};
 pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
     match stage {
         StageName::Distill => distill(config).await,
+        StageName::Recommend => super::recommend::run_stage(config).await,
         other => bail!(
             "`mrrec run --stage {}` is not yet available in this build: {}",
             super::stage_name(other),

@@ -1,0 +1,447 @@
+//! Answering one request: the user's memory, the agent's trajectories, the
+//! fused ranking, the response and the logged trajectories. No Kafka here.
+
+use crate::catalog::CatalogFacts;
+use crate::tokens::Tokenizers;
+use crate::RecommendSettings;
+use async_trait::async_trait;
+use mrrec_agent::{
+    fuse, run_group, AgentInput, AgentOutcome, GroupOutcome, MemoryHit, MemorySource, Signals,
+};
+use mrrec_index::{ItemIndex, MemoryIndex};
+use mrrec_llm::Llm;
+use mrrec_memory::{fingerprint, Keyspace, Level, MemoryStore, UserState};
+use mrrec_messages::{Request, Response, Step, StepKind, Trajectory};
+use mrrec_store::{KvStore, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Global memory entries put into a prompt (each costs prefill on every turn).
+const GLOBAL_ENTRIES: usize = 1;
+
+/// Why a request could not be answered at all.
+#[derive(Debug, thiserror::Error)]
+pub enum RecommendError {
+    /// The store is down or busy: the whole batch is retried later.
+    #[error("memory store: {0}")]
+    Store(StoreError),
+}
+
+impl RecommendError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RecommendError::Store(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// What answering a request produced.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub response: Response,
+    /// Every sampled trajectory (none when the policy was never reached).
+    pub trajectories: Vec<Trajectory>,
+    /// Time waiting for the LLM along the request's critical path.
+    pub llm_time: Duration,
+    /// Whether the served answer is the deterministic fallback.
+    pub fallback: bool,
+}
+
+/// Retrieve steps search the user's local memory (behavior records and
+/// preference patterns) in the memory index.
+struct IndexMemory<'a> {
+    index: &'a MemoryIndex,
+}
+
+#[async_trait]
+impl MemorySource for IndexMemory<'_> {
+    async fn search(&self, user: &str, query: &str, k: usize) -> Result<Vec<MemoryHit>, String> {
+        self.index
+            .search(user, query, &[Level::Behavior, Level::Preference], None, k)
+            .map(|hits| {
+                hits.into_iter()
+                    .map(|hit| MemoryHit {
+                        id: hit.entry.id,
+                        text: hit.entry.text,
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Answers requests against one memory store, its indexes and a policy.
+pub struct Recommender<S> {
+    llm: Arc<dyn Llm>,
+    memory: MemoryStore<S>,
+    memory_index: Arc<MemoryIndex>,
+    items: Arc<ItemIndex>,
+    settings: RecommendSettings,
+    catalog: CatalogFacts,
+    tokenizers: Tokenizers,
+}
+
+/// What the store knows about the requesting user.
+struct UserView {
+    state: Option<UserState>,
+    profile: Option<String>,
+}
+
+impl<S: KvStore> Recommender<S> {
+    pub fn new(
+        llm: Arc<dyn Llm>,
+        memory: MemoryStore<S>,
+        memory_index: Arc<MemoryIndex>,
+        items: Arc<ItemIndex>,
+        settings: RecommendSettings,
+        tokenizers: Tokenizers,
+    ) -> Self {
+        let catalog = CatalogFacts::new(settings.refresh);
+        Self {
+            llm,
+            memory,
+            memory_index,
+            items,
+            settings,
+            catalog,
+            tokenizers,
+        }
+    }
+
+    pub fn settings(&self) -> &RecommendSettings {
+        &self.settings
+    }
+
+    pub fn llm(&self) -> &Arc<dyn Llm> {
+        &self.llm
+    }
+
+    async fn user_view(&self, user: &str) -> Result<UserView, StoreError> {
+        let key = self.memory.keys().user(user);
+        let profile_id = mrrec_memory::entry_id(Level::Profile, user, "");
+        let values = self
+            .memory
+            .kv()
+            .get_fields(&[
+                (key.clone(), "state".to_owned()),
+                (key, Keyspace::entry_field(&profile_id)),
+            ])
+            .await?;
+        let parse = |json: &Option<String>| -> Result<Option<serde_json::Value>, StoreError> {
+            json.as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("memory of user {user}: {e}")))
+        };
+        let state = parse(&values[0])?
+            .map(serde_json::from_value::<UserState>)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("state of user {user}: {e}")))?;
+        let profile = parse(&values[1])?
+            .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned));
+        Ok(UserView { state, profile })
+    }
+
+    /// Global memory for the categories the query names, else for the user's
+    /// strongest categories.
+    async fn global_memory(
+        &self,
+        query: Option<&str>,
+        state: Option<&UserState>,
+        categories: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut chosen: Vec<String> = Vec::new();
+        if let Some(query) = query {
+            let words: HashSet<String> = query
+                .split(|c: char| !c.is_alphanumeric() && c != '-' && c != '\'')
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect();
+            for category in categories {
+                let lower = category.to_lowercase();
+                let singular = lower.trim_end_matches('s');
+                if words.contains(&lower) || words.contains(singular) {
+                    chosen.push(category.clone());
+                }
+            }
+        }
+        if chosen.is_empty() {
+            if let Some(state) = state {
+                chosen.extend(
+                    state
+                        .ranked_categories()
+                        .into_iter()
+                        .map(|(c, _)| c.to_owned()),
+                );
+            }
+        }
+        chosen.truncate(GLOBAL_ENTRIES);
+        let mut out = Vec::with_capacity(chosen.len());
+        for category in chosen {
+            let entry = self.memory.global(&category).await?;
+            if !entry.text.is_empty() {
+                out.push(entry.text);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The top `k` items for `profile` (DESIGN §4): BM25 over the catalog,
+    /// co-occurrence with the user's recent positive items, popularity.
+    pub async fn rank(
+        &self,
+        profile: &str,
+        state: Option<&UserState>,
+        exclude_seen: bool,
+        k: usize,
+    ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
+        let candidates = self.settings.candidates;
+        let mut signals = Signals::default();
+        match self.items.search(profile, candidates) {
+            Ok(hits) => {
+                signals.bm25 = hits.into_iter().map(|(id, s)| (id, f64::from(s))).collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "item search failed; ranking without BM25"),
+        }
+        if let Some(state) = state {
+            let recent: Vec<String> = state
+                .recent_positive
+                .iter()
+                .rev()
+                .take(self.settings.recent_items)
+                .cloned()
+                .collect();
+            if !recent.is_empty() {
+                signals.collaborative = self
+                    .memory
+                    .co_occurring(&recent, candidates)
+                    .await?
+                    .into_iter()
+                    .map(|(id, count)| (id, count as f64))
+                    .collect();
+            }
+        }
+        let facts = self.catalog.get(&self.memory).await?;
+        // Popularity scores every candidate of the other signals, and adds
+        // the most popular items as candidates of its own.
+        let mut popularity: HashMap<String, f64> = facts
+            .popular
+            .iter()
+            .take(candidates)
+            .map(|(id, count)| (id.clone(), *count))
+            .collect();
+        for id in signals.bm25.keys().chain(signals.collaborative.keys()) {
+            if let Some(count) = facts.popularity.get(id) {
+                popularity.insert(id.clone(), *count);
+            }
+        }
+        signals.popularity = popularity;
+        let exclude: HashSet<String> = match state {
+            Some(state) if exclude_seen => state.seen.iter().cloned().collect(),
+            _ => HashSet::new(),
+        };
+        Ok(fuse(&signals, self.settings.weights, &exclude, k))
+    }
+
+    /// Answers `request`. Store outages are errors (the caller retries); any
+    /// other failure becomes a response: a policy that fails or runs out of
+    /// time leaves the deterministic fallback to answer.
+    pub async fn answer(&self, request: &Request) -> Result<Answer, RecommendError> {
+        let started = Instant::now();
+        match self.answer_inner(request, started).await {
+            Ok(answer) => Ok(answer),
+            Err(e) if e.is_retryable() => Err(RecommendError::Store(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "request answered with an error");
+                Ok(Answer {
+                    response: Response {
+                        request_id: request.request_id.clone(),
+                        user_id: request.user_id.clone(),
+                        items: Vec::new(),
+                        profile: String::new(),
+                        memory_ids: Vec::new(),
+                        steps: Vec::new(),
+                        policy_version: self.llm.serving_version().unwrap_or(0),
+                        latency_ms: elapsed_ms(started),
+                        error: Some(e.to_string()),
+                        ts: mrrec_stream::now_ms(),
+                    },
+                    trajectories: Vec::new(),
+                    llm_time: Duration::ZERO,
+                    fallback: false,
+                })
+            }
+        }
+    }
+
+    async fn answer_inner(
+        &self,
+        request: &Request,
+        started: Instant,
+    ) -> Result<Answer, StoreError> {
+        let user = self.user_view(&request.user_id).await?;
+        let facts = self.catalog.get(&self.memory).await?;
+        let global = self
+            .global_memory(
+                request.query.as_deref(),
+                user.state.as_ref(),
+                &facts.categories,
+            )
+            .await?;
+        let input = AgentInput {
+            user_id: request.user_id.clone(),
+            query: request.query.clone(),
+            profile: user.profile.clone(),
+            global,
+        };
+        let memory = IndexMemory {
+            index: &self.memory_index,
+        };
+        let run = run_group(
+            self.llm.as_ref(),
+            &memory,
+            &input,
+            &self.settings.agent,
+            self.settings.group_size,
+        );
+        let (group, failure) = match tokio::time::timeout(self.settings.timeout, run).await {
+            Ok(Ok(group)) => (Some(group), None),
+            Ok(Err(e)) => (None, Some(format!("policy unavailable: {e}"))),
+            Err(_) => (
+                None,
+                Some(format!(
+                    "policy gave no answer within {} ms",
+                    self.settings.timeout.as_millis()
+                )),
+            ),
+        };
+        let k = request.k as usize;
+        let Some(GroupOutcome {
+            trajectories,
+            llm_time,
+        }) = group
+        else {
+            // The policy was never (fully) heard: the fallback answers.
+            let profile = mrrec_agent::fallback_profile(&input, &self.settings.agent);
+            let items = self
+                .rank(&profile, user.state.as_ref(), request.exclude_seen, k)
+                .await?;
+            let reason = failure.unwrap_or_default();
+            tracing::warn!(reason = %reason, "request answered by the fallback");
+            return Ok(Answer {
+                response: Response {
+                    request_id: request.request_id.clone(),
+                    user_id: request.user_id.clone(),
+                    items,
+                    profile: profile.clone(),
+                    memory_ids: Vec::new(),
+                    steps: vec![Step {
+                        kind: StepKind::Fallback,
+                        text: format!("{reason}; answered with the request and the profile"),
+                        memory_ids: Vec::new(),
+                    }],
+                    policy_version: self.llm.serving_version().unwrap_or(0),
+                    latency_ms: elapsed_ms(started),
+                    error: None,
+                    ts: mrrec_stream::now_ms(),
+                },
+                trajectories: Vec::new(),
+                llm_time: started.elapsed(),
+                fallback: true,
+            });
+        };
+        let served = trajectories
+            .iter()
+            .position(|t| t.format_ok)
+            .unwrap_or_default();
+        let chosen = &trajectories[served];
+        let items = self
+            .rank(
+                &chosen.profile,
+                user.state.as_ref(),
+                request.exclude_seen,
+                k,
+            )
+            .await?;
+        let fallback = !chosen.format_ok;
+        let ts = mrrec_stream::now_ms();
+        let response = Response {
+            request_id: request.request_id.clone(),
+            user_id: request.user_id.clone(),
+            items,
+            profile: chosen.profile.clone(),
+            memory_ids: chosen.memory_ids.clone(),
+            steps: chosen.steps.clone(),
+            policy_version: chosen.policy_version,
+            latency_ms: elapsed_ms(started),
+            error: None,
+            ts,
+        };
+        let group_size = trajectories.len() as u32;
+        let logged = trajectories
+            .into_iter()
+            .enumerate()
+            .map(|(index, outcome)| {
+                self.trajectory(
+                    request,
+                    outcome,
+                    index as u32,
+                    group_size,
+                    index == served,
+                    ts,
+                )
+            })
+            .collect();
+        Ok(Answer {
+            response,
+            trajectories: logged,
+            llm_time,
+            fallback,
+        })
+    }
+
+    fn trajectory(
+        &self,
+        request: &Request,
+        outcome: AgentOutcome,
+        index: u32,
+        group_size: u32,
+        served: bool,
+        ts: i64,
+    ) -> Trajectory {
+        let mut segments = outcome.segments;
+        self.tokenizers
+            .fill_tokens(outcome.policy_version, &mut segments);
+        Trajectory {
+            trajectory_id: trajectory_id(&request.request_id, index),
+            request_id: request.request_id.clone(),
+            user_id: request.user_id.clone(),
+            index,
+            group_size,
+            served,
+            policy_version: outcome.policy_version,
+            prompt: outcome.prompt,
+            segments,
+            profile: outcome.profile,
+            memory_ids: outcome.memory_ids,
+            format_ok: outcome.format_ok,
+            ts,
+        }
+    }
+}
+
+/// `{request_id}#{index}`, or a fingerprint of the request id when that
+/// would exceed the id limit.
+pub fn trajectory_id(request_id: &str, index: u32) -> String {
+    let id = format!("{request_id}#{index}");
+    if id.len() <= mrrec_messages::limits::MAX_ID_BYTES {
+        id
+    } else {
+        format!("{}#{index}", fingerprint(request_id))
+    }
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}

@@ -1,0 +1,307 @@
+//! The recommend stage over `mrrec.requests`: a batch's requests are
+//! answered concurrently (at most `recommend.concurrency` at once), then the
+//! responses, trajectories and dead letters are published and acknowledged
+//! before the batch's offsets are committed — a crash replays the batch, so
+//! every request gets an answer (maybe twice, with the same request_id).
+
+use crate::recommender::{Answer, Recommender};
+use crate::STAGE;
+use futures::StreamExt;
+use mrrec_messages::{encode, DeadLetter, Request, Response, Topic};
+use mrrec_store::KvStore;
+use mrrec_stream::{
+    decode_message, now_ms, Batch, OutgoingRecord, Poison, Publisher, RecordMeta, Stage, StageError,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Process-wide totals of the recommend stages in this process (what
+/// `mrrec bench recommend` reads; Prometheus gets the same as metrics).
+#[derive(Debug)]
+pub struct StageTotals {
+    pub answered: AtomicU64,
+    pub fallback: AtomicU64,
+    pub errors: AtomicU64,
+    /// Time waiting for the LLM, summed over requests (µs).
+    pub llm_micros: AtomicU64,
+    /// Time inside the stage, summed over requests (µs).
+    pub stage_micros: AtomicU64,
+}
+
+pub static TOTALS: StageTotals = StageTotals {
+    answered: AtomicU64::new(0),
+    fallback: AtomicU64::new(0),
+    errors: AtomicU64::new(0),
+    llm_micros: AtomicU64::new(0),
+    stage_micros: AtomicU64::new(0),
+};
+
+pub const REQUESTS: &str = "mrrec_recommend_requests_total";
+pub const LATENCY: &str = "mrrec_recommend_latency_seconds";
+pub const LLM_SECONDS: &str = "mrrec_recommend_llm_seconds";
+
+/// A record of `mrrec.requests` as the stage sees it.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Request(Request),
+    /// Not a valid request, but it names who asked: it is answered with
+    /// `error` (and dead-lettered), so the caller is not left waiting.
+    Invalid {
+        request_id: String,
+        user_id: String,
+        poison: Poison,
+        payload: Vec<u8>,
+    },
+}
+
+/// `request_id` and `user_id` of a payload that failed to decode, if both
+/// are usable ids.
+fn addressable(payload: &[u8]) -> Option<(String, String)> {
+    if payload.len() > mrrec_messages::limits::MAX_PAYLOAD_BYTES {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let id = |field: &str| -> Option<String> {
+        let text = value.get(field)?.as_str()?;
+        let usable = !text.is_empty()
+            && text.len() <= mrrec_messages::limits::MAX_ID_BYTES
+            && !text.chars().any(char::is_control);
+        usable.then(|| text.to_owned())
+    };
+    Some((id("request_id")?, id("user_id")?))
+}
+
+/// The stage: a [`Recommender`] and the publisher of its output.
+pub struct RecommendStage<S> {
+    recommender: Recommender<S>,
+    publisher: Publisher,
+    prefix: String,
+    /// Output of a batch whose publication failed, kept for the retry (so a
+    /// retry does not answer the requests again).
+    unsent: Option<((String, i32, i64), Vec<OutgoingRecord>)>,
+}
+
+impl<S: KvStore> RecommendStage<S> {
+    pub fn new(recommender: Recommender<S>, publisher: Publisher, topic_prefix: &str) -> Self {
+        Self {
+            recommender,
+            publisher,
+            prefix: topic_prefix.to_owned(),
+            unsent: None,
+        }
+    }
+
+    fn response_record(&self, response: &Response) -> Option<OutgoingRecord> {
+        match encode(response) {
+            Ok(payload) => Some(OutgoingRecord {
+                topic: Topic::Responses.name(&self.prefix),
+                key: Some(response.user_id.clone().into_bytes()),
+                payload,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "a response does not encode; answering with the error");
+                let fallback = Response {
+                    items: Vec::new(),
+                    profile: String::new(),
+                    memory_ids: Vec::new(),
+                    steps: Vec::new(),
+                    error: Some(format!("the response could not be encoded: {e}")),
+                    ..response.clone()
+                };
+                encode(&fallback).ok().map(|payload| OutgoingRecord {
+                    topic: Topic::Responses.name(&self.prefix),
+                    key: Some(response.user_id.clone().into_bytes()),
+                    payload,
+                })
+            }
+        }
+    }
+
+    fn outgoing(
+        &self,
+        meta: &RecordMeta,
+        incoming: &Incoming,
+        answer: Option<Answer>,
+    ) -> Vec<OutgoingRecord> {
+        let mut out = Vec::new();
+        match (incoming, answer) {
+            (Incoming::Request(_), Some(answer)) => {
+                let outcome = if answer.response.error.is_some() {
+                    "error"
+                } else if answer.fallback {
+                    "fallback"
+                } else {
+                    "answered"
+                };
+                metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
+                let counter = match outcome {
+                    "error" => &TOTALS.errors,
+                    "fallback" => &TOTALS.fallback,
+                    _ => &TOTALS.answered,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                TOTALS
+                    .llm_micros
+                    .fetch_add(answer.llm_time.as_micros() as u64, Ordering::Relaxed);
+                TOTALS.stage_micros.fetch_add(
+                    (answer.response.latency_ms * 1000.0) as u64,
+                    Ordering::Relaxed,
+                );
+                metrics::histogram!(LATENCY).record(answer.response.latency_ms / 1000.0);
+                metrics::histogram!(LLM_SECONDS).record(answer.llm_time.as_secs_f64());
+                out.extend(self.response_record(&answer.response));
+                for trajectory in &answer.trajectories {
+                    match encode(trajectory) {
+                        Ok(payload) => out.push(OutgoingRecord {
+                            topic: Topic::Trajectories.name(&self.prefix),
+                            key: Some(trajectory.request_id.clone().into_bytes()),
+                            payload,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a trajectory does not encode; not logged")
+                        }
+                    }
+                }
+            }
+            (
+                Incoming::Invalid {
+                    request_id,
+                    user_id,
+                    poison,
+                    payload,
+                },
+                _,
+            ) => {
+                metrics::counter!(REQUESTS, "outcome" => "invalid").increment(1);
+                let response = Response {
+                    request_id: request_id.clone(),
+                    user_id: user_id.clone(),
+                    items: Vec::new(),
+                    profile: String::new(),
+                    memory_ids: Vec::new(),
+                    steps: Vec::new(),
+                    policy_version: self.recommender.llm().serving_version().unwrap_or(0),
+                    latency_ms: 0.0,
+                    error: Some(format!("invalid request: {}", poison.reason)),
+                    ts: now_ms(),
+                };
+                out.extend(self.response_record(&response));
+                let letter = DeadLetter::new(
+                    STAGE,
+                    &meta.topic,
+                    meta.partition,
+                    meta.offset,
+                    &poison.reason,
+                    payload,
+                    now_ms(),
+                );
+                if let Ok(payload) = encode(&letter) {
+                    out.push(OutgoingRecord {
+                        topic: Topic::Dlq.name(&self.prefix),
+                        key: meta.key.clone(),
+                        payload,
+                    });
+                }
+            }
+            (Incoming::Request(_), None) => {}
+        }
+        out
+    }
+}
+
+impl<S: KvStore + 'static> Stage for RecommendStage<S> {
+    type Message = Incoming;
+
+    fn name(&self) -> &str {
+        STAGE
+    }
+
+    fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Incoming, Poison> {
+        match decode_message::<Request>(record, payload) {
+            Ok(request) => Ok(Incoming::Request(request)),
+            Err(poison) => match payload.and_then(addressable) {
+                Some((request_id, user_id)) => Ok(Incoming::Invalid {
+                    request_id,
+                    user_id,
+                    poison,
+                    payload: payload.unwrap_or_default().to_vec(),
+                }),
+                None => Err(poison),
+            },
+        }
+    }
+
+    async fn process(&mut self, batch: &Batch<Incoming>) -> Result<(), StageError> {
+        let Some(first) = batch.records.first() else {
+            return Ok(());
+        };
+        let batch_id = (
+            first.meta.topic.to_string(),
+            first.meta.partition,
+            first.meta.offset,
+        );
+        let records = match self.unsent.take() {
+            Some((id, records)) if id == batch_id => records,
+            _ => {
+                let started = Instant::now();
+                let recommender = &self.recommender;
+                let concurrency = recommender.settings().concurrency.max(1);
+                let answers: Vec<_> = futures::stream::iter(&batch.records)
+                    .map(|decoded| async move {
+                        match &decoded.message {
+                            Incoming::Request(request) => {
+                                recommender.answer(request).await.map(Some)
+                            }
+                            Incoming::Invalid { .. } => Ok(None),
+                        }
+                    })
+                    .buffered(concurrency)
+                    .collect()
+                    .await;
+                let mut records = Vec::new();
+                for (decoded, answer) in batch.records.iter().zip(answers) {
+                    let answer = answer.map_err(|e| {
+                        if e.is_retryable() {
+                            StageError::Retryable(e.to_string())
+                        } else {
+                            StageError::Fatal(e.to_string())
+                        }
+                    })?;
+                    records.extend(self.outgoing(&decoded.meta, &decoded.message, answer));
+                }
+                tracing::debug!(
+                    requests = batch.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "batch answered"
+                );
+                records
+            }
+        };
+        if let Err((e, unsent)) = self.publisher.publish_all(records).await {
+            self.unsent = Some((batch_id, unsent));
+            return Err(StageError::Retryable(format!("publishing answers: {e}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::addressable;
+
+    #[test]
+    fn only_payloads_naming_a_request_and_a_user_are_answerable() {
+        assert_eq!(
+            addressable(br#"{"request_id":"r1","user_id":"u1","k":0}"#),
+            Some(("r1".into(), "u1".into()))
+        );
+        assert_eq!(addressable(br#"{"request_id":"r1"}"#), None);
+        assert_eq!(addressable(br#"{"request_id":"","user_id":"u1"}"#), None);
+        assert_eq!(
+            addressable(br#"{"request_id":"r\n1","user_id":"u1"}"#),
+            None
+        );
+        assert_eq!(addressable(br#"{"request_id":1,"user_id":"u1"}"#), None);
+        assert_eq!(addressable(b"not json"), None);
+    }
+}
