@@ -55,6 +55,30 @@ async fn the_agent_suite_passes_in_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_give_up_mid_generation_do_not_break_the_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, paths) = registry_with_versions(tmp.path(), 1);
+    let llm = open(&paths[0]).await;
+    let expected = llm.generate(greedy_request()).await.unwrap();
+    // Callers that time out (as the recommend stage's deadline does) drop
+    // their call while the engine is still generating for it.
+    for _ in 0..3 {
+        let gave_up =
+            tokio::time::timeout(Duration::from_micros(200), llm.generate(greedy_request())).await;
+        assert!(
+            gave_up.is_err(),
+            "the call should still be running after 200 µs"
+        );
+    }
+    // The engine still answers, with the same text.
+    let after = tokio::time::timeout(Duration::from_secs(30), llm.generate(greedy_request()))
+        .await
+        .expect("the engine answers after dropped calls")
+        .unwrap();
+    assert_eq!(after.completions, expected.completions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_versions_under_load_fails_no_request() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, paths) = registry_with_versions(tmp.path(), 4);
