@@ -267,8 +267,11 @@ impl<S: KvStore> MemoryStore<S> {
         k: usize,
     ) -> Result<Vec<(String, i64)>, StoreError> {
         let mut scores: HashMap<String, i64> = HashMap::new();
-        for item in items {
-            for (other, count) in self.store.get_all(&self.keys.co_occurrence(item)).await? {
+        let keys: Vec<String> = items.iter().map(|i| self.keys.co_occurrence(i)).collect();
+        // One round trip for all of them (this is on the recommend stage's hot path).
+        let counts = self.store.get_all_many(&keys).await?;
+        for (item, fields) in items.iter().zip(counts) {
+            for (other, count) in fields {
                 let count: i64 = count
                     .parse()
                     .map_err(|_| StoreError::Corrupt(format!("co-occurrence count of {item}")))?;
