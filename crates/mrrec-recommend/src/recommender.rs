@@ -196,7 +196,54 @@ impl<S: KvStore> Recommender<S> {
         exclude_seen: bool,
         k: usize,
     ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
-        let candidates = self.settings.candidates;
+        let exclude: HashSet<String> = match state {
+            Some(state) if exclude_seen => state.seen.iter().cloned().collect(),
+            _ => HashSet::new(),
+        };
+        self.rank_excluding(profile, state, &exclude, self.settings.candidates, k)
+            .await
+    }
+
+    /// 1-based rank of `target` in the ranking `profile` gives the catalog
+    /// (what DESIGN §5's reward scores), looking `depth` deep. Seen items are
+    /// left out as for the request, except the target itself: its outcome
+    /// has made it seen since. An item no signal scores at all is not
+    /// ranked (`None`); DESIGN §11's full ranking would place it after every
+    /// scored item, by id — the reward stage has to add that.
+    pub async fn target_rank(
+        &self,
+        profile: &str,
+        state: Option<&UserState>,
+        target: &str,
+        depth: usize,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut exclude: HashSet<String> = state
+            .map(|s| s.seen.iter().cloned().collect())
+            .unwrap_or_default();
+        exclude.remove(target);
+        let ranked = self
+            .rank_excluding(
+                profile,
+                state,
+                &exclude,
+                depth.max(self.settings.candidates),
+                depth,
+            )
+            .await?;
+        Ok(ranked
+            .iter()
+            .position(|item| item.item_id == target)
+            .map(|i| i as u64 + 1))
+    }
+
+    async fn rank_excluding(
+        &self,
+        profile: &str,
+        state: Option<&UserState>,
+        exclude: &HashSet<String>,
+        candidates: usize,
+        k: usize,
+    ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
         let mut signals = Signals::default();
         match self.items.search(profile, candidates) {
             Ok(hits) => {
@@ -237,11 +284,7 @@ impl<S: KvStore> Recommender<S> {
             }
         }
         signals.popularity = popularity;
-        let exclude: HashSet<String> = match state {
-            Some(state) if exclude_seen => state.seen.iter().cloned().collect(),
-            _ => HashSet::new(),
-        };
-        Ok(fuse(&signals, self.settings.weights, &exclude, k))
+        Ok(fuse(&signals, self.settings.weights, exclude, k))
     }
 
     /// Answers `request`. Store outages are errors (the caller retries); any
