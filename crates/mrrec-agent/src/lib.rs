@@ -112,15 +112,17 @@ pub enum AgentError {
     Llm(#[from] LlmError),
 }
 
+/// `text` escaped and cut at `limit`, or `default` when that leaves nothing.
+fn escaped_or(text: Option<&str>, limit: usize, default: &str) -> String {
+    text.map(|t| escape_text(t, limit))
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
 /// The first user turn.
 pub fn request_text(input: &AgentInput, settings: &AgentSettings) -> String {
     let limit = settings.max_input_chars;
-    let query = input
-        .query
-        .as_deref()
-        .map(|q| escape_text(q, limit))
-        .filter(|q| !q.is_empty())
-        .unwrap_or_else(|| "anything I would like".to_owned());
+    let query = escaped_or(input.query.as_deref(), limit, "anything I would like");
     let global = if input.global.is_empty() {
         "none".to_owned()
     } else {
@@ -131,12 +133,7 @@ pub fn request_text(input: &AgentInput, settings: &AgentSettings) -> String {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    let profile = input
-        .profile
-        .as_deref()
-        .map(|p| escape_text(p, limit))
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "no history yet".to_owned());
+    let profile = escaped_or(input.profile.as_deref(), limit, "no history yet");
     format!("Request: {query}\nGlobal memory:\n{global}\nProfile: {profile}")
 }
 
