@@ -406,8 +406,53 @@ async fn recommend_on_movielens(
             }
         }
     }
+    // The two invalid requests and the non-JSON record are in the DLQ, each
+    // with its reason.
+    let letters = recommend_dead_letters(&clients, 3).await;
+    let reasons: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.payload.contains("h-huge") && l.error.contains("query")),
+        "{reasons:?}"
+    );
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.payload.contains("h-k") && l.error.contains('k')),
+        "{reasons:?}"
+    );
+    assert!(
+        letters.iter().any(|l| l.payload == "{not json"),
+        "{reasons:?}"
+    );
     // Still alive: another request is answered.
     run_ok(&["recommend", "--user", "2", "--k", "3"], &env);
     terminate(running);
     let _ = std::fs::remove_dir_all(&policy);
+}
+
+/// The recommend stage's dead letters on mrrec.dlq (waits for `at_least`, up to a minute).
+async fn recommend_dead_letters(
+    clients: &mrrec_stream::KafkaClients,
+    at_least: usize,
+) -> Vec<mrrec_messages::DeadLetter> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message as _;
+    let consumer: StreamConsumer = clients.reader("distill-test-dlq-reader").create().unwrap();
+    consumer.subscribe(&["mrrec.dlq"]).unwrap();
+    let mut letters = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while letters.len() < at_least && Instant::now() < deadline {
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
+        else {
+            continue;
+        };
+        let letter: mrrec_messages::DeadLetter =
+            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
+        if letter.stage == "recommend" {
+            letters.push(letter);
+        }
+    }
+    letters
 }

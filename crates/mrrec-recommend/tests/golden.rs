@@ -9,6 +9,7 @@ use mrrec_agent::teacher::TeacherLlm;
 use mrrec_config::Config;
 use mrrec_distill::{Distill, Indexes, Input};
 use mrrec_index::{ItemIndex, MemoryIndex};
+use mrrec_llm::{Generation, GenerationRequest, Llm, LlmError};
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{Event, EventKind, Item, Request, Response, StepKind, Trajectory};
 use mrrec_recommend::{RecommendSettings, Recommender, Tokenizers};
@@ -122,16 +123,100 @@ async fn distill_world(dir: &Path) -> MemoryStore<EmbeddedStore> {
 }
 
 fn recommender(dir: &Path, memory: MemoryStore<EmbeddedStore>) -> Recommender<EmbeddedStore> {
+    recommender_with(
+        dir,
+        memory,
+        Arc::new(TeacherLlm { version: 3 }),
+        RecommendSettings::from_config(&Config::defaults()),
+    )
+}
+
+fn recommender_with(
+    dir: &Path,
+    memory: MemoryStore<EmbeddedStore>,
+    llm: Arc<dyn Llm>,
+    settings: RecommendSettings,
+) -> Recommender<EmbeddedStore> {
     let memory_index = MemoryIndex::open_read_only(&dir.join("index/memory")).unwrap();
     let items = ItemIndex::open_read_only(&dir.join("index/items")).unwrap();
     Recommender::new(
-        Arc::new(TeacherLlm { version: 3 }),
+        llm,
         memory,
         Arc::new(memory_index),
         Arc::new(items),
-        RecommendSettings::from_config(&Config::defaults()),
+        settings,
         Tokenizers::none(),
     )
+}
+
+/// A policy that is down, or one that never answers in time.
+struct Broken {
+    slow: bool,
+}
+
+#[async_trait::async_trait]
+impl Llm for Broken {
+    async fn generate(&self, _request: GenerationRequest) -> Result<Generation, LlmError> {
+        if self.slow {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+        Err(LlmError::Engine("the engine is down".into()))
+    }
+
+    fn backend(&self) -> &'static str {
+        "broken"
+    }
+
+    fn serving_version(&self) -> Option<u32> {
+        Some(7)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_slow_policy_leaves_the_fallback_to_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let memory = distill_world(tmp.path()).await;
+    for (slow, reason) in [
+        (false, "policy unavailable"),
+        (true, "no answer within 100 ms"),
+    ] {
+        let mut settings = RecommendSettings::from_config(&Config::defaults());
+        settings.timeout = std::time::Duration::from_millis(100);
+        let recommender = recommender_with(
+            tmp.path(),
+            memory.clone(),
+            Arc::new(Broken { slow }),
+            settings,
+        );
+        let started = std::time::Instant::now();
+        let answer = recommender
+            .answer(&request("u1", Some("a funny Comedy")))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the deadline holds"
+        );
+        let response = &answer.response;
+        assert!(answer.fallback);
+        assert_eq!(response.error, None);
+        assert_eq!(response.policy_version, 7);
+        assert_eq!(response.items.len(), 5);
+        let seen = seen_by("u1");
+        assert!(response
+            .items
+            .iter()
+            .all(|i| !seen.contains(i.item_id.as_str())));
+        assert!(
+            response.profile.starts_with("a funny Comedy"),
+            "{}",
+            response.profile
+        );
+        let last = response.steps.last().unwrap();
+        assert_eq!(last.kind, StepKind::Fallback);
+        assert!(last.text.contains(reason), "{}", last.text);
+        assert!(answer.trajectories.is_empty(), "nothing to train on");
+    }
 }
 
 fn request(user: &str, query: Option<&str>) -> Request {
