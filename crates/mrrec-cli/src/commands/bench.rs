@@ -6,10 +6,8 @@ use mrrec_config::Config;
 use mrrec_distill::{Distill, Indexes};
 use mrrec_index::MemoryIndex;
 use mrrec_memory::{entry_id, Keyspace, Level, MemoryEntry, MemoryStore};
-use mrrec_messages::{encode, Event, EventKind, Item, Topic};
-use mrrec_stream::{
-    create_topics, KafkaClients, OutgoingRecord, Progress, Publisher, Shutdown, StageRunner,
-};
+use mrrec_messages::{Event, EventKind, Item, Topic};
+use mrrec_stream::{create_topics, KafkaClients, Progress, Publisher, Shutdown, StageRunner};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::{Duration, Instant};
 
@@ -61,23 +59,7 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
 
     let (items, events_data) = synthetic_world(seed, events);
     let users = (events / 50).max(1) as u64;
-    let mut records: Vec<OutgoingRecord> = items
-        .iter()
-        .map(|item| {
-            Ok(OutgoingRecord {
-                topic: Topic::Items.name(&topics.prefix),
-                key: Some(item.item_id.clone().into_bytes()),
-                payload: encode(item)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    for event in &events_data {
-        records.push(OutgoingRecord {
-            topic: Topic::Events.name(&topics.prefix),
-            key: Some(event.user_id.clone().into_bytes()),
-            payload: encode(event)?,
-        });
-    }
+    let records = super::load::records(&topics.prefix, &items, &events_data)?;
     let total = records.len() as u64;
     let publisher = Publisher::new(&clients, "bench")?;
     let started = Instant::now();

@@ -11,12 +11,11 @@ use anyhow::{bail, Context, Result};
 use mrrec_config::{Config, StoreBackend};
 use mrrec_distill::{Distill, Indexes};
 use mrrec_memory::{Keyspace, MemoryStore};
-use mrrec_messages::{encode, Request, Topic};
+use mrrec_messages::Request;
 use mrrec_recommend::{RecommendClient, TOTALS};
 use mrrec_store::{AnyStore, EmbeddedStore};
 use mrrec_stream::{
-    create_topics, Bootstrap, KafkaClients, OutgoingRecord, Progress, Publisher, Shutdown,
-    StageRunner,
+    create_topics, Bootstrap, KafkaClients, Progress, Publisher, Shutdown, StageRunner,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -82,21 +81,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
             MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")))
         }
     };
-    let mut records: Vec<OutgoingRecord> = Vec::new();
-    for item in &items {
-        records.push(OutgoingRecord {
-            topic: Topic::Items.name(&config.topics.prefix),
-            key: Some(item.item_id.clone().into_bytes()),
-            payload: encode(item)?,
-        });
-    }
-    for event in &events {
-        records.push(OutgoingRecord {
-            topic: Topic::Events.name(&config.topics.prefix),
-            key: Some(event.user_id.clone().into_bytes()),
-            payload: encode(event)?,
-        });
-    }
+    let records = super::load::records(&config.topics.prefix, &items, &events)?;
     let total = records.len() as u64;
     let publisher = Publisher::new(&clients, "bench")?;
     super::load::publish_with_progress(&publisher, records, "producing the world").await?;

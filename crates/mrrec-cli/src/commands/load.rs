@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use mrrec_config::Config;
 use mrrec_datasets::Dataset;
-use mrrec_messages::{encode, Topic};
+use mrrec_messages::{encode, Event, Item, Topic};
 use mrrec_stream::{create_topics, KafkaClients, OutgoingRecord, Publisher};
 
 /// Creates the topics if needed and produces the dataset, with progress.
@@ -24,23 +24,7 @@ pub async fn produce(config: &Config, dataset: &Dataset) -> Result<()> {
     let publisher = Publisher::new(&clients, "load")?;
     let prefix = &config.topics.prefix;
 
-    let mut records: Vec<OutgoingRecord> =
-        Vec::with_capacity(dataset.items.len() + dataset.events.len());
-    for item in &dataset.items {
-        records.push(OutgoingRecord {
-            topic: Topic::Items.name(prefix),
-            key: Some(item.item_id.clone().into_bytes()),
-            payload: encode(item)?,
-        });
-    }
-    for event in &dataset.events {
-        records.push(OutgoingRecord {
-            topic: Topic::Events.name(prefix),
-            key: Some(event.user_id.clone().into_bytes()),
-            payload: encode(event)?,
-        });
-    }
-
+    let records = records(prefix, &dataset.items, &dataset.events)?;
     let started = std::time::Instant::now();
     publish_with_progress(&publisher, records, "producing").await?;
     eprintln!(
@@ -51,6 +35,26 @@ pub async fn produce(config: &Config, dataset: &Dataset) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The records that put `items` and `events` on their topics (key: item id, user id).
+pub fn records(prefix: &str, items: &[Item], events: &[Event]) -> Result<Vec<OutgoingRecord>> {
+    let mut records = Vec::with_capacity(items.len() + events.len());
+    for item in items {
+        records.push(OutgoingRecord {
+            topic: Topic::Items.name(prefix),
+            key: Some(item.item_id.clone().into_bytes()),
+            payload: encode(item)?,
+        });
+    }
+    for event in events {
+        records.push(OutgoingRecord {
+            topic: Topic::Events.name(prefix),
+            key: Some(event.user_id.clone().into_bytes()),
+            payload: encode(event)?,
+        });
+    }
+    Ok(records)
 }
 
 /// A progress bar for `len` steps, on stderr.
