@@ -103,6 +103,9 @@ pub enum Command {
         /// `bench recommend`: retrieve steps per trajectory (overrides agent.max_steps).
         #[arg(long, default_value_t = 2)]
         max_steps: u32,
+        /// `bench train`: rewarded trajectories in the timed update.
+        #[arg(long, default_value_t = 1000)]
+        trajectories: usize,
     },
 }
 

@@ -429,30 +429,193 @@ async fn recommend_on_movielens(
     // Still alive: another request is answered.
     run_ok(&["recommend", "--user", "2", "--k", "3"], &env);
     terminate(running);
+
+    // Learning needs groups of samples (G = 4 at temperature 1) for contrast.
+    env.push(("MRREC__AGENT__GROUP_SIZE", "4".into()));
+    env.push(("MRREC__AGENT__TEMPERATURE", "1.0".into()));
+    env.push(("MRREC__RECOMMEND__TIMEOUT_MS", "20000".into()));
+    let running = stage("recommend", &env);
+    learn_on_movielens(&clients, &client, &env, &policy).await;
+    terminate(running);
     let _ = std::fs::remove_dir_all(&policy);
 }
 
-/// The recommend stage's dead letters on mrrec.dlq (waits for `at_least`, up to a minute).
-async fn recommend_dead_letters(
+/// Messages of `topic` that `keep` accepts (waits for `at_least`, up to a minute).
+async fn collect<M: serde::de::DeserializeOwned>(
     clients: &mrrec_stream::KafkaClients,
+    topic: &str,
     at_least: usize,
-) -> Vec<mrrec_messages::DeadLetter> {
+    wait: Duration,
+    keep: impl Fn(&M) -> bool,
+) -> Vec<M> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message as _;
-    let consumer: StreamConsumer = clients.reader("distill-test-dlq-reader").create().unwrap();
-    consumer.subscribe(&["mrrec.dlq"]).unwrap();
-    let mut letters = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while letters.len() < at_least && Instant::now() < deadline {
+    let group = format!("distill-test-reader-{topic}-{}", mrrec_stream::now_ms());
+    let consumer: StreamConsumer = clients.reader(&group).create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    while out.len() < at_least && Instant::now() < deadline {
         let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await
         else {
             continue;
         };
-        let letter: mrrec_messages::DeadLetter =
-            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
-        if letter.stage == "recommend" {
-            letters.push(letter);
+        let m: M = serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
+        if keep(&m) {
+            out.push(m);
         }
     }
-    letters
+    out
+}
+
+/// The recommend stage's dead letters on mrrec.dlq.
+async fn recommend_dead_letters(
+    clients: &mrrec_stream::KafkaClients,
+    at_least: usize,
+) -> Vec<mrrec_messages::DeadLetter> {
+    collect(
+        clients,
+        "mrrec.dlq",
+        at_least,
+        Duration::from_secs(60),
+        |l: &mrrec_messages::DeadLetter| l.stage == "recommend",
+    )
+    .await
+}
+
+/// The learning loop on the running recommend stage: outcomes for answered
+/// requests become rewards (`run --stage reward`), `train --once` publishes
+/// v0001 from them, and the recommend stage switches to it by itself.
+async fn learn_on_movielens(
+    clients: &mrrec_stream::KafkaClients,
+    client: &mrrec_recommend::RecommendClient,
+    env: &[(&'static str, String)],
+    policy: &std::path::Path,
+) {
+    let reward = stage("reward", env);
+    let publisher = mrrec_stream::Publisher::new(clients, "test").unwrap();
+    let users = ["1", "2", "3", "5", "7", "9"];
+    let mut outcomes = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let request = mrrec_messages::Request {
+            request_id: format!("learn-{i}"),
+            user_id: (*user).into(),
+            query: Some("a good drama".into()),
+            k: 10,
+            exclude_seen: true,
+            ts: mrrec_stream::now_ms(),
+        };
+        let received = client.ask(&request, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(received.response.error, None);
+        // The user rated Star Wars (50) 5 stars after the answer; user 2
+        // then rated it again (a duplicate positive outcome).
+        let outcome = |event_id: String| mrrec_messages::Outcome {
+            request_id: request.request_id.clone(),
+            event: mrrec_messages::Event {
+                event_id,
+                user_id: (*user).into(),
+                kind: mrrec_messages::EventKind::Rate,
+                item_id: Some("50".into()),
+                value: Some(5.0),
+                text: None,
+                attrs: None,
+                ts: request.ts + 1000,
+            },
+        };
+        outcomes.push(outcome(format!("o-{i}")));
+        if *user == "2" {
+            outcomes.push(outcome(format!("o-{i}-again")));
+        }
+    }
+    let records = outcomes
+        .iter()
+        .map(|o| mrrec_stream::OutgoingRecord {
+            topic: "mrrec.outcomes".into(),
+            key: Some(o.event.user_id.clone().into_bytes()),
+            payload: mrrec_messages::encode(o).unwrap(),
+        })
+        .collect();
+    publisher
+        .publish_all(records)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    // Every logged trajectory of those requests (a request the fallback
+    // answered logs none) gets exactly one reward.
+    let group = 4;
+    let trajectories: Vec<mrrec_messages::Trajectory> = collect(
+        clients,
+        "mrrec.trajectories",
+        users.len() * group,
+        Duration::from_secs(5),
+        |t: &mrrec_messages::Trajectory| t.request_id.starts_with("learn-"),
+    )
+    .await;
+    assert!(trajectories.len() >= 2 * group, "{}", trajectories.len());
+    let rewards: Vec<mrrec_messages::Reward> = collect(
+        clients,
+        "mrrec.rewards",
+        trajectories.len() + 1,
+        Duration::from_secs(30),
+        |r: &mrrec_messages::Reward| r.request_id.starts_with("learn-"),
+    )
+    .await;
+    assert_eq!(
+        rewards.len(),
+        trajectories.len(),
+        "one reward per trajectory"
+    );
+    let mut ids: Vec<&str> = rewards.iter().map(|r| r.trajectory_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), rewards.len(), "a trajectory was rewarded twice");
+    for r in &rewards {
+        assert_eq!(r.target_item_id, "50");
+        assert!((0.0..=10.2 + 1e-9).contains(&r.total), "{r:?}");
+        let t = r
+            .trajectory
+            .as_ref()
+            .expect("the reward carries its trajectory");
+        assert_eq!(t.trajectory_id, r.trajectory_id);
+        assert!(t
+            .segments
+            .iter()
+            .any(|s| s.source == mrrec_messages::SegmentSource::Model));
+    }
+    assert!(
+        rewards.iter().any(|r| r.target_rank.is_some()),
+        "no trajectory ranked the target within 1000"
+    );
+    terminate(reward);
+
+    // One training round on those rewards publishes v0001, which the
+    // recommend stage loads and serves without a restart.
+    let mut train_env = env.to_vec();
+    train_env.push(("MRREC__TRAIN__HOLDOUT_FRACTION", "0".into()));
+    let out = run_ok(&["train", "--once"], &train_env);
+    assert!(out.contains("published v0001"), "{out}");
+    assert!(policy.join("v0001").join("model.safetensors").is_file());
+    let log = std::fs::read_to_string(policy.join("train-log.jsonl")).unwrap();
+    assert!(log.contains("\"published\""), "{log}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = mrrec_messages::Request {
+            request_id: format!("after-{}", mrrec_stream::now_ms()),
+            user_id: "1".into(),
+            query: None,
+            k: 3,
+            exclude_seen: true,
+            ts: mrrec_stream::now_ms(),
+        };
+        let received = client.ask(&request, Duration::from_secs(60)).await.unwrap();
+        if received.response.policy_version == 1 {
+            assert_eq!(received.response.error, None);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recommend stage never switched to v0001"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

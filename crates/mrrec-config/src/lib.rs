@@ -194,11 +194,36 @@ pub struct RewardConfig {
     pub window_ms: u64,
 }
 
-/// When the trainer runs.
+/// When and how the trainer runs (GRPO, DESIGN §6).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// A round starts after this many new rewards …
     pub every_rewards: u64,
+    /// … or this long after the first reward of the round, whichever is first.
     pub every_ms: u64,
+    /// AdamW learning rate.
+    pub learning_rate: f64,
+    /// PPO clip ε on the probability ratio.
+    pub clip_epsilon: f64,
+    /// Weight of the KL penalty to the round's starting policy (0: none).
+    pub kl_coef: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+    /// Passes over a round's trajectories.
+    pub epochs: u32,
+    /// Trajectories per optimizer step.
+    pub minibatch: u32,
+    /// Padded tokens per forward pass (bounds the trainer's memory).
+    pub chunk_tokens: u32,
+    /// Share of request groups held out to judge a candidate version.
+    pub holdout_fraction: f64,
+    /// How far the held-out reward estimate may fall before a candidate is
+    /// rejected (0: it must not fall at all).
+    pub max_regression: f64,
+    /// Longest trajectory, in tokens, trained on (longer ones are skipped).
+    pub max_tokens: u32,
 }
 
 /// Policy versions.

@@ -179,8 +179,43 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     if config.train.every_rewards == 0 {
         fail("train.every_rewards", "must be positive".into());
     }
-    if config.train.every_ms == 0 {
+    let train = &config.train;
+    if train.every_ms == 0 {
         fail("train.every_ms", "must be positive".into());
+    }
+    for (key, value, low, high) in [
+        ("train.learning_rate", train.learning_rate, 0.0, 1.0),
+        ("train.clip_epsilon", train.clip_epsilon, 0.0, 1.0),
+        ("train.max_grad_norm", train.max_grad_norm, 0.0, 1e6),
+    ] {
+        if !(value.is_finite() && value > low && value <= high) {
+            fail(key, format!("{value} is not in ({low}, {high}]"));
+        }
+    }
+    for (key, value, high) in [
+        ("train.kl_coef", train.kl_coef, 100.0),
+        ("train.weight_decay", train.weight_decay, 1.0),
+        ("train.max_regression", train.max_regression, 1e6),
+    ] {
+        if !(value.is_finite() && (0.0..=high).contains(&value)) {
+            fail(key, format!("{value} is not between 0 and {high}"));
+        }
+    }
+    if !(train.holdout_fraction.is_finite() && (0.0..1.0).contains(&train.holdout_fraction)) {
+        fail(
+            "train.holdout_fraction",
+            format!("{} is not in [0, 1)", train.holdout_fraction),
+        );
+    }
+    for (key, value, low, high) in [
+        ("train.epochs", train.epochs, 1, 100),
+        ("train.minibatch", train.minibatch, 1, 1_000_000),
+        ("train.chunk_tokens", train.chunk_tokens, 64, 10_000_000),
+        ("train.max_tokens", train.max_tokens, 16, 1_000_000),
+    ] {
+        if !(low..=high).contains(&value) {
+            fail(key, format!("{value} is not between {low} and {high}"));
+        }
     }
     if config.policy.dir.as_os_str().is_empty() {
         fail("policy.dir", "must not be empty".into());

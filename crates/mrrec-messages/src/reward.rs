@@ -28,6 +28,9 @@ pub struct Reward {
     pub components: RewardComponents,
     pub total: f64,
     pub ts: i64,
+    /// The rewarded trajectory itself, so the trainer needs no second join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trajectory: Option<crate::Trajectory>,
 }
 
 impl Message for Reward {
@@ -48,6 +51,15 @@ impl Message for Reward {
             ("total", self.total),
         ] {
             validate::number(field, value)?;
+        }
+        if let Some(trajectory) = &self.trajectory {
+            trajectory.validate()?;
+            if trajectory.trajectory_id != self.trajectory_id {
+                return Err(MessageError::invalid(
+                    "trajectory.trajectory_id",
+                    "differs from the reward's trajectory_id",
+                ));
+            }
         }
         validate::ts("ts", self.ts)
     }

@@ -107,6 +107,7 @@ fn every_message_round_trips() {
         },
         total: 5.2,
         ts: 8,
+        trajectory: None,
     });
     roundtrip(PolicyAnnouncement {
         version: 2,

@@ -7,13 +7,15 @@
 //! `mrrec.requests` with bounded concurrency and a deadline per request,
 //! publishing responses and every sampled trajectory.
 
-mod catalog;
+pub mod catalog;
 mod client;
+mod ranker;
 mod recommender;
 mod stage;
 mod tokens;
 
 pub use client::{ClientError, Received, RecommendClient};
+pub use ranker::Ranker;
 pub use recommender::{trajectory_id, Answer, RecommendError, Recommender};
 pub use stage::{Incoming, RecommendStage, StageTotals, TOTALS};
 pub use tokens::{TokenizerLocator, Tokenizers};

@@ -1,19 +1,17 @@
 //! Answering one request: the user's memory, the agent's trajectories, the
 //! fused ranking, the response and the logged trajectories. No Kafka here.
 
-use crate::catalog::CatalogFacts;
+use crate::ranker::Ranker;
 use crate::tokens::Tokenizers;
 use crate::RecommendSettings;
 use async_trait::async_trait;
-use mrrec_agent::{
-    fuse, run_group, AgentInput, AgentOutcome, GroupOutcome, MemoryHit, MemorySource, Signals,
-};
+use mrrec_agent::{run_group, AgentInput, AgentOutcome, GroupOutcome, MemoryHit, MemorySource};
 use mrrec_index::{ItemIndex, MemoryIndex};
 use mrrec_llm::Llm;
 use mrrec_memory::{fingerprint, Keyspace, Level, MemoryStore, UserState};
 use mrrec_messages::{Request, Response, Step, StepKind, Trajectory};
 use mrrec_store::{KvStore, StoreError};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,9 +74,8 @@ pub struct Recommender<S> {
     llm: Arc<dyn Llm>,
     memory: MemoryStore<S>,
     memory_index: Arc<MemoryIndex>,
-    items: Arc<ItemIndex>,
+    ranker: Ranker<S>,
     settings: RecommendSettings,
-    catalog: CatalogFacts,
     tokenizers: Tokenizers,
 }
 
@@ -97,14 +94,13 @@ impl<S: KvStore> Recommender<S> {
         settings: RecommendSettings,
         tokenizers: Tokenizers,
     ) -> Self {
-        let catalog = CatalogFacts::new(settings.refresh);
+        let ranker = Ranker::new(memory.clone(), items, &settings);
         Self {
             llm,
             memory,
             memory_index,
-            items,
+            ranker,
             settings,
-            catalog,
             tokenizers,
         }
     }
@@ -187,104 +183,9 @@ impl<S: KvStore> Recommender<S> {
         Ok(out)
     }
 
-    /// The top `k` items for `profile` (DESIGN §4): BM25 over the catalog,
-    /// co-occurrence with the user's recent positive items, popularity.
-    pub async fn rank(
-        &self,
-        profile: &str,
-        state: Option<&UserState>,
-        exclude_seen: bool,
-        k: usize,
-    ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
-        let exclude: HashSet<String> = match state {
-            Some(state) if exclude_seen => state.seen.iter().cloned().collect(),
-            _ => HashSet::new(),
-        };
-        self.rank_excluding(profile, state, &exclude, self.settings.candidates, k)
-            .await
-    }
-
-    /// 1-based rank of `target` in the ranking `profile` gives the catalog
-    /// (what DESIGN §5's reward scores), looking `depth` deep. Seen items are
-    /// left out as for the request, except the target itself: its outcome
-    /// has made it seen since. An item no signal scores at all is not
-    /// ranked (`None`); DESIGN §11's full ranking would place it after every
-    /// scored item, by id — the reward stage has to add that.
-    pub async fn target_rank(
-        &self,
-        profile: &str,
-        state: Option<&UserState>,
-        target: &str,
-        depth: usize,
-    ) -> Result<Option<u64>, StoreError> {
-        let mut exclude: HashSet<String> = state
-            .map(|s| s.seen.iter().cloned().collect())
-            .unwrap_or_default();
-        exclude.remove(target);
-        let ranked = self
-            .rank_excluding(
-                profile,
-                state,
-                &exclude,
-                depth.max(self.settings.candidates),
-                depth,
-            )
-            .await?;
-        Ok(ranked
-            .iter()
-            .position(|item| item.item_id == target)
-            .map(|i| i as u64 + 1))
-    }
-
-    async fn rank_excluding(
-        &self,
-        profile: &str,
-        state: Option<&UserState>,
-        exclude: &HashSet<String>,
-        candidates: usize,
-        k: usize,
-    ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
-        let mut signals = Signals::default();
-        match self.items.search(profile, candidates) {
-            Ok(hits) => {
-                signals.bm25 = hits.into_iter().map(|(id, s)| (id, f64::from(s))).collect();
-            }
-            Err(e) => tracing::warn!(error = %e, "item search failed; ranking without BM25"),
-        }
-        if let Some(state) = state {
-            let recent: Vec<String> = state
-                .recent_positive
-                .iter()
-                .rev()
-                .take(self.settings.recent_items)
-                .cloned()
-                .collect();
-            if !recent.is_empty() {
-                signals.collaborative = self
-                    .memory
-                    .co_occurring(&recent, candidates)
-                    .await?
-                    .into_iter()
-                    .map(|(id, count)| (id, count as f64))
-                    .collect();
-            }
-        }
-        let facts = self.catalog.get(&self.memory).await?;
-        // Popularity scores every candidate of the other signals, and adds
-        // the most popular items as candidates of its own.
-        let mut popularity: HashMap<String, f64> = facts
-            .popular
-            .iter()
-            .take(candidates)
-            .map(|(id, count)| (id.clone(), *count))
-            .collect();
-        for id in signals.bm25.keys().chain(signals.collaborative.keys()) {
-            if let Some(count) = facts.popularity.get(id) {
-                popularity.insert(id.clone(), *count);
-            }
-        }
-        signals.popularity = popularity;
-        Ok(fuse(&signals, self.settings.weights, exclude, k))
+    /// The ranking this recommender answers with (also the reward's).
+    pub fn ranker(&self) -> &Ranker<S> {
+        &self.ranker
     }
 
     /// Answers `request`. Store outages are errors (the caller retries); any
@@ -324,7 +225,7 @@ impl<S: KvStore> Recommender<S> {
         started: Instant,
     ) -> Result<Answer, StoreError> {
         let user = self.user_view(&request.user_id).await?;
-        let facts = self.catalog.get(&self.memory).await?;
+        let facts = self.ranker.facts().await?;
         let global = self
             .global_memory(
                 request.query.as_deref(),
@@ -368,6 +269,7 @@ impl<S: KvStore> Recommender<S> {
             // The policy was never (fully) heard: the fallback answers.
             let profile = mrrec_agent::fallback_profile(&input, &self.settings.agent);
             let items = self
+                .ranker
                 .rank(&profile, user.state.as_ref(), request.exclude_seen, k)
                 .await?;
             let reason = failure.unwrap_or_default();
@@ -400,6 +302,7 @@ impl<S: KvStore> Recommender<S> {
             .unwrap_or_default();
         let chosen = &trajectories[served];
         let items = self
+            .ranker
             .rank(
                 &chosen.profile,
                 user.state.as_ref(),

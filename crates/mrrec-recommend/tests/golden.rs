@@ -361,12 +361,14 @@ async fn the_reward_ranking_finds_a_target_the_user_has_since_seen() {
     let state = memory.user("u1").await.unwrap().state.unwrap();
     let profile = "Monty Python Holy Grail comedy";
     let served = recommender
+        .ranker()
         .rank(profile, Some(&state), true, 10)
         .await
         .unwrap();
     assert_eq!(served[0].item_id, "i6");
     assert_eq!(
         recommender
+            .ranker()
             .target_rank(profile, Some(&state), "i6", 1000)
             .await
             .unwrap(),
@@ -376,6 +378,7 @@ async fn the_reward_ranking_finds_a_target_the_user_has_since_seen() {
     // the target (rated again after the request) the reward still finds it.
     assert!(served.iter().all(|i| i.item_id != "i1"));
     let rank = recommender
+        .ranker()
         .target_rank("Toy Story animation", Some(&state), "i1", 1000)
         .await
         .unwrap();
@@ -385,6 +388,7 @@ async fn the_reward_ranking_finds_a_target_the_user_has_since_seen() {
     // and are not ranked (issue 6 places such items after the scored ones).
     for (id, _, _) in CATALOG {
         let rank = recommender
+            .ranker()
             .target_rank(profile, Some(&state), id, 1000)
             .await
             .unwrap();

@@ -5,6 +5,12 @@
 //! request, so the ideal DCG is 1 and NDCG@K = 1/log2(rank + 1) for a rank
 //! within K, else 0. Which outcome is the target, and the weighting, live
 //! here; ranking the catalog is the recommender's (the reward stage calls it).
+//! [`stage`] is `mrrec run --stage reward`: the join of trajectories and
+//! outcomes that produces `mrrec.rewards`.
+
+pub mod stage;
+
+pub use stage::{open_stage, RewardStage, RewardTotals, STAGE, TOTALS};
 
 use mrrec_messages::{EventKind, Outcome, Reward, RewardComponents, Trajectory};
 
@@ -76,6 +82,7 @@ pub fn reward(trajectory: &Trajectory, target: &str, target_rank: Option<u64>, t
         total: total(&components),
         components,
         ts,
+        trajectory: Some(trajectory.clone()),
     }
 }
 

@@ -125,7 +125,8 @@ impl Batch {
 }
 
 /// The store contract both backends implement.
-pub trait KvStore: Send + Sync {
+/// Clones are cheap handles on the same store.
+pub trait KvStore: Send + Sync + Clone {
     /// Values of `(key, field)` pairs, in order (one round trip).
     fn get_fields(
         &self,

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_llm;
 mod bench_recommend;
+mod bench_train;
 mod llm;
 mod load;
 mod memory;
@@ -11,6 +12,7 @@ mod recommend;
 mod run;
 mod store;
 mod topics;
+mod train;
 
 use crate::cli::{
     BenchKind, Cli, Command, LlmCommand, LoadCommand, MemoryCommand, ModelCommand, StageName,
@@ -60,7 +62,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Llm(LlmCommand::Serve { listen, no_follow }) => {
             llm::serve(&config, listen.as_deref(), !no_follow).await
         }
-        Command::Train { .. } => not_yet("train", "the reward and trainer work (issue 6)"),
+        Command::Train { once: true } => train::once(&config).await,
+        Command::Train { once: false } => train::run_stage(&config).await,
         Command::Eval(_) => not_yet("eval", "the demo and eval work (issue 7)"),
         Command::Bench {
             which,
@@ -74,6 +77,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             requests,
             warmup,
             max_steps,
+            trajectories,
         } => match which {
             BenchKind::Ingest => bench::ingest(&config, events, seed).await,
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
@@ -92,7 +96,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 )
                 .await
             }
-            BenchKind::Train => not_yet("bench train", "the trainer (issue 6)"),
+            BenchKind::Train => bench_train::run(&config, trajectories, seed),
         },
     }
 }

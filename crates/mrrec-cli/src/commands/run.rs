@@ -10,6 +10,8 @@ pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
     match stage {
         StageName::Distill => distill(config).await,
         StageName::Recommend => super::recommend::run_stage(config).await,
+        StageName::Reward => reward(config).await,
+        StageName::Train => super::train::run_stage(config).await,
         other => bail!(
             "`mrrec run --stage {}` is not yet available in this build: {}",
             super::stage_name(other),
@@ -47,6 +49,32 @@ async fn distill(config: &Config) -> Result<()> {
         .await?;
     eprintln!(
         "distill stopped: {} processed, {} dead-lettered, {} skipped (already stored)",
+        report.processed, report.dead_lettered, report.skipped
+    );
+    Ok(())
+}
+
+async fn reward(config: &Config) -> Result<()> {
+    start_metrics(config)?;
+    let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+    let clients = KafkaClients::from_config(config, &bootstrap);
+    let memory = super::store::open(config).await?;
+    let stage = mrrec_reward::open_stage(config, &clients, memory)?;
+    let settings = mrrec_stream::RunnerSettings::from_config(
+        config,
+        mrrec_reward::STAGE,
+        &[
+            mrrec_messages::Topic::Trajectories,
+            mrrec_messages::Topic::Outcomes,
+        ],
+    );
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let report = StageRunner::new(clients, settings, stage)
+        .run(shutdown)
+        .await?;
+    eprintln!(
+        "reward stopped: {} processed, {} dead-lettered, {} skipped (already stored)",
         report.processed, report.dead_lettered, report.skipped
     );
     Ok(())

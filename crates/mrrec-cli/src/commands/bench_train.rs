@@ -1,0 +1,47 @@
+//! `mrrec bench train`: one GRPO update over synthetic agent-shaped
+//! trajectories on the configured policy (or a fresh default one).
+
+use anyhow::Result;
+use mrrec_config::Config;
+use mrrec_train::bench;
+
+pub fn run(config: &Config, trajectories: usize, seed: u64) -> Result<()> {
+    let catalog = mrrec_train::bench::synthetic_catalog(4000, seed);
+    let (dir, _tmp) = super::bench_llm::model_dir_for(config, &catalog)?;
+    let group = config.agent.group_size.max(2) as usize;
+    let requests = trajectories.div_ceil(group);
+    let mut rewarded = bench::synthetic_rewarded(requests, group, seed);
+    rewarded.truncate(trajectories);
+    let settings = super::train::settings(config).grpo;
+    eprintln!(
+        "one GRPO update over {} trajectories (groups of {group}) on {}",
+        rewarded.len(),
+        dir.display()
+    );
+    let report = bench::run(&dir, &rewarded, &settings)?;
+    let mut json = serde_json::to_value(&report)?;
+    json["peak_rss_mb"] = serde_json::json!(peak_rss_mb());
+    eprintln!(
+        "{:.1} s per update ({:.1} s recomputing old log-probabilities, {:.1} s GRPO), {:.0} tokens/s, {:.0} tokens per trajectory",
+        report.seconds_per_update,
+        report.old_logprobs_seconds,
+        report.grpo_seconds,
+        report.tokens_per_s,
+        report.mean_tokens
+    );
+    println!("{json}");
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub(crate) fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}

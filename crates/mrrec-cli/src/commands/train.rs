@@ -1,0 +1,448 @@
+//! The trainer stage: `mrrec run --stage train` and `mrrec train --once`.
+//!
+//! Rewards from `mrrec.rewards` go into a durable buffer file next to the
+//! registry (`policy.dir/train-buffer.jsonl`, with the offsets it holds, so
+//! a restart neither loses nor repeats one). A round starts once
+//! `train.every_rewards` are buffered or `train.every_ms` has passed since
+//! the first (checked as rewards arrive: a quiet stream has nothing new to
+//! learn from). The round (mrrec-train) writes `policy/vN+1/` only if it
+//! loads here in mistral.rs and does not regress; then it is announced on
+//! `mrrec.policy`. Every round is logged to `policy.dir/train-log.jsonl`;
+//! every reward left out goes to the DLQ with its reason.
+
+use anyhow::{Context, Result};
+use mrrec_config::Config;
+use mrrec_llm::{EmbeddedLlm, EngineOptions};
+use mrrec_messages::{encode, DeadLetter, Reward, Topic};
+use mrrec_policy::PolicyRegistry;
+use mrrec_stream::{
+    decode_message, Batch, Bootstrap, KafkaClients, OutgoingRecord, Poison, Publisher, RecordMeta,
+    RunnerSettings, Shutdown, Stage, StageError, StageRunner,
+};
+use mrrec_train::{Decision, Rewarded, RoundReport, TrainSettings};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const STAGE: &str = "train";
+const ROUNDS: &str = "mrrec_train_rounds_total";
+const SKIPPED: &str = "mrrec_train_skipped_total";
+
+/// The trainer's settings from `[train]`.
+pub fn settings(config: &Config) -> TrainSettings {
+    let t = &config.train;
+    TrainSettings {
+        grpo: mrrec_train::GrpoSettings {
+            learning_rate: t.learning_rate,
+            clip_epsilon: t.clip_epsilon,
+            kl_coef: t.kl_coef,
+            weight_decay: t.weight_decay,
+            max_grad_norm: t.max_grad_norm,
+            epochs: t.epochs as usize,
+            minibatch: t.minibatch as usize,
+            chunk_tokens: t.chunk_tokens as usize,
+            seed: 0,
+        },
+        holdout_fraction: t.holdout_fraction,
+        max_regression: t.max_regression,
+        max_tokens: t.max_tokens as usize,
+    }
+}
+
+/// A reward and where it came from (for its DLQ entry if it is left out).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Buffered {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    reward: Reward,
+}
+
+/// One appended line of the buffer file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct BufferLine {
+    /// `topic:partition` → last offset this line (and every earlier one) holds.
+    offsets: BTreeMap<String, i64>,
+    rewards: Vec<Buffered>,
+}
+
+/// The durable buffer of rewards not yet trained on.
+struct RewardBuffer {
+    path: PathBuf,
+    offsets: BTreeMap<String, i64>,
+    rewards: Vec<Buffered>,
+    first_at: Option<Instant>,
+}
+
+impl RewardBuffer {
+    /// Reads the buffer file; a torn last line (a crash mid-append) is
+    /// dropped, and its rewards are read again from the topic.
+    fn open(path: PathBuf) -> Result<Self> {
+        let mut buffer = Self {
+            path,
+            offsets: BTreeMap::new(),
+            rewards: Vec::new(),
+            first_at: None,
+        };
+        if let Ok(text) = std::fs::read_to_string(&buffer.path) {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                match serde_json::from_str::<BufferLine>(line) {
+                    Ok(parsed) => {
+                        buffer.offsets.extend(parsed.offsets);
+                        buffer.rewards.extend(parsed.rewards);
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %buffer.path.display(), error = %e, "dropping a torn buffer line; its rewards are read again");
+                        break;
+                    }
+                }
+            }
+        }
+        if !buffer.rewards.is_empty() {
+            buffer.first_at = Some(Instant::now());
+        }
+        Ok(buffer)
+    }
+
+    fn append(&mut self, line: BufferLine) -> Result<()> {
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        let mut text = serde_json::to_string(&line)?;
+        text.push('\n');
+        file.write_all(text.as_bytes())?;
+        file.sync_data()?;
+        if self.first_at.is_none() && !line.rewards.is_empty() {
+            self.first_at = Some(Instant::now());
+        }
+        self.offsets.extend(line.offsets);
+        self.rewards.extend(line.rewards);
+        Ok(())
+    }
+
+    /// Empties the buffer, keeping its offsets (written as one fresh line,
+    /// then renamed over the file).
+    fn clear(&mut self) -> Result<()> {
+        let line = BufferLine {
+            offsets: self.offsets.clone(),
+            rewards: Vec::new(),
+        };
+        let tmp = self.path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, serde_json::to_string(&line)? + "\n")?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.rewards.clear();
+        self.first_at = None;
+        Ok(())
+    }
+}
+
+/// What a round needs besides the rewards.
+struct Trainer {
+    registry: PolicyRegistry,
+    settings: TrainSettings,
+    publisher: Publisher,
+    prefix: String,
+    log_path: PathBuf,
+}
+
+impl Trainer {
+    fn new(config: &Config, clients: &KafkaClients) -> Result<Self> {
+        Ok(Self {
+            registry: PolicyRegistry::new(&config.policy.dir),
+            settings: settings(config),
+            publisher: Publisher::new(clients, STAGE)?,
+            prefix: config.topics.prefix.clone(),
+            log_path: config.policy.dir.join("train-log.jsonl"),
+        })
+    }
+
+    /// One round over `rewards`; publishes the announcement and the DLQ entries.
+    async fn round(&self, rewards: &[Buffered]) -> Result<RoundReport> {
+        let mut rewarded = Vec::new();
+        let mut dead = Vec::new();
+        let mut origin: BTreeMap<String, &Buffered> = BTreeMap::new();
+        for b in rewards {
+            match &b.reward.trajectory {
+                Some(trajectory) => {
+                    origin.insert(b.reward.trajectory_id.clone(), b);
+                    rewarded.push(Rewarded {
+                        trajectory: trajectory.clone(),
+                        reward: b.reward.total,
+                    });
+                }
+                None => dead.push((b, "the reward carries no trajectory".to_owned())),
+            }
+        }
+        let registry = self.registry.clone();
+        let settings = self.settings.clone();
+        let handle = tokio::runtime::Handle::current();
+        let report = tokio::task::spawn_blocking(move || {
+            let verify = |dir: &Path| -> Result<(), String> {
+                handle
+                    .block_on(EmbeddedLlm::open(dir, EngineOptions::default()))
+                    .map(drop)
+                    .map_err(|e| format!("mistral.rs does not load it: {e}"))
+            };
+            mrrec_train::train_round(&registry, &rewarded, &settings, &verify)
+        })
+        .await
+        .context("the training round panicked")??;
+        for (trajectory_id, reason) in &report.skipped {
+            if let Some(b) = origin.get(trajectory_id) {
+                dead.push((b, reason.clone()));
+            }
+        }
+        let mut records = Vec::new();
+        for (b, reason) in &dead {
+            let payload = serde_json::to_vec(&b.reward)?;
+            let letter = DeadLetter::new(
+                STAGE,
+                &b.topic,
+                b.partition,
+                b.offset,
+                reason,
+                &payload,
+                mrrec_stream::now_ms(),
+            );
+            records.push(OutgoingRecord {
+                topic: Topic::Dlq.name(&self.prefix),
+                key: Some(b.reward.request_id.clone().into_bytes()),
+                payload: encode(&letter)?,
+            });
+        }
+        metrics::counter!(SKIPPED).increment(dead.len() as u64);
+        let decision = match &report.decision {
+            Decision::Published(version) => {
+                let announcement = self.registry.announcement(
+                    version,
+                    Some(report.parent),
+                    report.metrics.clone(),
+                );
+                records.push(OutgoingRecord {
+                    topic: Topic::Policy.name(&self.prefix),
+                    key: None,
+                    payload: encode(&announcement)?,
+                });
+                tracing::info!(version = version.version, parent = report.parent, metrics = ?report.metrics, "published a new policy version");
+                "published"
+            }
+            Decision::Rejected(reason) => {
+                tracing::warn!(parent = report.parent, %reason, "candidate rejected; nothing published");
+                "rejected"
+            }
+            Decision::NothingToLearn(reason) => {
+                tracing::info!(%reason, "nothing to learn this round");
+                "nothing_to_learn"
+            }
+        };
+        metrics::counter!(ROUNDS, "decision" => decision).increment(1);
+        if let Err((e, _)) = self.publisher.publish_all(records).await {
+            anyhow::bail!("publishing the round's announcement and dead letters: {e}");
+        }
+        self.log(&report, decision, rewards.len())?;
+        Ok(report)
+    }
+
+    fn log(&self, report: &RoundReport, decision: &str, rewards: usize) -> Result<()> {
+        let (version, reason) = match &report.decision {
+            Decision::Published(v) => (Some(v.version), None),
+            Decision::Rejected(r) | Decision::NothingToLearn(r) => (None, Some(r.clone())),
+        };
+        let line = serde_json::json!({
+            "ts": mrrec_stream::now_ms(),
+            "parent": report.parent,
+            "decision": decision,
+            "version": version,
+            "reason": reason,
+            "rewards": rewards,
+            "skipped": report.skipped.len(),
+            "metrics": report.metrics,
+        });
+        if let Some(parent) = self.log_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        writeln!(file, "{line}")?;
+        Ok(())
+    }
+}
+
+/// The stage: buffer rewards, run a round when due.
+struct TrainStage {
+    trainer: Trainer,
+    buffer: RewardBuffer,
+    every_rewards: usize,
+    every: Duration,
+    /// `train --once`: only buffer; the round runs after the stream drains.
+    hold: bool,
+    last_batch_ms: Arc<AtomicI64>,
+}
+
+impl Stage for TrainStage {
+    type Message = Reward;
+
+    fn name(&self) -> &str {
+        STAGE
+    }
+
+    fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Reward, Poison> {
+        decode_message(record, payload)
+    }
+
+    async fn process(&mut self, batch: &Batch<Reward>) -> Result<(), StageError> {
+        self.last_batch_ms
+            .store(mrrec_stream::now_ms(), Ordering::Relaxed);
+        let line = BufferLine {
+            offsets: batch
+                .ranges
+                .iter()
+                .map(|r| (format!("{}:{}", r.topic, r.partition), r.last_offset))
+                .collect(),
+            rewards: batch
+                .records
+                .iter()
+                .filter(|r| {
+                    let key = format!("{}:{}", r.meta.topic, r.meta.partition);
+                    self.buffer
+                        .offsets
+                        .get(&key)
+                        .is_none_or(|o| r.meta.offset > *o)
+                })
+                .map(|r| Buffered {
+                    topic: r.meta.topic.to_string(),
+                    partition: r.meta.partition,
+                    offset: r.meta.offset,
+                    reward: r.message.clone(),
+                })
+                .collect(),
+        };
+        self.buffer
+            .append(line)
+            .map_err(|e| StageError::Retryable(format!("writing the reward buffer: {e:#}")))?;
+        let due = self.buffer.rewards.len() >= self.every_rewards
+            || self
+                .buffer
+                .first_at
+                .is_some_and(|t| t.elapsed() >= self.every);
+        if self.hold || !due {
+            return Ok(());
+        }
+        let rewards = self.buffer.rewards.clone();
+        match self.trainer.round(&rewards).await {
+            Ok(_) => self
+                .buffer
+                .clear()
+                .map_err(|e| StageError::Fatal(format!("clearing the reward buffer: {e:#}"))),
+            Err(e) => Err(StageError::Retryable(format!("training round: {e:#}"))),
+        }
+    }
+
+    async fn stored_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StageError> {
+        Ok(self
+            .buffer
+            .offsets
+            .get(&format!("{topic}:{partition}"))
+            .copied())
+    }
+}
+
+fn open_stage(config: &Config, clients: &KafkaClients, hold: bool) -> Result<TrainStage> {
+    let buffer = RewardBuffer::open(config.policy.dir.join("train-buffer.jsonl"))?;
+    Ok(TrainStage {
+        trainer: Trainer::new(config, clients)?,
+        buffer,
+        every_rewards: config.train.every_rewards as usize,
+        every: Duration::from_millis(config.train.every_ms),
+        hold,
+        last_batch_ms: Arc::new(AtomicI64::new(0)),
+    })
+}
+
+fn runner_settings(config: &Config) -> RunnerSettings {
+    RunnerSettings::from_config(config, STAGE, &[Topic::Rewards])
+}
+
+/// `mrrec run --stage train`.
+pub async fn run_stage(config: &Config) -> Result<()> {
+    super::run::start_metrics(config)?;
+    let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+    let clients = KafkaClients::from_config(config, &bootstrap);
+    let stage = open_stage(config, &clients, false)?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let report = StageRunner::new(clients, runner_settings(config), stage)
+        .run(shutdown)
+        .await?;
+    eprintln!(
+        "train stopped: {} rewards processed, {} dead-lettered",
+        report.processed, report.dead_lettered
+    );
+    Ok(())
+}
+
+/// `mrrec train --once`: reads the rewards not yet trained on (until the
+/// topic has been quiet for a few seconds), runs one round, and exits.
+pub async fn once(config: &Config) -> Result<()> {
+    let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+    let clients = KafkaClients::from_config(config, &bootstrap);
+    let stage = open_stage(config, &clients, true)?;
+    let last_batch = stage.last_batch_ms.clone();
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let quiet_ms = 2 * config.stream.batch_max_ms as i64 + 5_000;
+    let started = mrrec_stream::now_ms();
+    let watcher = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let last = last_batch.load(Ordering::Relaxed).max(started);
+                if mrrec_stream::now_ms() - last > quiet_ms {
+                    shutdown.trigger();
+                    return;
+                }
+            }
+        })
+    };
+    StageRunner::new(clients.clone(), runner_settings(config), stage)
+        .run(shutdown)
+        .await?;
+    watcher.abort();
+    let mut buffer = RewardBuffer::open(config.policy.dir.join("train-buffer.jsonl"))?;
+    if buffer.rewards.is_empty() {
+        eprintln!("no new rewards in the topic: nothing to train on");
+        return Ok(());
+    }
+    eprintln!("training one round on {} rewards", buffer.rewards.len());
+    let trainer = Trainer::new(config, &clients)?;
+    let report = trainer.round(&buffer.rewards).await?;
+    buffer.clear()?;
+    match &report.decision {
+        Decision::Published(v) => println!(
+            "published v{:04} (parent v{:04}) at {}: {}",
+            v.version,
+            report.parent,
+            v.path.display(),
+            serde_json::to_string(&report.metrics)?
+        ),
+        Decision::Rejected(reason) => println!("rejected: {reason}"),
+        Decision::NothingToLearn(reason) => println!("nothing to learn: {reason}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,511 @@
+//! `mrrec run --stage reward`: joins `mrrec.trajectories` (keyed by
+//! request_id) with `mrrec.outcomes` (keyed by user_id) and emits one
+//! `mrrec.rewards` record per trajectory of a request that got a target.
+//!
+//! The two topics are keyed differently, so a request's records may reach
+//! different instances: the join state lives in the store, one entry per
+//! request (`reward:open`, field = request id), updated under guards, with
+//! the input offsets it reflects (`reward:offsets`) in the same atomic write
+//! (the offset-in-state rule: a restart skips what the state already holds).
+//!
+//! Deterministic whatever the interleaving of the two topics:
+//! - the target is the first positive outcome, in the outcomes topic's
+//!   order, whose `ts` is at most the request's `ts + reward.window_ms`;
+//!   later positives are duplicates, later-than-window ones are late;
+//! - a trajectory is rewarded once (its id is remembered), with the target
+//!   fixed when the first one was;
+//! - entries expire by event time: once the largest `ts` seen passes an
+//!   entry's first `ts` by two windows, it is dropped, without a record.
+//!
+//! Rewards are published (and acknowledged) before the state is written:
+//! a crash in between replays the batch and publishes the same rewards
+//! again (same trajectory ids and values); consumers dedupe by trajectory id.
+
+use crate::{is_positive, reward, DEEPEST_RANK};
+use mrrec_config::Config;
+use mrrec_memory::MemoryStore;
+use mrrec_messages::{encode, Outcome, Topic, Trajectory};
+use mrrec_recommend::Ranker;
+use mrrec_store::{escape, Batch as StoreBatch, KvStore, StoreError};
+use mrrec_stream::{
+    decode_message, Batch, OutgoingRecord, Poison, Publisher, RecordMeta, Stage, StageError,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const STAGE: &str = "reward";
+
+/// Outcomes kept per request while its trajectories have not arrived.
+const MAX_PENDING_OUTCOMES: usize = 32;
+
+const REWARDS: &str = "mrrec_reward_rewards_total";
+const OUTCOMES: &str = "mrrec_reward_outcomes_total";
+const EXPIRED: &str = "mrrec_reward_expired_total";
+
+/// Process-wide counters (progress displays, tests).
+#[derive(Debug, Default)]
+pub struct RewardTotals {
+    pub rewards: AtomicU64,
+    pub reward_sum_micros: AtomicU64,
+    pub expired: AtomicU64,
+    pub late: AtomicU64,
+    pub duplicates: AtomicU64,
+}
+
+pub static TOTALS: RewardTotals = RewardTotals {
+    rewards: AtomicU64::new(0),
+    reward_sum_micros: AtomicU64::new(0),
+    expired: AtomicU64::new(0),
+    late: AtomicU64::new(0),
+    duplicates: AtomicU64::new(0),
+};
+
+/// A positive outcome as the join keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Positive {
+    item_id: String,
+    ts: i64,
+}
+
+/// The join state of one request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct JoinEntry {
+    /// The request's time (its first trajectory's `ts`), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_ts: Option<i64>,
+    /// Event time of the first record seen: what expiry counts from.
+    first_ts: i64,
+    /// Trajectories waiting for a target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    waiting: Vec<Trajectory>,
+    /// Positive outcomes, in order, while the request's time is unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    outcomes: Vec<Positive>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<Positive>,
+    /// Trajectory ids already rewarded or waiting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    known: Vec<String>,
+}
+
+/// Decoded input.
+#[derive(Debug, Clone)]
+pub enum Joined {
+    Trajectory(Trajectory),
+    Outcome(Outcome),
+}
+
+impl Joined {
+    fn request_id(&self) -> &str {
+        match self {
+            Joined::Trajectory(t) => &t.request_id,
+            Joined::Outcome(o) => &o.request_id,
+        }
+    }
+
+    fn ts(&self) -> i64 {
+        match self {
+            Joined::Trajectory(t) => t.ts,
+            Joined::Outcome(o) => o.event.ts,
+        }
+    }
+}
+
+/// The reward stage over a memory store and the catalog ranking.
+pub struct RewardStage<S> {
+    ranker: Ranker<S>,
+    publisher: Publisher,
+    window_ms: i64,
+    trajectories_topic: String,
+    rewards_topic: String,
+}
+
+/// Store keys of the join.
+struct Keys {
+    open: String,
+    offsets: String,
+    meta: String,
+}
+
+fn keys<S: KvStore>(memory: &MemoryStore<S>) -> Keys {
+    let prefix = memory.keys().prefix();
+    Keys {
+        open: format!("{prefix}reward:open"),
+        offsets: format!("{prefix}reward:offsets"),
+        meta: format!("{prefix}reward:meta"),
+    }
+}
+
+fn expiry_key(prefix: &str, bucket: i64) -> String {
+    format!("{prefix}reward:expiry:{bucket}")
+}
+
+fn store_error(e: StoreError) -> StageError {
+    if e.is_retryable() {
+        StageError::Retryable(e.to_string())
+    } else {
+        StageError::Fatal(e.to_string())
+    }
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> StageError {
+    StageError::Fatal(format!("reward state {what} is corrupt: {e}"))
+}
+
+impl<S: KvStore> RewardStage<S> {
+    pub fn new(ranker: Ranker<S>, publisher: Publisher, window_ms: u64, prefix: &str) -> Self {
+        Self {
+            ranker,
+            publisher,
+            window_ms: window_ms.min(i64::MAX as u64 / 4) as i64,
+            trajectories_topic: Topic::Trajectories.name(prefix),
+            rewards_topic: Topic::Rewards.name(prefix),
+        }
+    }
+
+    fn bucket(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.window_ms)
+    }
+
+    /// Applies one record to its entry; returns trajectories now due a
+    /// reward, with their target.
+    fn apply_record(&self, entry: &mut JoinEntry, joined: &Joined) -> Vec<(Trajectory, Positive)> {
+        match joined {
+            Joined::Trajectory(t) => {
+                if entry.known.contains(&t.trajectory_id) {
+                    return Vec::new();
+                }
+                entry.known.push(t.trajectory_id.clone());
+                let request_ts = *entry.request_ts.get_or_insert(t.ts);
+                if entry.target.is_none() {
+                    let window_end = request_ts.saturating_add(self.window_ms);
+                    let (in_window, late): (Vec<Positive>, Vec<Positive>) =
+                        entry.outcomes.drain(..).partition(|o| o.ts <= window_end);
+                    count_outcomes("late", late.len());
+                    entry.target = in_window.first().cloned();
+                    count_outcomes("duplicate", in_window.len().saturating_sub(1));
+                }
+                match &entry.target {
+                    Some(target) => vec![(t.clone(), target.clone())],
+                    None => {
+                        entry.waiting.push(t.clone());
+                        Vec::new()
+                    }
+                }
+            }
+            Joined::Outcome(o) => {
+                if !is_positive(o) {
+                    count_outcomes("not_positive", 1);
+                    return Vec::new();
+                }
+                let positive = Positive {
+                    item_id: o.event.item_id.clone().unwrap_or_default(),
+                    ts: o.event.ts,
+                };
+                if entry.target.is_some() {
+                    count_outcomes("duplicate", 1);
+                    return Vec::new();
+                }
+                match entry.request_ts {
+                    None => {
+                        if entry.outcomes.len() < MAX_PENDING_OUTCOMES {
+                            entry.outcomes.push(positive);
+                        } else {
+                            count_outcomes("duplicate", 1);
+                        }
+                        Vec::new()
+                    }
+                    Some(request_ts) if positive.ts > request_ts.saturating_add(self.window_ms) => {
+                        count_outcomes("late", 1);
+                        Vec::new()
+                    }
+                    Some(_) => {
+                        count_outcomes("target", 1);
+                        entry.target = Some(positive.clone());
+                        entry
+                            .waiting
+                            .drain(..)
+                            .map(|t| (t, positive.clone()))
+                            .collect()
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reward_record(
+        &self,
+        trajectory: &Trajectory,
+        target: &Positive,
+        ts: i64,
+    ) -> Result<OutgoingRecord, StageError> {
+        let state = self
+            .ranker
+            .memory()
+            .user(&trajectory.user_id)
+            .await
+            .map_err(store_error)?
+            .state;
+        let rank = self
+            .ranker
+            .target_rank(
+                &trajectory.profile,
+                state.as_ref(),
+                &target.item_id,
+                DEEPEST_RANK as usize,
+            )
+            .await
+            .map_err(store_error)?;
+        let record = reward(trajectory, &target.item_id, rank, ts);
+        TOTALS.rewards.fetch_add(1, Ordering::Relaxed);
+        TOTALS
+            .reward_sum_micros
+            .fetch_add((record.total * 1e6) as u64, Ordering::Relaxed);
+        metrics::counter!(REWARDS).increment(1);
+        let payload = encode(&record)
+            .map_err(|e| StageError::Fatal(format!("reward does not encode: {e}")))?;
+        Ok(OutgoingRecord {
+            topic: self.rewards_topic.clone(),
+            key: Some(record.request_id.clone().into_bytes()),
+            payload,
+        })
+    }
+}
+
+fn count_outcomes(kind: &'static str, n: usize) {
+    if n == 0 {
+        return;
+    }
+    match kind {
+        "late" => TOTALS.late.fetch_add(n as u64, Ordering::Relaxed),
+        "duplicate" => TOTALS.duplicates.fetch_add(n as u64, Ordering::Relaxed),
+        _ => 0,
+    };
+    metrics::counter!(OUTCOMES, "kind" => kind).increment(n as u64);
+}
+
+impl<S: KvStore + 'static> Stage for RewardStage<S> {
+    type Message = Joined;
+
+    fn name(&self) -> &str {
+        STAGE
+    }
+
+    fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Joined, Poison> {
+        if *record.topic == *self.trajectories_topic {
+            decode_message::<Trajectory>(record, payload).map(Joined::Trajectory)
+        } else {
+            decode_message::<Outcome>(record, payload).map(Joined::Outcome)
+        }
+    }
+
+    async fn process(&mut self, batch: &Batch<Joined>) -> Result<(), StageError> {
+        if batch.records.is_empty() {
+            return Ok(());
+        }
+        let memory = self.ranker.memory().clone();
+        let keys = keys(&memory);
+        let prefix = memory.keys().prefix().to_owned();
+
+        // One read: stored offsets, the watermark, and every touched entry.
+        let ids: Vec<String> = {
+            let mut ids: Vec<String> = batch
+                .records
+                .iter()
+                .map(|r| r.message.request_id().to_owned())
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let offset_fields: Vec<String> = batch
+            .ranges
+            .iter()
+            .map(|r| format!("{}:{}", r.topic, r.partition))
+            .collect();
+        let mut pairs: Vec<(String, String)> = offset_fields
+            .iter()
+            .map(|f| (keys.offsets.clone(), f.clone()))
+            .collect();
+        pairs.push((keys.meta.clone(), "watermark".into()));
+        pairs.push((keys.meta.clone(), "oldest_bucket".into()));
+        pairs.extend(ids.iter().map(|id| (keys.open.clone(), escape(id))));
+        let values = memory.kv().get_fields(&pairs).await.map_err(store_error)?;
+        let (offset_values, rest) = values.split_at(offset_fields.len());
+        let watermark_value = rest[0].clone();
+        let oldest_value = rest[1].clone();
+        let entry_values = &rest[2..];
+
+        let stored: HashMap<(String, i32), i64> = batch
+            .ranges
+            .iter()
+            .zip(offset_values)
+            .filter_map(|(r, v)| {
+                v.as_deref()
+                    .and_then(|s| s.parse().ok())
+                    .map(|o| ((r.topic.to_string(), r.partition), o))
+            })
+            .collect();
+        let mut entries: BTreeMap<String, JoinEntry> = BTreeMap::new();
+        for (id, value) in ids.iter().zip(entry_values) {
+            if let Some(json) = value {
+                entries.insert(
+                    id.clone(),
+                    serde_json::from_str(json).map_err(|e| corrupt("entry", e))?,
+                );
+            }
+        }
+        let mut watermark: i64 = watermark_value
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(i64::MIN);
+
+        // The join, record by record in the batch's order.
+        let mut due: Vec<(Trajectory, Positive)> = Vec::new();
+        for record in &batch.records {
+            let fresh = stored
+                .get(&(record.meta.topic.to_string(), record.meta.partition))
+                .is_none_or(|s| record.meta.offset > *s);
+            if !fresh {
+                continue;
+            }
+            let id = record.message.request_id();
+            let entry = entries.entry(id.to_owned()).or_insert_with(|| JoinEntry {
+                first_ts: record.message.ts(),
+                ..JoinEntry::default()
+            });
+            due.extend(self.apply_record(entry, &record.message));
+            watermark = watermark.max(record.message.ts());
+        }
+
+        // Rewards first (acknowledged), then the state.
+        let now = mrrec_stream::now_ms();
+        let mut records = Vec::with_capacity(due.len());
+        for (trajectory, target) in &due {
+            records.push(self.reward_record(trajectory, target, now).await?);
+        }
+        if let Err((e, _)) = self.publisher.publish_all(records).await {
+            return Err(StageError::Retryable(format!("publishing rewards: {e}")));
+        }
+
+        let mut write = StoreBatch::default();
+        for (range, (field, before)) in batch
+            .ranges
+            .iter()
+            .zip(offset_fields.iter().zip(offset_values))
+        {
+            let before_offset = before.as_deref().and_then(|s| s.parse::<i64>().ok());
+            if before_offset.is_none_or(|b| b < range.last_offset) {
+                write.guard(keys.offsets.clone(), field.clone(), before.clone());
+                write.set(
+                    keys.offsets.clone(),
+                    field.clone(),
+                    range.last_offset.to_string(),
+                );
+            }
+        }
+        for (id, before) in ids.iter().zip(entry_values) {
+            let field = escape(id);
+            write.guard(keys.open.clone(), field.clone(), before.clone());
+            if let Some(entry) = entries.get(id) {
+                let json = serde_json::to_string(entry).map_err(|e| corrupt("entry", e))?;
+                if before.as_deref() != Some(json.as_str()) {
+                    if before.is_none() {
+                        write.set(
+                            expiry_key(&prefix, self.bucket(entry.first_ts)),
+                            field.clone(),
+                            "1",
+                        );
+                    }
+                    write.set(keys.open.clone(), field, json);
+                }
+            }
+        }
+        // Expiry by event time: buckets two windows behind the watermark.
+        write.guard(keys.meta.clone(), "watermark", watermark_value.clone());
+        if watermark != i64::MIN {
+            write.set(keys.meta.clone(), "watermark", watermark.to_string());
+            let last_expired = self.bucket(watermark) - 2;
+            let oldest: i64 = oldest_value
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(last_expired + 1);
+            let mut expired = 0u64;
+            // At most a bounded sweep per batch; the rest goes with later ones.
+            let sweep_end = last_expired.min(oldest + 64);
+            for bucket in oldest..=sweep_end {
+                let key = expiry_key(&prefix, bucket);
+                let members = memory.kv().get_all(&key).await.map_err(store_error)?;
+                for field in members.keys() {
+                    write.delete(keys.open.clone(), field.clone());
+                    write.delete(key.clone(), field.clone());
+                    expired += 1;
+                }
+            }
+            let next_oldest = oldest.max(sweep_end + 1);
+            write.set(keys.meta.clone(), "oldest_bucket", next_oldest.to_string());
+            if expired > 0 {
+                TOTALS.expired.fetch_add(expired, Ordering::Relaxed);
+                metrics::counter!(EXPIRED).increment(expired);
+            }
+        }
+        match memory.apply(&write).await.map_err(store_error)? {
+            true => Ok(()),
+            false => {
+                // Another instance moved an entry first: re-read and redo
+                // (rewards already published are published again, unchanged).
+                Err(StageError::Retryable(
+                    "reward state changed under this batch".into(),
+                ))
+            }
+        }
+    }
+
+    async fn stored_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, StageError> {
+        let memory = self.ranker.memory();
+        let keys = keys(memory);
+        let value = memory
+            .kv()
+            .get_fields(&[(keys.offsets, format!("{topic}:{partition}"))])
+            .await
+            .map_err(store_error)?
+            .pop()
+            .flatten();
+        value
+            .map(|s| {
+                s.parse::<i64>().map_err(|_| {
+                    StageError::Fatal(format!("stored offset {topic}:{partition} is {s:?}"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// The reward stage from the configuration.
+pub fn open_stage<S: KvStore>(
+    config: &Config,
+    clients: &mrrec_stream::KafkaClients,
+    memory: MemoryStore<S>,
+) -> Result<RewardStage<S>, mrrec_recommend::OpenError> {
+    let items_dir = config.index.path.join("items");
+    let items = mrrec_index::ItemIndex::open_read_only(&items_dir).map_err(|source| {
+        mrrec_recommend::OpenError::Index {
+            path: items_dir.display().to_string(),
+            source,
+        }
+    })?;
+    let settings = mrrec_recommend::RecommendSettings::from_config(config);
+    let ranker = Ranker::new(memory, std::sync::Arc::new(items), &settings);
+    let publisher = Publisher::new(clients, STAGE)?;
+    Ok(RewardStage::new(
+        ranker,
+        publisher,
+        config.reward.window_ms,
+        &config.topics.prefix,
+    ))
+}
