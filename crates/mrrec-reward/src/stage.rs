@@ -168,72 +168,6 @@ impl<S: KvStore> RewardStage<S> {
         ts.div_euclid(self.window_ms)
     }
 
-    /// Applies one record to its entry; returns trajectories now due a
-    /// reward, with their target.
-    fn apply_record(&self, entry: &mut JoinEntry, joined: &Joined) -> Vec<(Trajectory, Positive)> {
-        match joined {
-            Joined::Trajectory(t) => {
-                if entry.known.contains(&t.trajectory_id) {
-                    return Vec::new();
-                }
-                entry.known.push(t.trajectory_id.clone());
-                let request_ts = *entry.request_ts.get_or_insert(t.ts);
-                if entry.target.is_none() {
-                    let window_end = request_ts.saturating_add(self.window_ms);
-                    let (in_window, late): (Vec<Positive>, Vec<Positive>) =
-                        entry.outcomes.drain(..).partition(|o| o.ts <= window_end);
-                    count_outcomes("late", late.len());
-                    entry.target = in_window.first().cloned();
-                    count_outcomes("duplicate", in_window.len().saturating_sub(1));
-                }
-                match &entry.target {
-                    Some(target) => vec![(t.clone(), target.clone())],
-                    None => {
-                        entry.waiting.push(t.clone());
-                        Vec::new()
-                    }
-                }
-            }
-            Joined::Outcome(o) => {
-                if !is_positive(o) {
-                    count_outcomes("not_positive", 1);
-                    return Vec::new();
-                }
-                let positive = Positive {
-                    item_id: o.event.item_id.clone().unwrap_or_default(),
-                    ts: o.event.ts,
-                };
-                if entry.target.is_some() {
-                    count_outcomes("duplicate", 1);
-                    return Vec::new();
-                }
-                match entry.request_ts {
-                    None => {
-                        if entry.outcomes.len() < MAX_PENDING_OUTCOMES {
-                            entry.outcomes.push(positive);
-                        } else {
-                            count_outcomes("duplicate", 1);
-                        }
-                        Vec::new()
-                    }
-                    Some(request_ts) if positive.ts > request_ts.saturating_add(self.window_ms) => {
-                        count_outcomes("late", 1);
-                        Vec::new()
-                    }
-                    Some(_) => {
-                        count_outcomes("target", 1);
-                        entry.target = Some(positive.clone());
-                        entry
-                            .waiting
-                            .drain(..)
-                            .map(|t| (t, positive.clone()))
-                            .collect()
-                    }
-                }
-            }
-        }
-    }
-
     async fn reward_record(
         &self,
         trajectory: &Trajectory,
@@ -270,6 +204,76 @@ impl<S: KvStore> RewardStage<S> {
             key: Some(record.request_id.clone().into_bytes()),
             payload,
         })
+    }
+}
+
+/// Applies one record to its request's entry; returns the trajectories now
+/// due a reward, with their target.
+fn join_record(
+    entry: &mut JoinEntry,
+    joined: &Joined,
+    window_ms: i64,
+) -> Vec<(Trajectory, Positive)> {
+    match joined {
+        Joined::Trajectory(t) => {
+            if entry.known.contains(&t.trajectory_id) {
+                return Vec::new();
+            }
+            entry.known.push(t.trajectory_id.clone());
+            let request_ts = *entry.request_ts.get_or_insert(t.ts);
+            if entry.target.is_none() {
+                let window_end = request_ts.saturating_add(window_ms);
+                let (in_window, late): (Vec<Positive>, Vec<Positive>) =
+                    entry.outcomes.drain(..).partition(|o| o.ts <= window_end);
+                count_outcomes("late", late.len());
+                entry.target = in_window.first().cloned();
+                count_outcomes("duplicate", in_window.len().saturating_sub(1));
+            }
+            match &entry.target {
+                Some(target) => vec![(t.clone(), target.clone())],
+                None => {
+                    entry.waiting.push(t.clone());
+                    Vec::new()
+                }
+            }
+        }
+        Joined::Outcome(o) => {
+            if !is_positive(o) {
+                count_outcomes("not_positive", 1);
+                return Vec::new();
+            }
+            let positive = Positive {
+                item_id: o.event.item_id.clone().unwrap_or_default(),
+                ts: o.event.ts,
+            };
+            if entry.target.is_some() {
+                count_outcomes("duplicate", 1);
+                return Vec::new();
+            }
+            match entry.request_ts {
+                None => {
+                    if entry.outcomes.len() < MAX_PENDING_OUTCOMES {
+                        entry.outcomes.push(positive);
+                    } else {
+                        count_outcomes("duplicate", 1);
+                    }
+                    Vec::new()
+                }
+                Some(request_ts) if positive.ts > request_ts.saturating_add(window_ms) => {
+                    count_outcomes("late", 1);
+                    Vec::new()
+                }
+                Some(_) => {
+                    count_outcomes("target", 1);
+                    entry.target = Some(positive.clone());
+                    entry
+                        .waiting
+                        .drain(..)
+                        .map(|t| (t, positive.clone()))
+                        .collect()
+                }
+            }
+        }
     }
 }
 
@@ -375,7 +379,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
                 first_ts: record.message.ts(),
                 ..JoinEntry::default()
             });
-            due.extend(self.apply_record(entry, &record.message));
+            due.extend(join_record(entry, &record.message, self.window_ms));
             watermark = watermark.max(record.message.ts());
         }
 
@@ -508,4 +512,126 @@ pub fn open_stage<S: KvStore>(
         config.reward.window_ms,
         &config.topics.prefix,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mrrec_messages::{Event, EventKind};
+    use proptest::prelude::*;
+
+    const WINDOW: i64 = 1_000;
+
+    fn trajectory(index: u32, ts: i64) -> Joined {
+        Joined::Trajectory(Trajectory {
+            trajectory_id: format!("r1/{index}"),
+            request_id: "r1".into(),
+            user_id: "u1".into(),
+            index,
+            group_size: 3,
+            served: index == 0,
+            policy_version: 0,
+            prompt: "p".into(),
+            segments: Vec::new(),
+            profile: "x".into(),
+            memory_ids: Vec::new(),
+            format_ok: true,
+            ts,
+        })
+    }
+
+    fn outcome(item: &str, kind: EventKind, value: Option<f64>, ts: i64) -> Joined {
+        Joined::Outcome(Outcome {
+            request_id: "r1".into(),
+            event: Event {
+                event_id: format!("e-{item}-{ts}"),
+                user_id: "u1".into(),
+                kind,
+                item_id: Some(item.into()),
+                value,
+                text: None,
+                attrs: None,
+                ts,
+            },
+        })
+    }
+
+    /// Every (trajectory id, target) pair the join emits for `records`.
+    fn run(records: &[Joined]) -> Vec<(String, String)> {
+        let mut entry = JoinEntry::default();
+        let mut out: Vec<(String, String)> = records
+            .iter()
+            .flat_map(|r| join_record(&mut entry, r, WINDOW))
+            .map(|(t, p)| (t.trajectory_id, p.item_id))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_first_positive_outcome_within_the_window_is_the_target() {
+        let records = vec![
+            trajectory(0, 100),
+            outcome("late", EventKind::Click, None, 100 + WINDOW + 1),
+            outcome("meh", EventKind::Rate, Some(3.0), 200),
+            outcome("first", EventKind::Rate, Some(5.0), 300),
+            outcome("second", EventKind::Purchase, None, 400),
+            trajectory(1, 100),
+            trajectory(0, 100),
+        ];
+        assert_eq!(
+            run(&records),
+            vec![
+                ("r1/0".to_owned(), "first".to_owned()),
+                ("r1/1".to_owned(), "first".to_owned())
+            ]
+        );
+        // No positive outcome within the window: no reward at all.
+        assert!(run(&[
+            trajectory(0, 100),
+            outcome("late", EventKind::Click, None, 5_000)
+        ])
+        .is_empty());
+    }
+
+    proptest! {
+        /// The two topics interleave arbitrarily (each keeps its own order):
+        /// the rewards are the same whatever the interleaving, and no
+        /// trajectory is rewarded twice even when it is delivered twice.
+        #[test]
+        fn any_interleaving_gives_the_same_rewards(
+            picks in proptest::collection::vec(any::<bool>(), 0..12),
+            outcome_ts in proptest::collection::vec((0i64..3_000, 0u8..4), 1..5),
+            repeat in any::<bool>(),
+        ) {
+            let mut trajectories: Vec<Joined> = (0..3).map(|i| trajectory(i, 100)).collect();
+            if repeat {
+                trajectories.push(trajectory(1, 100));
+            }
+            let outcomes: Vec<Joined> = outcome_ts
+                .iter()
+                .enumerate()
+                .map(|(i, (ts, kind))| match kind {
+                    0 => outcome(&format!("c{i}"), EventKind::Click, None, *ts),
+                    1 => outcome(&format!("r{i}"), EventKind::Rate, Some(2.0), *ts),
+                    2 => outcome(&format!("p{i}"), EventKind::Purchase, None, *ts),
+                    _ => outcome(&format!("v{i}"), EventKind::View, None, *ts),
+                })
+                .collect();
+            let sequential: Vec<Joined> =
+                trajectories.iter().chain(outcomes.iter()).cloned().collect();
+            let expected = run(&sequential);
+            let (mut t, mut o) = (trajectories.iter(), outcomes.iter());
+            let mut merged = Vec::new();
+            for pick in picks {
+                let next = if pick { t.next() } else { o.next() };
+                merged.extend(next.cloned());
+            }
+            merged.extend(t.cloned());
+            merged.extend(o.cloned());
+            prop_assert_eq!(run(&merged), expected.clone());
+            let ids: std::collections::BTreeSet<_> = expected.iter().map(|(id, _)| id).collect();
+            prop_assert_eq!(ids.len(), expected.len());
+        }
+    }
 }
