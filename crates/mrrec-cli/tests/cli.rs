@@ -119,16 +119,29 @@ fn bad_configuration_exits_non_zero_naming_every_key() {
 
 #[test]
 fn commands_not_built_yet_say_so_and_fail() {
-    for args in [
-        vec!["demo"],
-        vec!["run", "--stage", "reward"],
-        vec!["bench", "train"],
-    ] {
+    for args in [vec!["demo"], vec!["run", "--stage", "all"]] {
         let output = mrrec(&args, &[]);
         assert!(!output.status.success(), "{args:?} must fail");
         let (stdout, stderr) = text(&output);
         assert!(stdout.is_empty(), "{args:?} printed output: {stdout}");
         assert!(stderr.contains("not yet available"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn bench_train_prints_its_figures_as_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy");
+    let output = mrrec(
+        &["bench", "train", "--trajectories", "24"],
+        &[("MRREC__POLICY__DIR", policy.display().to_string().as_str())],
+    );
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["trajectories"], 24);
+    for key in ["seconds_per_update", "tokens_per_s", "peak_rss_mb"] {
+        assert!(last[key].as_f64().unwrap() > 0.0, "{key}: {last}");
     }
 }
 

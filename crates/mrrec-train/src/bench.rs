@@ -128,7 +128,7 @@ pub fn synthetic_rewarded(requests: usize, group: usize, seed: u64) -> Vec<Rewar
                 )),
                 model(format!(
                     "<answer>{{\"profile\":\"{}\",\"memory_ids\":[\"m{}\"]}}</answer>",
-                    rng.words(8),
+                    rng.words(14),
                     rng.next() % 1000
                 )),
             ];
