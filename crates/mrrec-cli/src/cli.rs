@@ -106,6 +106,18 @@ pub enum Command {
         /// `bench train`: rewarded trajectories in the timed update.
         #[arg(long, default_value_t = 1000)]
         trajectories: usize,
+        /// `bench learn`: the MovieLens-100K directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// `bench learn`: training rounds (policy versions to publish).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// `bench learn`: users whose validation requests train the policy.
+        #[arg(long, default_value_t = 200)]
+        train_users: usize,
+        /// `bench learn`: held-out users that measure every version.
+        #[arg(long, default_value_t = 100)]
+        heldout_users: usize,
     },
 }
 
@@ -248,4 +260,6 @@ pub enum BenchKind {
     Retrieve,
     Recommend,
     Train,
+    /// The RL loop on MovieLens-100K: held-out reward per policy version.
+    Learn,
 }

@@ -135,6 +135,11 @@ pub struct LlmConfig {
     pub model_dir: String,
     /// OpenAI-compatible base URL, for the http backend.
     pub url: String,
+    /// Sequences the embedded engine decodes in one batch. mistral.rs 0.8.1
+    /// panics (and its engine thread dies) when it batches a sequence whose
+    /// KV cache grew past 512 tokens with one whose did not, so the default
+    /// is 1; on CPU batching measured no faster anyway.
+    pub max_batch_sequences: u32,
 }
 
 /// The recommendation agent.

@@ -85,6 +85,15 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     {
         fail("llm.url", "must start with http:// or https://".into());
     }
+    if !(1..=1024).contains(&config.llm.max_batch_sequences) {
+        fail(
+            "llm.max_batch_sequences",
+            format!(
+                "{} is not between 1 and 1024",
+                config.llm.max_batch_sequences
+            ),
+        );
+    }
     if config.agent.max_steps > 16 {
         fail(
             "agent.max_steps",

@@ -253,3 +253,107 @@ mod tests {
         assert!(ml100k(&d.join("nowhere")).is_err());
     }
 }
+
+/// A request's target under DESIGN §11: an item the user rated ≥ 4.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub item_id: String,
+    pub rating: f64,
+    pub ts: i64,
+}
+
+/// One user's DESIGN §11 targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserTargets {
+    pub user_id: String,
+    /// The last item rated ≥ 4 before the test target.
+    pub valid: Target,
+    /// The last item rated ≥ 4.
+    pub test: Target,
+}
+
+/// DESIGN §11's split: per user the test target (last rating ≥ 4) and the
+/// validation target (the last rating ≥ 4 before it); the events before
+/// each user's validation target are the history requests for validation
+/// targets are answered on. Users without two ratings ≥ 4 have no
+/// validation target and are left out of `users` (their events stay).
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub users: Vec<UserTargets>,
+    /// Every non-rating event, and each user's ratings before the
+    /// validation target (all of them for users without targets), in order.
+    pub valid_history: Vec<Event>,
+}
+
+/// Splits `dataset` (events in time order, as [`ml100k`] gives them).
+pub fn split(dataset: &Dataset) -> Split {
+    use std::collections::HashMap;
+    let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in dataset.events.iter().enumerate() {
+        if e.kind == EventKind::Rate && e.item_id.is_some() {
+            positions.entry(e.user_id.as_str()).or_default().push(i);
+        }
+    }
+    let positive = |i: &usize| dataset.events[*i].value.is_some_and(|v| v >= 4.0);
+    let target = |i: usize| {
+        let e = &dataset.events[i];
+        Target {
+            item_id: e.item_id.clone().unwrap_or_default(),
+            rating: e.value.unwrap_or_default(),
+            ts: e.ts,
+        }
+    };
+    let mut cut: HashMap<&str, usize> = HashMap::new();
+    let mut users = Vec::new();
+    for (user, list) in &positions {
+        let Some(t) = list.iter().rposition(positive) else {
+            continue;
+        };
+        let Some(v) = list[..t].iter().rposition(positive) else {
+            continue;
+        };
+        cut.insert(user, list[v]);
+        users.push(UserTargets {
+            user_id: (*user).to_owned(),
+            valid: target(list[v]),
+            test: target(list[t]),
+        });
+    }
+    let numeric = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
+    users.sort_by(|a, b| {
+        numeric(&a.user_id)
+            .cmp(&numeric(&b.user_id))
+            .then_with(|| a.user_id.cmp(&b.user_id))
+    });
+    let valid_history = dataset
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| {
+            e.kind != EventKind::Rate || cut.get(e.user_id.as_str()).is_none_or(|c| i < c)
+        })
+        .map(|(_, e)| e.clone())
+        .collect();
+    Split {
+        users,
+        valid_history,
+    }
+}
+
+/// DESIGN §11's query for `user_id` whose target has `genres` (in u.genre
+/// order, without `unknown`).
+pub fn query_for(user_id: &str, genres: &[String]) -> String {
+    const TEMPLATES: [&str; 4] = [
+        "Looking for a {g} movie",
+        "Any good {g} films to watch tonight?",
+        "I'm in the mood for something {g}",
+        "Recommend me a {g} movie please",
+    ];
+    let n: usize = user_id.parse().unwrap_or(0);
+    let genre = if genres.is_empty() {
+        "good".to_owned()
+    } else {
+        genres[n % genres.len()].to_lowercase()
+    };
+    TEMPLATES[n % 4].replace("{g}", &genre)
+}

@@ -28,8 +28,19 @@ pub struct EngineOptions {
 }
 
 impl Default for EngineOptions {
+    /// One sequence at a time: mistral.rs 0.8.1 panics when it batches
+    /// sequences whose KV caches have grown to different sizes (see
+    /// `llm.max_batch_sequences`).
     fn default() -> Self {
-        Self { max_num_seqs: 32 }
+        Self { max_num_seqs: 1 }
+    }
+}
+
+impl EngineOptions {
+    pub fn from_config(config: &mrrec_config::Config) -> Self {
+        Self {
+            max_num_seqs: config.llm.max_batch_sequences.max(1) as usize,
+        }
     }
 }
 

@@ -167,7 +167,7 @@ pub async fn from_config(config: &mrrec_config::Config) -> Result<Arc<dyn Llm>, 
                 &config.policy.dir,
             )?;
             Ok(Arc::new(
-                EmbeddedLlm::open(&dir, EngineOptions::default()).await?,
+                EmbeddedLlm::open(&dir, EngineOptions::from_config(config)).await?,
             ))
         }
         mrrec_config::LlmBackend::Http => Ok(Arc::new(HttpLlm::new(&config.llm.url)?)),

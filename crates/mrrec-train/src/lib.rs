@@ -263,6 +263,10 @@ pub fn train_round(
     let m = &mut report.metrics;
     m.insert("trajectories".into(), update.trajectories as f64);
     m.insert("trained_trajectories".into(), update.trained as f64);
+    m.insert(
+        "mean_tokens".into(),
+        update.tokens as f64 / update.trajectories.max(1) as f64,
+    );
     m.insert("loss".into(), update.loss);
     m.insert("grad_norm".into(), update.grad_norm);
     m.insert("clip_fraction".into(), update.clip_fraction);

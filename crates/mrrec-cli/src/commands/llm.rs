@@ -26,7 +26,7 @@ pub async fn serve(config: &Config, listen: Option<&str>, follow: bool) -> Resul
             .to_owned(),
     };
     let dir = mrrec_policy::registry::resolve_model_dir(&config.llm.model_dir, &config.policy.dir)?;
-    let llm = Arc::new(EmbeddedLlm::open(&dir, EngineOptions::default()).await?);
+    let llm = Arc::new(EmbeddedLlm::open(&dir, EngineOptions::from_config(config)).await?);
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

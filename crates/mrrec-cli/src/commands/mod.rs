@@ -1,6 +1,7 @@
 //! One function per command; commands whose stage is not built yet say so.
 
 mod bench;
+mod bench_learn;
 mod bench_llm;
 mod bench_recommend;
 mod bench_train;
@@ -78,6 +79,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             warmup,
             max_steps,
             trajectories,
+            data_dir,
+            rounds,
+            train_users,
+            heldout_users,
         } => match which {
             BenchKind::Ingest => bench::ingest(&config, events, seed).await,
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
@@ -97,6 +102,21 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .await
             }
             BenchKind::Train => bench_train::run(&config, trajectories, seed),
+            BenchKind::Learn => {
+                let Some(data_dir) = data_dir else {
+                    bail!("`bench learn` needs --data-dir (the MovieLens-100K directory)");
+                };
+                bench_learn::run(
+                    &config,
+                    bench_learn::LearnBench {
+                        data_dir: &data_dir,
+                        rounds,
+                        train_users,
+                        heldout_users,
+                    },
+                )
+                .await
+            }
         },
     }
 }

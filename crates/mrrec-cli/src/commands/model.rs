@@ -6,7 +6,7 @@ use mrrec_messages::Item;
 use mrrec_policy::{init_model, ModelSpec, PolicyMeta};
 
 /// Training text for the tokenizer from one item: title, categories, description.
-fn item_text(item: &Item) -> String {
+pub(crate) fn item_text(item: &Item) -> String {
     let mut text = item.title.clone();
     if !item.categories.is_empty() {
         text.push_str(" | ");

@@ -21,7 +21,7 @@ pub async fn open_llm(config: &Config) -> Result<(Arc<dyn Llm>, Option<Arc<dyn P
                 &config.policy.dir,
             )?;
             let llm = Arc::new(
-                EmbeddedLlm::open(&dir, EngineOptions::default())
+                EmbeddedLlm::open(&dir, EngineOptions::from_config(config))
                     .await
                     .with_context(|| format!("opening the policy in {}", dir.display()))?,
             );

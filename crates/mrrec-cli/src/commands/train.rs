@@ -55,11 +55,11 @@ pub fn settings(config: &Config) -> TrainSettings {
 
 /// A reward and where it came from (for its DLQ entry if it is left out).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Buffered {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    reward: Reward,
+pub(crate) struct Buffered {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub reward: Reward,
 }
 
 /// One appended line of the buffer file.
@@ -146,7 +146,7 @@ impl RewardBuffer {
 }
 
 /// What a round needs besides the rewards.
-struct Trainer {
+pub(crate) struct Trainer {
     registry: PolicyRegistry,
     settings: TrainSettings,
     publisher: Publisher,
@@ -155,7 +155,7 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(config: &Config, clients: &KafkaClients) -> Result<Self> {
+    pub(crate) fn new(config: &Config, clients: &KafkaClients) -> Result<Self> {
         Ok(Self {
             registry: PolicyRegistry::new(&config.policy.dir),
             settings: settings(config),
@@ -166,7 +166,7 @@ impl Trainer {
     }
 
     /// One round over `rewards`; publishes the announcement and the DLQ entries.
-    async fn round(&self, rewards: &[Buffered]) -> Result<RoundReport> {
+    pub(crate) async fn round(&self, rewards: &[Buffered]) -> Result<RoundReport> {
         let mut rewarded = Vec::new();
         let mut dead = Vec::new();
         let mut origin: BTreeMap<String, &Buffered> = BTreeMap::new();
