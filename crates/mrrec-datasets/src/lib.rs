@@ -357,3 +357,61 @@ pub fn query_for(user_id: &str, genres: &[String]) -> String {
     };
     TEMPLATES[n % 4].replace("{g}", &genre)
 }
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    fn rate(user: &str, item: &str, value: f64, ts: i64) -> Event {
+        Event {
+            event_id: format!("{user}-{item}"),
+            user_id: user.into(),
+            kind: EventKind::Rate,
+            item_id: Some(item.into()),
+            value: Some(value),
+            text: None,
+            attrs: None,
+            ts,
+        }
+    }
+
+    #[test]
+    fn targets_are_the_last_two_positive_ratings_and_history_stops_before_the_first() {
+        let dataset = Dataset {
+            items: Vec::new(),
+            events: vec![
+                rate("1", "a", 5.0, 1),
+                rate("2", "a", 4.0, 1),
+                rate("1", "b", 4.0, 2),
+                rate("1", "c", 2.0, 3),
+                rate("1", "d", 5.0, 4),
+                rate("1", "e", 1.0, 5),
+                rate("2", "b", 2.0, 6),
+            ],
+        };
+        let split = split(&dataset);
+        assert_eq!(split.users.len(), 1, "user 2 has one positive rating");
+        let u = &split.users[0];
+        assert_eq!(
+            (u.valid.item_id.as_str(), u.test.item_id.as_str()),
+            ("b", "d")
+        );
+        let history: Vec<&str> = split
+            .valid_history
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect();
+        assert_eq!(history, vec!["1-a", "2-a", "2-b"]);
+    }
+
+    #[test]
+    fn the_query_follows_design_11() {
+        let genres = vec!["Action".to_owned(), "Comedy".to_owned()];
+        assert_eq!(
+            query_for("1", &genres),
+            "Any good comedy films to watch tonight?"
+        );
+        assert_eq!(query_for("4", &genres), "Looking for a action movie");
+        assert_eq!(query_for("7", &[]), "Recommend me a good movie please");
+    }
+}
