@@ -222,6 +222,13 @@ pub struct ModelInitArgs {
     /// Seed of the weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Warm start: imitate this many teacher trajectories built from the
+    /// catalog (0: seeded weights only). Needs a catalog with categories.
+    #[arg(long, default_value_t = 0)]
+    pub sft: usize,
+    /// Passes over the teacher trajectories.
+    #[arg(long, default_value_t = 3)]
+    pub sft_epochs: usize,
 }
 
 #[derive(Debug, Subcommand)]

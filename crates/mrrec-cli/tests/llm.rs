@@ -220,3 +220,55 @@ async fn llm_serve_passes_the_agent_suite_and_swaps_under_load() {
     }
     assert!(seen[0] > 0 && seen[1] > 0, "answers per version: {seen:?}");
 }
+
+#[test]
+fn model_init_with_a_warm_start_imitates_the_teacher_and_still_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = tmp.path().join("items.jsonl");
+    let mut lines = String::new();
+    for (i, category) in ["Comedy", "Drama"].iter().cycle().take(12).enumerate() {
+        lines.push_str(&format!(
+            "{{\"item_id\":\"i{i}\",\"title\":\"Film number {i}\",\"categories\":[\"{category}\"]}}\n"
+        ));
+    }
+    std::fs::write(&catalog, lines).unwrap();
+    let dir = tmp.path().join("v0000");
+    let dir_text = dir.display().to_string();
+    let catalog_text = catalog.display().to_string();
+    let mut args = vec![
+        "model",
+        "init",
+        "--out",
+        &dir_text,
+        "--catalog",
+        &catalog_text,
+        "--kv-heads",
+        "2",
+        "--sft",
+        "24",
+        "--sft-epochs",
+        "2",
+    ];
+    args.extend(SMALL);
+    ok(mrrec(&args, &[]).output().unwrap());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("policy.json")).unwrap()).unwrap();
+    assert_eq!(meta["origin"], "init+sft");
+    let first = meta["metrics"]["sft_loss_first_epoch"].as_f64().unwrap();
+    let last = meta["metrics"]["sft_loss_last_epoch"].as_f64().unwrap();
+    assert!(last < first, "{meta}");
+    // The warm-started weights still load and answer in mistral.rs.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let llm = EmbeddedLlm::open(&dir, EngineOptions::default())
+            .await
+            .unwrap();
+        let answer = llm
+            .generate(mrrec_llm::conformance::greedy_agent_request())
+            .await
+            .unwrap();
+        assert!(mrrec_llm::conformance::is_protocol_turn(
+            &answer.completions[0].text
+        ));
+    });
+}

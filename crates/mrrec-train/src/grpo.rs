@@ -79,7 +79,11 @@ pub fn advantages(samples: &[Sample]) -> Vec<f64> {
 
 /// Indices of `samples` cut into forward passes of at most `chunk_tokens`
 /// padded tokens (similar lengths together).
-fn chunks(samples: &[Sample], indices: &[usize], chunk_tokens: usize) -> Vec<Vec<usize>> {
+pub(crate) fn chunks(
+    samples: &[Sample],
+    indices: &[usize],
+    chunk_tokens: usize,
+) -> Vec<Vec<usize>> {
     let mut sorted = indices.to_vec();
     sorted.sort_by_key(|&i| samples[i].tokens.len());
     let mut out: Vec<Vec<usize>> = Vec::new();
@@ -122,7 +126,10 @@ pub fn scored_logprobs(
     Ok(out)
 }
 
-fn batch_of(samples: &[Sample], chunk: &[usize]) -> (Vec<Vec<u32>>, Vec<(usize, usize)>) {
+pub(crate) fn batch_of(
+    samples: &[Sample],
+    chunk: &[usize],
+) -> (Vec<Vec<u32>>, Vec<(usize, usize)>) {
     let tokens = chunk.iter().map(|&i| samples[i].tokens.clone()).collect();
     let positions = chunk
         .iter()
@@ -352,7 +359,7 @@ pub fn global_norm(grads: &[Tensor]) -> Result<f64, TrainError> {
     Ok(sum.sqrt())
 }
 
-fn shuffle(items: &mut [usize], state: &mut u64) {
+pub(crate) fn shuffle(items: &mut [usize], state: &mut u64) {
     for i in (1..items.len()).rev() {
         *state = state
             .wrapping_mul(6_364_136_223_846_793_005)

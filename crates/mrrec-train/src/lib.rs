@@ -11,6 +11,7 @@ pub mod bench;
 pub mod grpo;
 pub mod model;
 pub mod samples;
+pub mod sft;
 
 pub use grpo::{AdamW, GrpoSettings, UpdateReport};
 pub use model::{LlamaShape, PolicyModel};

@@ -145,3 +145,23 @@ fn groups_without_contrast_teach_nothing_and_write_nothing() {
     );
     assert_eq!(registry.next_version().unwrap(), 1);
 }
+
+#[test]
+fn the_warm_start_lowers_the_loss_on_teacher_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = registry(tmp.path());
+    let dir = registry.path(0);
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let shape = mrrec_train::LlamaShape::read(&dir).unwrap();
+    let samples: Vec<_> = synthetic_rewarded(8, 2, 9)
+        .iter()
+        .map(|r| mrrec_train::build_sample(r, &tokenizer, shape.vocab_size, 4096).unwrap())
+        .collect();
+    let model = mrrec_train::PolicyModel::load(&dir, true).unwrap();
+    let report = mrrec_train::sft::train(&model, &samples, 3e-3, 4, 8, 4096).unwrap();
+    assert_eq!(report.steps, 8);
+    assert!(
+        report.loss_last_epoch < report.loss_first_epoch - 0.5,
+        "{report:?}"
+    );
+}

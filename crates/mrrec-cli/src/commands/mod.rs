@@ -59,7 +59,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Model(ModelCommand::Init(args)) => model::init(&args),
+        Command::Model(ModelCommand::Init(args)) => model::init(&config, &args).await,
         Command::Llm(LlmCommand::Serve { listen, no_follow }) => {
             llm::serve(&config, listen.as_deref(), !no_follow).await
         }

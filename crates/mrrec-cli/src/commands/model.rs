@@ -19,7 +19,7 @@ pub(crate) fn item_text(item: &Item) -> String {
     text
 }
 
-pub fn init(args: &ModelInitArgs) -> Result<()> {
+pub async fn init(config: &mrrec_config::Config, args: &ModelInitArgs) -> Result<()> {
     let items: Vec<Item> = match (&args.catalog, &args.data_dir) {
         (Some(path), _) => mrrec_datasets::read_jsonl(path)?,
         (None, Some(dir)) => mrrec_datasets::ml100k(dir)?.items,
@@ -46,6 +46,9 @@ pub fn init(args: &ModelInitArgs) -> Result<()> {
     };
     let report = init_model(&args.out, &spec, &texts, &meta)
         .with_context(|| format!("building the policy model in {}", args.out.display()))?;
+    if args.sft > 0 {
+        warm_start(config, &args.out, &items, args.sft, args.sft_epochs, &meta).await?;
+    }
     mrrec_policy::check_model_dir(&args.out)?;
     println!(
         "policy model written to {}: {} parameters, vocabulary {} (trained on {} catalog items + protocol text)",
@@ -55,5 +58,139 @@ pub fn init(args: &ModelInitArgs) -> Result<()> {
         items.len()
     );
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Memory for a synthetic user: behavior records of the items it liked.
+struct LikedItems(Vec<mrrec_agent::MemoryHit>);
+
+#[async_trait::async_trait]
+impl mrrec_agent::MemorySource for LikedItems {
+    async fn search(
+        &self,
+        _user: &str,
+        _query: &str,
+        k: usize,
+    ) -> Result<Vec<mrrec_agent::MemoryHit>, String> {
+        Ok(self.0.iter().take(k).cloned().collect())
+    }
+}
+
+/// The SFT warm start (DESIGN §7): `n` teacher trajectories, each for a
+/// synthetic user who liked a few items of one category and asks for it in
+/// DESIGN §11's words, run through the real agent loop with the teacher
+/// policy; the fresh weights in `out` are trained to imitate the teacher's
+/// tokens (its own text only: the prompt and inserted memory are context).
+async fn warm_start(
+    config: &mrrec_config::Config,
+    out: &std::path::Path,
+    items: &[Item],
+    n: usize,
+    epochs: usize,
+    meta: &PolicyMeta,
+) -> Result<()> {
+    use mrrec_agent::{run_agent, teacher::TeacherLlm, AgentInput, MemoryHit};
+    let mut by_category: std::collections::BTreeMap<&str, Vec<&Item>> = Default::default();
+    for item in items {
+        for c in &item.categories {
+            by_category.entry(c.as_str()).or_default().push(item);
+        }
+    }
+    by_category.retain(|_, v| v.len() >= 4);
+    if by_category.is_empty() {
+        anyhow::bail!("--sft needs a catalog whose categories have at least 4 items each");
+    }
+    let categories: Vec<(&str, Vec<&Item>)> = by_category.into_iter().collect();
+    let settings = mrrec_recommend::RecommendSettings::from_config(config).agent;
+    let teacher = TeacherLlm { version: 0 };
+    let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    let shape = mrrec_train::LlamaShape::read(out)?;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    };
+    let bar = super::load::progress_bar(n as u64, "teacher trajectories");
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let (category, members) = &categories[next(categories.len())];
+        let liked: Vec<MemoryHit> = (0..3)
+            .map(|j| {
+                let item = members[next(members.len())];
+                MemoryHit {
+                    id: format!("sft{i}-{j}"),
+                    text: format!(
+                        "rated \"{}\" {}/5 · {}",
+                        item.title,
+                        4 + next(2),
+                        item.categories.join(", ")
+                    ),
+                }
+            })
+            .collect();
+        let user = format!("{}", next(1000));
+        let input = AgentInput {
+            user_id: user.clone(),
+            query: Some(mrrec_datasets::query_for(&user, &[category.to_string()])),
+            profile: Some(format!("likes {category}; rated {} items", 5 + next(200))),
+            global: Vec::new(),
+        };
+        let outcome = run_agent(&teacher, &LikedItems(liked), &input, &settings).await?;
+        let trajectory = mrrec_messages::Trajectory {
+            trajectory_id: format!("sft-{i}"),
+            request_id: format!("sft-{i}"),
+            user_id: user,
+            index: 0,
+            group_size: 1,
+            served: true,
+            policy_version: 0,
+            prompt: outcome.prompt,
+            segments: outcome.segments,
+            profile: outcome.profile,
+            memory_ids: outcome.memory_ids,
+            format_ok: true,
+            ts: 0,
+        };
+        let rewarded = mrrec_train::Rewarded {
+            trajectory,
+            reward: 0.0,
+        };
+        samples.push(
+            mrrec_train::build_sample(&rewarded, &tokenizer, shape.vocab_size, 4096)
+                .map_err(|e| anyhow::anyhow!("teacher trajectory {i}: {e}"))?,
+        );
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "imitating {n} teacher trajectories ({:.0} tokens each on average) for {epochs} epochs…",
+        samples.iter().map(|s| s.tokens.len()).sum::<usize>() as f64 / n as f64
+    );
+    let model = mrrec_train::PolicyModel::load(out, true)?;
+    let report = tokio::task::spawn_blocking(move || {
+        let report = mrrec_train::sft::train(&model, &samples, 1e-3, epochs, 32, 8192);
+        report.map(|r| (r, model))
+    })
+    .await??;
+    let (report, model) = report;
+    model.save_weights(out)?;
+    let mut meta = meta.clone();
+    meta.origin = "init+sft".into();
+    meta.metrics
+        .insert("sft_loss_first_epoch".into(), report.loss_first_epoch);
+    meta.metrics
+        .insert("sft_loss_last_epoch".into(), report.loss_last_epoch);
+    meta.metrics.insert("sft_trajectories".into(), n as f64);
+    std::fs::write(
+        out.join(mrrec_policy::META_FILE),
+        serde_json::to_string_pretty(&meta)? + "\n",
+    )?;
+    eprintln!(
+        "warm start: loss per token {:.3} → {:.3} over {} steps in {:.1} s",
+        report.loss_first_epoch, report.loss_last_epoch, report.steps, report.seconds
+    );
     Ok(())
 }
