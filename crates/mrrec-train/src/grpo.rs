@@ -303,35 +303,10 @@ pub fn update(
                     .filter(|r| (f64::from(**r) - 1.0).abs() > eps)
                     .count();
                 counted += ratios.len();
-                let store = loss.backward()?;
-                for (slot, var) in grads.iter_mut().zip(&vars) {
-                    if let Some(g) = store.get(var.as_tensor()) {
-                        *slot = Some(match slot.take() {
-                            Some(sum) => (sum + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
+                accumulate(&mut grads, &vars, &loss)?;
             }
-            let grads: Vec<Tensor> = grads
-                .into_iter()
-                .zip(&vars)
-                .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
-                .collect::<Result<_, _>>()?;
-            let norm = global_norm(&grads)?;
-            if !norm.is_finite() {
-                return Err(TrainError::NonFinite(format!(
-                    "the gradient norm is {norm}"
-                )));
-            }
+            let norm = clipped_step(optimizer, &vars, grads, settings.max_grad_norm)?;
             report.grad_norm = report.grad_norm.max(norm);
-            let scale = if norm > settings.max_grad_norm {
-                settings.max_grad_norm / norm
-            } else {
-                1.0
-            };
-            let grads: Vec<Tensor> = grads.iter().map(|g| g * scale).collect::<Result<_, _>>()?;
-            optimizer.step(&vars, &grads)?;
             report.steps += 1;
             loss_sum += step_loss;
         }
@@ -348,6 +323,53 @@ pub fn update(
     };
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Adds `loss`'s gradients to the running sums (one slot per variable).
+pub(crate) fn accumulate(
+    sums: &mut [Option<Tensor>],
+    vars: &[&Var],
+    loss: &Tensor,
+) -> Result<(), TrainError> {
+    let store = loss.backward()?;
+    for (slot, var) in sums.iter_mut().zip(vars) {
+        if let Some(g) = store.get(var.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(sum) => (sum + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One optimizer step on the summed gradients, scaled down to `max_norm`.
+/// Returns the norm before clipping; a non-finite norm is an error.
+pub(crate) fn clipped_step(
+    optimizer: &mut AdamW,
+    vars: &[&Var],
+    sums: Vec<Option<Tensor>>,
+    max_norm: f64,
+) -> Result<f64, TrainError> {
+    let grads: Vec<Tensor> = sums
+        .into_iter()
+        .zip(vars)
+        .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
+        .collect::<Result<_, _>>()?;
+    let norm = global_norm(&grads)?;
+    if !norm.is_finite() {
+        return Err(TrainError::NonFinite(format!(
+            "the gradient norm is {norm}"
+        )));
+    }
+    let scale = if norm > max_norm {
+        max_norm / norm
+    } else {
+        1.0
+    };
+    let grads: Vec<Tensor> = grads.iter().map(|g| g * scale).collect::<Result<_, _>>()?;
+    optimizer.step(vars, &grads)?;
+    Ok(norm)
 }
 
 /// L2 norm of all gradients together.

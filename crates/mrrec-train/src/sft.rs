@@ -60,30 +60,9 @@ pub fn train(
                 let values = logp.detach().to_vec1::<f32>()?;
                 loss_sum -= values.iter().map(|v| f64::from(*v)).sum::<f64>();
                 tokens += values.len();
-                let store = loss.backward()?;
-                for (slot, var) in grads.iter_mut().zip(&vars) {
-                    if let Some(g) = store.get(var.as_tensor()) {
-                        *slot = Some(match slot.take() {
-                            Some(sum) => (sum + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
+                crate::grpo::accumulate(&mut grads, &vars, &loss)?;
             }
-            let grads: Vec<Tensor> = grads
-                .into_iter()
-                .zip(&vars)
-                .map(|(g, v)| g.map_or_else(|| v.zeros_like(), Ok))
-                .collect::<Result<_, _>>()?;
-            let norm = crate::grpo::global_norm(&grads)?;
-            if !norm.is_finite() {
-                return Err(TrainError::NonFinite(format!(
-                    "the gradient norm is {norm}"
-                )));
-            }
-            let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
-            let grads: Vec<Tensor> = grads.iter().map(|g| g * scale).collect::<Result<_, _>>()?;
-            optimizer.step(&vars, &grads)?;
+            crate::grpo::clipped_step(&mut optimizer, &vars, grads, 1.0)?;
             report.steps += 1;
         }
         let mean = loss_sum / tokens.max(1) as f64;
