@@ -34,13 +34,7 @@ async fn untrained_policy_trajectories_are_well_formed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("v0000");
     let spec = ModelSpec::tiny(0);
-    let meta = PolicyMeta {
-        version: Some(0),
-        parent: None,
-        origin: "test".into(),
-        created_ts: 0,
-        metrics: Default::default(),
-    };
+    let meta = PolicyMeta::new(Some(0), None, "test");
     init_model(
         &dir,
         &spec,

@@ -17,13 +17,7 @@ fn registry_with_versions(root: &Path, n: u32) -> (PolicyRegistry, Vec<PathBuf>)
     let mut paths = Vec::new();
     for version in 0..n {
         let staging = registry.staging_dir(version).unwrap();
-        let meta = PolicyMeta {
-            version: Some(version),
-            parent: version.checked_sub(1),
-            origin: "test".into(),
-            created_ts: 0,
-            metrics: Default::default(),
-        };
+        let meta = PolicyMeta::new(Some(version), version.checked_sub(1), "test");
         init_model(
             &staging,
             &ModelSpec::tiny(u64::from(version)),

@@ -84,6 +84,19 @@ pub struct PolicyMeta {
     pub metrics: std::collections::BTreeMap<String, f64>,
 }
 
+impl PolicyMeta {
+    /// Metadata of a version made by `origin` now, with no metrics yet.
+    pub fn new(version: Option<u32>, parent: Option<u32>, origin: &str) -> Self {
+        Self {
+            version,
+            parent,
+            origin: origin.to_owned(),
+            created_ts: now_ms(),
+            metrics: Default::default(),
+        }
+    }
+}
+
 /// Creates `dir` if needed and fails if it holds anything: a policy is never overwritten.
 pub fn ensure_empty_dir(dir: &Path) -> Result<(), PolicyError> {
     if dir.exists() {

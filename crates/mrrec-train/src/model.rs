@@ -70,35 +70,22 @@ impl LlamaShape {
         self.hidden_size / self.num_attention_heads
     }
 
-    /// Every weight the model reads, with its HF shape.
+    /// Every weight the model reads, with its HF shape (the layout
+    /// `model init` writes; no `lm_head` when the embeddings are tied).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q = self.num_attention_heads * self.head_dim();
-        let kv = self.kv_heads() * self.head_dim();
-        let mut shapes = vec![
-            ("model.embed_tokens.weight".to_owned(), vec![v, h]),
-            ("model.norm.weight".to_owned(), vec![h]),
-        ];
-        if !self.tie_word_embeddings {
-            shapes.push(("lm_head.weight".to_owned(), vec![v, h]));
-        }
-        for layer in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{layer}");
-            for (name, shape) in [
-                ("self_attn.q_proj.weight", vec![q, h]),
-                ("self_attn.k_proj.weight", vec![kv, h]),
-                ("self_attn.v_proj.weight", vec![kv, h]),
-                ("self_attn.o_proj.weight", vec![h, q]),
-                ("mlp.gate_proj.weight", vec![i, h]),
-                ("mlp.up_proj.weight", vec![i, h]),
-                ("mlp.down_proj.weight", vec![h, i]),
-                ("input_layernorm.weight", vec![h]),
-                ("post_attention_layernorm.weight", vec![h]),
-            ] {
-                shapes.push((format!("{p}.{name}"), shape));
-            }
-        }
-        shapes
+        let spec = mrrec_policy::ModelSpec {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.kv_heads(),
+            ..mrrec_policy::ModelSpec::default()
+        };
+        mrrec_policy::init::llama_tensor_shapes(&spec, self.vocab_size)
+            .into_iter()
+            .filter(|(name, _)| !(self.tie_word_embeddings && name == "lm_head.weight"))
+            .collect()
     }
 }
 

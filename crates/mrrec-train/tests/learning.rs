@@ -99,13 +99,7 @@ async fn mean_reward_rises_from_chance_to_near_the_optimum() {
     let tmp = tempfile::tempdir().unwrap();
     let registry = PolicyRegistry::new(tmp.path().join("policy"));
     let staging = registry.staging_dir(0).unwrap();
-    let meta = PolicyMeta {
-        version: Some(0),
-        parent: None,
-        origin: "test".into(),
-        created_ts: 0,
-        metrics: Default::default(),
-    };
+    let meta = PolicyMeta::new(Some(0), None, "test");
     let catalog: Vec<String> = ASPECTS.iter().map(|a| format!("a {a} film")).collect();
     init_model(&staging, &ModelSpec::tiny(11), &catalog, &meta).unwrap();
     let v0 = registry.publish(&staging, 0).unwrap();

@@ -10,13 +10,7 @@ use mrrec_train::PolicyModel;
 use std::path::Path;
 
 fn policy(dir: &Path, spec: &ModelSpec) {
-    let meta = PolicyMeta {
-        version: Some(0),
-        parent: None,
-        origin: "test".into(),
-        created_ts: 0,
-        metrics: Default::default(),
-    };
+    let meta = PolicyMeta::new(Some(0), None, "test");
     let catalog = vec![
         "Toy Story (1995) | Animation, Comedy".to_owned(),
         "Heat (1995) | Action, Crime, Thriller".to_owned(),

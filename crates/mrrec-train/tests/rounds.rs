@@ -9,13 +9,7 @@ use mrrec_train::{Decision, GrpoSettings, TrainSettings};
 fn registry(root: &std::path::Path) -> PolicyRegistry {
     let registry = PolicyRegistry::new(root.join("policy"));
     let staging = registry.staging_dir(0).unwrap();
-    let meta = PolicyMeta {
-        version: Some(0),
-        parent: None,
-        origin: "test".into(),
-        created_ts: 0,
-        metrics: Default::default(),
-    };
+    let meta = PolicyMeta::new(Some(0), None, "test");
     init_model(
         &staging,
         &ModelSpec::tiny(2),

@@ -218,13 +218,7 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
     if registry.latest()?.is_none() && config.llm.model_dir.is_empty() {
         let texts: Vec<String> = dataset.items.iter().map(super::model::item_text).collect();
         let staging = registry.staging_dir(0)?;
-        let meta = mrrec_policy::PolicyMeta {
-            version: Some(0),
-            parent: None,
-            origin: "init".into(),
-            created_ts: mrrec_policy::now_ms(),
-            metrics: Default::default(),
-        };
+        let meta = mrrec_policy::PolicyMeta::new(Some(0), None, "init");
         mrrec_policy::init_model(&staging, &mrrec_policy::ModelSpec::default(), &texts, &meta)?;
         registry.publish(&staging, 0)?;
         eprintln!("initialised policy v0000 in {}", registry.dir().display());

@@ -26,13 +26,7 @@ pub(crate) fn model_dir_for(
     }
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("v0000");
-    let meta = PolicyMeta {
-        version: Some(0),
-        parent: None,
-        origin: "init".into(),
-        created_ts: mrrec_policy::now_ms(),
-        metrics: Default::default(),
-    };
+    let meta = PolicyMeta::new(Some(0), None, "init");
     init_model(&dir, &ModelSpec::default(), catalog, &meta)?;
     eprintln!(
         "no policy configured: measuring a fresh default model ({})",

@@ -42,13 +42,23 @@ async fn distill(config: &Config) -> Result<()> {
         .with_indexes(indexes)
         .with_cache(config.distill.cache_users);
     let settings = mrrec_distill::runner_settings(config, mrrec_distill::STAGE);
+    until_signal(clients, settings, stage).await
+}
+
+/// Runs `stage` until SIGINT/SIGTERM and says what it did.
+async fn until_signal<S: mrrec_stream::Stage>(
+    clients: KafkaClients,
+    settings: mrrec_stream::RunnerSettings,
+    stage: S,
+) -> Result<()> {
+    let name = stage.name().to_owned();
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let report = StageRunner::new(clients, settings, stage)
         .run(shutdown)
         .await?;
     eprintln!(
-        "distill stopped: {} processed, {} dead-lettered, {} skipped (already stored)",
+        "{name} stopped: {} processed, {} dead-lettered, {} skipped (already stored)",
         report.processed, report.dead_lettered, report.skipped
     );
     Ok(())
@@ -68,14 +78,5 @@ async fn reward(config: &Config) -> Result<()> {
             mrrec_messages::Topic::Outcomes,
         ],
     );
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
-    let report = StageRunner::new(clients, settings, stage)
-        .run(shutdown)
-        .await?;
-    eprintln!(
-        "reward stopped: {} processed, {} dead-lettered, {} skipped (already stored)",
-        report.processed, report.dead_lettered, report.skipped
-    );
-    Ok(())
+    until_signal(clients, settings, stage).await
 }
