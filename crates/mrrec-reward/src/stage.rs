@@ -23,7 +23,7 @@
 
 use crate::{is_positive, reward, DEEPEST_RANK};
 use mrrec_config::Config;
-use mrrec_memory::MemoryStore;
+use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{encode, Outcome, Topic, Trajectory};
 use mrrec_recommend::Ranker;
 use mrrec_store::{escape, Batch as StoreBatch, KvStore, StoreError};
@@ -32,7 +32,6 @@ use mrrec_stream::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const STAGE: &str = "reward";
 
@@ -42,24 +41,6 @@ const MAX_PENDING_OUTCOMES: usize = 32;
 const REWARDS: &str = "mrrec_reward_rewards_total";
 const OUTCOMES: &str = "mrrec_reward_outcomes_total";
 const EXPIRED: &str = "mrrec_reward_expired_total";
-
-/// Process-wide counters (progress displays, tests).
-#[derive(Debug, Default)]
-pub struct RewardTotals {
-    pub rewards: AtomicU64,
-    pub reward_sum_micros: AtomicU64,
-    pub expired: AtomicU64,
-    pub late: AtomicU64,
-    pub duplicates: AtomicU64,
-}
-
-pub static TOTALS: RewardTotals = RewardTotals {
-    rewards: AtomicU64::new(0),
-    reward_sum_micros: AtomicU64::new(0),
-    expired: AtomicU64::new(0),
-    late: AtomicU64::new(0),
-    duplicates: AtomicU64::new(0),
-};
 
 /// A positive outcome as the join keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +68,13 @@ struct JoinEntry {
     /// Trajectory ids already rewarded or waiting.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     known: Vec<String>,
+}
+
+impl JoinEntry {
+    /// Only outcomes that can never be a target reached it: nothing to keep.
+    fn holds_nothing(&self) -> bool {
+        self.request_ts.is_none() && self.outcomes.is_empty() && self.target.is_none()
+    }
 }
 
 /// Decoded input.
@@ -168,42 +156,46 @@ impl<S: KvStore> RewardStage<S> {
         ts.div_euclid(self.window_ms)
     }
 
-    async fn reward_record(
+    /// The reward records of `due`: the users' states are read in one
+    /// round trip, then each trajectory's profile ranks the catalog.
+    async fn reward_records(
         &self,
-        trajectory: &Trajectory,
-        target: &Positive,
+        due: &[(Trajectory, Positive)],
         ts: i64,
-    ) -> Result<OutgoingRecord, StageError> {
-        let state = self
+    ) -> Result<Vec<OutgoingRecord>, StageError> {
+        let mut users: Vec<String> = due.iter().map(|(t, _)| t.user_id.clone()).collect();
+        users.sort();
+        users.dedup();
+        let states = self
             .ranker
             .memory()
-            .user(&trajectory.user_id)
-            .await
-            .map_err(store_error)?
-            .state;
-        let rank = self
-            .ranker
-            .target_rank(
-                &trajectory.profile,
-                state.as_ref(),
-                &target.item_id,
-                DEEPEST_RANK as usize,
-            )
+            .load_users(&users)
             .await
             .map_err(store_error)?;
-        let record = reward(trajectory, &target.item_id, rank, ts);
-        TOTALS.rewards.fetch_add(1, Ordering::Relaxed);
-        TOTALS
-            .reward_sum_micros
-            .fetch_add((record.total * 1e6) as u64, Ordering::Relaxed);
-        metrics::counter!(REWARDS).increment(1);
-        let payload = encode(&record)
-            .map_err(|e| StageError::Fatal(format!("reward does not encode: {e}")))?;
-        Ok(OutgoingRecord {
-            topic: self.rewards_topic.clone(),
-            key: Some(record.request_id.clone().into_bytes()),
-            payload,
-        })
+        let mut records = Vec::with_capacity(due.len());
+        for (trajectory, target) in due {
+            let state = states.get(&trajectory.user_id).map(|u| &u.state);
+            let rank = self
+                .ranker
+                .target_rank(
+                    &trajectory.profile,
+                    state,
+                    &target.item_id,
+                    DEEPEST_RANK as usize,
+                )
+                .await
+                .map_err(store_error)?;
+            let record = reward(trajectory, &target.item_id, rank, ts);
+            metrics::counter!(REWARDS).increment(1);
+            let payload = encode(&record)
+                .map_err(|e| StageError::Fatal(format!("reward does not encode: {e}")))?;
+            records.push(OutgoingRecord {
+                topic: self.rewards_topic.clone(),
+                key: Some(record.request_id.clone().into_bytes()),
+                payload,
+            });
+        }
+        Ok(records)
     }
 }
 
@@ -281,11 +273,6 @@ fn count_outcomes(kind: &'static str, n: usize) {
     if n == 0 {
         return;
     }
-    match kind {
-        "late" => TOTALS.late.fetch_add(n as u64, Ordering::Relaxed),
-        "duplicate" => TOTALS.duplicates.fetch_add(n as u64, Ordering::Relaxed),
-        _ => 0,
-    };
     metrics::counter!(OUTCOMES, "kind" => kind).increment(n as u64);
 }
 
@@ -326,7 +313,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         let offset_fields: Vec<String> = batch
             .ranges
             .iter()
-            .map(|r| format!("{}:{}", r.topic, r.partition))
+            .map(|r| Keyspace::offset_field(&r.topic, r.partition))
             .collect();
         let mut pairs: Vec<(String, String)> = offset_fields
             .iter()
@@ -384,11 +371,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         }
 
         // Rewards first (acknowledged), then the state.
-        let now = mrrec_stream::now_ms();
-        let mut records = Vec::with_capacity(due.len());
-        for (trajectory, target) in &due {
-            records.push(self.reward_record(trajectory, target, now).await?);
-        }
+        let records = self.reward_records(&due, mrrec_stream::now_ms()).await?;
         if let Err((e, _)) = self.publisher.publish_all(records).await {
             return Err(StageError::Retryable(format!("publishing rewards: {e}")));
         }
@@ -412,7 +395,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         for (id, before) in ids.iter().zip(entry_values) {
             let field = escape(id);
             write.guard(keys.open.clone(), field.clone(), before.clone());
-            if let Some(entry) = entries.get(id) {
+            if let Some(entry) = entries.get(id).filter(|e| !e.holds_nothing()) {
                 let json = serde_json::to_string(entry).map_err(|e| corrupt("entry", e))?;
                 if before.as_deref() != Some(json.as_str()) {
                     if before.is_none() {
@@ -450,7 +433,6 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
             let next_oldest = oldest.max(sweep_end + 1);
             write.set(keys.meta.clone(), "oldest_bucket", next_oldest.to_string());
             if expired > 0 {
-                TOTALS.expired.fetch_add(expired, Ordering::Relaxed);
                 metrics::counter!(EXPIRED).increment(expired);
             }
         }
@@ -475,7 +457,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         let keys = keys(memory);
         let value = memory
             .kv()
-            .get_fields(&[(keys.offsets, format!("{topic}:{partition}"))])
+            .get_fields(&[(keys.offsets, Keyspace::offset_field(topic, partition))])
             .await
             .map_err(store_error)?
             .pop()
@@ -488,6 +470,15 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
             })
             .transpose()
     }
+}
+
+/// How the reward stage consumes: trajectories and outcomes in one group.
+pub fn runner_settings(config: &Config) -> mrrec_stream::RunnerSettings {
+    mrrec_stream::RunnerSettings::from_config(
+        config,
+        STAGE,
+        &[Topic::Trajectories, Topic::Outcomes],
+    )
 }
 
 /// The reward stage from the configuration.

@@ -207,10 +207,15 @@ pub fn train_round(
         metrics: BTreeMap::new(),
         skipped,
     };
-    let (heldout, training): (Vec<usize>, Vec<usize>) = (0..samples.len())
-        .partition(|&i| held_out(&samples[i].request_id, settings.holdout_fraction));
-    let training_samples: Vec<Sample> = training.iter().map(|&i| samples[i].clone()).collect();
-    let teaching = grpo::advantages(&training_samples)
+    // Training samples first, then the held-out ones.
+    let (mut samples, heldout_samples): (Vec<Sample>, Vec<Sample>) = samples
+        .into_iter()
+        .partition(|s| !held_out(&s.request_id, settings.holdout_fraction));
+    let trained = samples.len();
+    samples.extend(heldout_samples);
+    let heldout: Vec<usize> = (trained..samples.len()).collect();
+    let training_samples = &samples[..trained];
+    let teaching = grpo::advantages(training_samples)
         .iter()
         .filter(|a| **a != 0.0)
         .count();
@@ -222,14 +227,16 @@ pub fn train_round(
         return Ok(report);
     }
     let chunk_tokens = settings.grpo.chunk_tokens;
-    let all: Vec<usize> = (0..training_samples.len()).collect();
-    let old = generating_logprobs(registry, &training_samples, &all, chunk_tokens)?;
+    // One pass under each generating version covers training and held-out samples.
+    let everything: Vec<usize> = (0..samples.len()).collect();
+    let old = generating_logprobs(registry, &samples, &everything, chunk_tokens)?;
+    let all: Vec<usize> = (0..trained).collect();
     let model = PolicyModel::load(&parent.path, true)?;
     let reference = if settings.grpo.kl_coef > 0.0 {
         let constant = PolicyModel::load(&parent.path, false)?;
         Some(grpo::scored_logprobs(
             &constant,
-            &training_samples,
+            training_samples,
             &all,
             chunk_tokens,
         )?)
@@ -245,7 +252,7 @@ pub fn train_round(
     let update = match grpo::update(
         &model,
         &mut optimizer,
-        &training_samples,
+        training_samples,
         &old,
         reference.as_ref(),
         &settings.grpo,
@@ -279,9 +286,8 @@ pub fn train_round(
     report.update = Some(update);
 
     // Judge on the held-out groups.
-    let old_heldout = generating_logprobs(registry, &samples, &heldout, chunk_tokens)?;
     let new_heldout = grpo::scored_logprobs(&model, &samples, &heldout, chunk_tokens)?;
-    let estimate = grpo::offpolicy_estimate(&samples, &heldout, &old_heldout, &new_heldout);
+    let estimate = grpo::offpolicy_estimate(&samples, &heldout, &old, &new_heldout);
     if let Some((before, after)) = estimate {
         report
             .metrics
@@ -301,7 +307,7 @@ pub fn train_round(
     let version = registry.next_version()?;
     let staging = registry.staging_dir(version)?;
     let written = write_version(&model, &parent.path, &staging, version, &report.metrics)
-        .and_then(|()| verify_written(&model, &staging, &training_samples))
+        .and_then(|()| verify_written(&model, &staging, training_samples))
         .and_then(|()| verify(&staging).map_err(|e| TrainError::policy(&staging, e)));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);

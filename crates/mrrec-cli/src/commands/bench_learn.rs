@@ -182,6 +182,9 @@ fn means(rewards: &[Buffered]) -> (f64, f64) {
 }
 
 pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
+    if config.agent.group_size < 2 {
+        bail!("learning needs agent.group_size ≥ 2 (and agent.temperature > 0)");
+    }
     let dataset = mrrec_datasets::ml100k(bench.data_dir)?;
     let split = mrrec_datasets::split(&dataset);
     let genres: HashMap<String, Vec<String>> = dataset
@@ -211,9 +214,6 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
         training.len(),
         config.agent.group_size
     );
-    if config.agent.group_size < 2 {
-        bail!("learning needs agent.group_size ≥ 2 (and agent.temperature > 0)");
-    }
     let registry = mrrec_policy::PolicyRegistry::new(&config.policy.dir);
     if registry.latest()?.is_none() && config.llm.model_dir.is_empty() {
         let texts: Vec<String> = dataset.items.iter().map(super::model::item_text).collect();
@@ -237,10 +237,7 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
     let records = super::load::records(&prefix, &dataset.items, &split.valid_history)?;
     let total = records.len() as u64;
     super::load::publish_with_progress(&publisher, records, "producing history").await?;
-    let indexes = mrrec_distill::Indexes::open(Some(&config.index.path), &memory).await?;
-    let distill = mrrec_distill::Distill::new(memory.clone(), &prefix)
-        .with_indexes(indexes)
-        .with_cache(config.distill.cache_users);
+    let distill = super::run::distill_stage(config, memory.clone()).await?;
     let runner = StageRunner::new(
         clients.clone(),
         mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
@@ -266,11 +263,7 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
 
     let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
     let reward_stage = mrrec_reward::open_stage(config, &clients, memory.clone())?;
-    let reward_settings = mrrec_stream::RunnerSettings::from_config(
-        config,
-        mrrec_reward::STAGE,
-        &[Topic::Trajectories, Topic::Outcomes],
-    );
+    let reward_settings = mrrec_reward::runner_settings(config);
     let stop = Shutdown::new();
     let rewarding = tokio::spawn(
         StageRunner::new(clients.clone(), reward_settings, reward_stage).run(stop.clone()),

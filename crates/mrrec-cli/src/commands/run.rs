@@ -35,14 +35,23 @@ async fn distill(config: &Config) -> Result<()> {
     let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
     let clients = KafkaClients::from_config(config, &bootstrap);
     let memory = super::store::open(config).await?;
+    let stage = distill_stage(config, memory).await?;
+    let settings = mrrec_distill::runner_settings(config, mrrec_distill::STAGE);
+    until_signal(clients, settings, stage).await
+}
+
+/// The distill stage over `memory`, with the indexes under `index.path`
+/// and the configured user cache.
+pub(crate) async fn distill_stage(
+    config: &Config,
+    memory: mrrec_memory::MemoryStore<mrrec_store::AnyStore>,
+) -> Result<Distill<mrrec_store::AnyStore>> {
     let indexes = Indexes::open(Some(&config.index.path), &memory)
         .await
         .with_context(|| format!("opening the indexes in {}", config.index.path.display()))?;
-    let stage = Distill::new(memory, &config.topics.prefix)
+    Ok(Distill::new(memory, &config.topics.prefix)
         .with_indexes(indexes)
-        .with_cache(config.distill.cache_users);
-    let settings = mrrec_distill::runner_settings(config, mrrec_distill::STAGE);
-    until_signal(clients, settings, stage).await
+        .with_cache(config.distill.cache_users))
 }
 
 /// Runs `stage` until SIGINT/SIGTERM and says what it did.
@@ -70,13 +79,6 @@ async fn reward(config: &Config) -> Result<()> {
     let clients = KafkaClients::from_config(config, &bootstrap);
     let memory = super::store::open(config).await?;
     let stage = mrrec_reward::open_stage(config, &clients, memory)?;
-    let settings = mrrec_stream::RunnerSettings::from_config(
-        config,
-        mrrec_reward::STAGE,
-        &[
-            mrrec_messages::Topic::Trajectories,
-            mrrec_messages::Topic::Outcomes,
-        ],
-    );
+    let settings = mrrec_reward::runner_settings(config);
     until_signal(clients, settings, stage).await
 }
