@@ -146,6 +146,30 @@ fn bench_train_prints_its_figures_as_json() {
 }
 
 #[test]
+fn bench_learn_says_what_it_needs() {
+    let output = mrrec(
+        &["bench", "learn"],
+        &[
+            ("MRREC__AGENT__GROUP_SIZE", "4"),
+            ("MRREC__AGENT__TEMPERATURE", "1"),
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        text(&output).1.contains("--data-dir"),
+        "{}",
+        text(&output).1
+    );
+    let output = mrrec(&["bench", "learn", "--data-dir", "/nonexistent"], &[]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).1.contains("agent.group_size"),
+        "{}",
+        text(&output).1
+    );
+}
+
+#[test]
 fn recommend_without_a_policy_says_how_to_make_one() {
     let tmp = tempfile::tempdir().unwrap();
     let output = mrrec(

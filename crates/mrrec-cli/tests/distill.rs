@@ -590,6 +590,26 @@ async fn learn_on_movielens(
 
     // One training round on those rewards publishes v0001, which the
     // recommend stage loads and serves without a restart.
+    // Two rewards the trainer cannot use: one without its trajectory, one not JSON.
+    let mut stripped = rewards[0].clone();
+    stripped.trajectory_id = "stripped/0".into();
+    stripped.trajectory = None;
+    publisher
+        .publish_all(vec![
+            mrrec_stream::OutgoingRecord {
+                topic: "mrrec.rewards".into(),
+                key: Some(stripped.request_id.clone().into_bytes()),
+                payload: mrrec_messages::encode(&stripped).unwrap(),
+            },
+            mrrec_stream::OutgoingRecord {
+                topic: "mrrec.rewards".into(),
+                key: Some(b"x".to_vec()),
+                payload: b"{not a reward".to_vec(),
+            },
+        ])
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     let mut train_env = env.to_vec();
     train_env.push(("MRREC__TRAIN__HOLDOUT_FRACTION", "0".into()));
     let out = run_ok(&["train", "--once"], &train_env);
@@ -597,6 +617,24 @@ async fn learn_on_movielens(
     assert!(policy.join("v0001").join("model.safetensors").is_file());
     let log = std::fs::read_to_string(policy.join("train-log.jsonl")).unwrap();
     assert!(log.contains("\"published\""), "{log}");
+    let letters = collect(
+        clients,
+        "mrrec.dlq",
+        2,
+        Duration::from_secs(30),
+        |l: &mrrec_messages::DeadLetter| l.stage == "train",
+    )
+    .await;
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.payload.contains("stripped/0") && l.error.contains("no trajectory")),
+        "{letters:?}"
+    );
+    assert!(
+        letters.iter().any(|l| l.payload == "{not a reward"),
+        "{letters:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let request = mrrec_messages::Request {

@@ -155,6 +155,45 @@ weight_bm25 = -1.0
 }
 
 #[test]
+fn trainer_and_engine_limits_are_checked() {
+    let error = Config::from_toml_str(
+        r#"
+[llm]
+max_batch_sequences = 0
+[train]
+learning_rate = 0.0
+clip_epsilon = 1.5
+kl_coef = -1.0
+weight_decay = 2.0
+max_grad_norm = nan
+epochs = 0
+minibatch = 0
+chunk_tokens = 10
+holdout_fraction = 1.0
+max_regression = -0.1
+max_tokens = 8
+"#,
+    )
+    .unwrap_err();
+    for key in [
+        "llm.max_batch_sequences",
+        "train.learning_rate",
+        "train.clip_epsilon",
+        "train.kl_coef",
+        "train.weight_decay",
+        "train.max_grad_norm",
+        "train.epochs",
+        "train.minibatch",
+        "train.chunk_tokens",
+        "train.holdout_fraction",
+        "train.max_regression",
+        "train.max_tokens",
+    ] {
+        assert!(error.mentions(key), "{key} missing from {error}");
+    }
+}
+
+#[test]
 fn missing_config_file_is_a_clear_error() {
     let error = Config::load_with_env(
         Some(std::path::Path::new("/nonexistent/mrrec.toml")),

@@ -446,3 +446,65 @@ pub async fn once(config: &Config) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffered(offset: i64) -> Buffered {
+        Buffered {
+            topic: "mrrec.rewards".into(),
+            partition: 0,
+            offset,
+            reward: Reward {
+                trajectory_id: format!("r{offset}/0"),
+                request_id: format!("r{offset}"),
+                user_id: "u1".into(),
+                policy_version: 0,
+                target_item_id: "i1".into(),
+                target_rank: Some(3),
+                components: mrrec_messages::RewardComponents {
+                    format_ok: 1.0,
+                    ndcg_100: 0.5,
+                    ndcg_1000: 0.5,
+                    used_memory: 0.0,
+                },
+                total: 5.1,
+                ts: 1,
+                trajectory: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_buffer_survives_a_torn_append_and_keeps_offsets_when_cleared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("train-buffer.jsonl");
+        let mut buffer = RewardBuffer::open(path.clone()).unwrap();
+        buffer
+            .append(BufferLine {
+                offsets: [("mrrec.rewards:0".to_owned(), 1)].into(),
+                rewards: vec![buffered(0), buffered(1)],
+            })
+            .unwrap();
+        // A crash in the middle of the next append leaves half a line.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(br#"{"offsets":{"mrrec.rewards:0":5},"rewa"#)
+            .unwrap();
+        let reopened = RewardBuffer::open(path.clone()).unwrap();
+        assert_eq!(reopened.rewards.len(), 2);
+        assert_eq!(
+            reopened.offsets["mrrec.rewards:0"], 1,
+            "the torn line's offsets are not trusted"
+        );
+
+        let mut reopened = reopened;
+        reopened.clear().unwrap();
+        let cleared = RewardBuffer::open(path).unwrap();
+        assert!(cleared.rewards.is_empty());
+        assert_eq!(cleared.offsets["mrrec.rewards:0"], 1);
+    }
+}
