@@ -16,16 +16,6 @@ pub struct FusionWeights {
     pub popularity: f64,
 }
 
-impl Default for FusionWeights {
-    fn default() -> Self {
-        Self {
-            bm25: 1.0,
-            collaborative: 0.5,
-            popularity: 0.2,
-        }
-    }
-}
-
 /// Raw scores per item id, one map per signal (missing = 0).
 #[derive(Debug, Clone, Default)]
 pub struct Signals {
@@ -87,6 +77,12 @@ pub fn fuse(
 mod tests {
     use super::*;
 
+    const WEIGHTS: FusionWeights = FusionWeights {
+        bm25: 1.0,
+        collaborative: 0.5,
+        popularity: 0.2,
+    };
+
     fn map(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
     }
@@ -99,7 +95,7 @@ mod tests {
             popularity: map(&[("a", 1.0), ("b", 1.0), ("c", 100.0), ("d", 50.0)]),
         };
         let exclude: HashSet<String> = ["seen".to_owned()].into();
-        let ranked = fuse(&signals, FusionWeights::default(), &exclude, 10);
+        let ranked = fuse(&signals, WEIGHTS, &exclude, 10);
         let ids: Vec<&str> = ranked.iter().map(|s| s.item_id.as_str()).collect();
         // a: 1.0·(10/20) + 0 + 0.2·0.01; b: 0.25 + 0.5·1 + 0.002; c: 0.25 + 0.2; d: 0.1
         assert_eq!(ids, ["b", "a", "c", "d"]);
@@ -116,7 +112,7 @@ mod tests {
             popularity: map(&[("b", 1.0), ("a", 1.0), ("c", 1.0)]),
             ..Signals::default()
         };
-        let ranked = fuse(&signals, FusionWeights::default(), &HashSet::new(), 2);
+        let ranked = fuse(&signals, WEIGHTS, &HashSet::new(), 2);
         let ids: Vec<&str> = ranked.iter().map(|s| s.item_id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
     }
@@ -127,7 +123,7 @@ mod tests {
             bm25: map(&[("a", f64::NAN), ("b", -1.0), ("c", 1.0)]),
             ..Signals::default()
         };
-        let ranked = fuse(&signals, FusionWeights::default(), &HashSet::new(), 3);
+        let ranked = fuse(&signals, WEIGHTS, &HashSet::new(), 3);
         assert_eq!(ranked[0].item_id, "c");
         assert!(ranked.iter().all(|s| s.score.is_finite()));
     }

@@ -1,7 +1,10 @@
-//! The teacher: a deterministic policy that follows the protocol — it
-//! retrieves once with the request's words, then answers with the request
-//! plus the first memory entry it got, citing what it retrieved. Golden tests
-//! use it to pin the loop; the trainer's SFT warm start imitates it.
+//! The teacher: a deterministic policy that follows the protocol. When the
+//! prompt shows global memory, it retrieves the category that memory was
+//! chosen for (the request's, else the user's favourite) and answers with
+//! it, citing nothing; otherwise it thinks, retrieves the request's words
+//! and answers with them plus the first memory entry it got, citing what it
+//! retrieved. Golden tests use it to pin the loop; the trainer's SFT warm
+//! start imitates it.
 
 use crate::{parse_turn, Action};
 use async_trait::async_trait;
@@ -32,6 +35,24 @@ fn request_query(messages: &[mrrec_llm::ChatMessage]) -> String {
         .join(" ")
 }
 
+/// The category of the first global memory line of the prompt
+/// (`- {category} across users: …`).
+fn global_category(messages: &[mrrec_llm::ChatMessage]) -> Option<String> {
+    let first = messages.iter().find(|m| m.role == Role::User)?;
+    first
+        .content
+        .lines()
+        .skip_while(|l| !l.starts_with("Global memory:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("- "))
+        .find_map(|l| {
+            l[2..]
+                .split_once(" across users:")
+                .map(|(c, _)| c.trim().to_owned())
+        })
+        .filter(|c| !c.is_empty())
+}
+
 /// (id, text) of each memory entry in a memory turn.
 fn memory_entries(text: &str) -> Vec<(String, String)> {
     text.split(MEMORY_CLOSE)
@@ -55,10 +76,14 @@ pub fn teacher_turn(messages: &[mrrec_llm::ChatMessage]) -> String {
                 Some(Action::Retrieve(_))
             )
         });
+    let category = global_category(messages);
     if !retrieved {
-        return format!(
-            "<think>find what they liked about {query}</think><retrieve>{query}</retrieve>"
-        );
+        return match &category {
+            Some(category) => format!("<retrieve>{category}</retrieve>"),
+            None => format!(
+                "<think>find what they liked about {query}</think><retrieve>{query}</retrieve>"
+            ),
+        };
     }
     let entries: Vec<(String, String)> = messages
         .iter()
@@ -67,7 +92,13 @@ pub fn teacher_turn(messages: &[mrrec_llm::ChatMessage]) -> String {
         .flat_map(|m| memory_entries(&m.content))
         .collect();
     let mut profile = query.clone();
-    if let Some((_, text)) = entries.first() {
+    // With a category the answer cites nothing: copying 17-character entry
+    // ids is what a tiny warm-started policy fails at, and a wrong id only
+    // forfeits DESIGN §5's small memory term.
+    let cited = if category.is_some() { 0 } else { 3 };
+    if let Some(category) = category {
+        profile = category;
+    } else if let Some((_, text)) = entries.first() {
         let words: String = text
             .chars()
             .filter(|c| c.is_alphanumeric() || *c == ' ')
@@ -83,7 +114,7 @@ pub fn teacher_turn(messages: &[mrrec_llm::ChatMessage]) -> String {
     }
     let ids: Vec<String> = entries
         .iter()
-        .take(3)
+        .take(cited)
         .map(|(id, _)| serde_json::Value::String(id.clone()).to_string())
         .collect();
     format!(

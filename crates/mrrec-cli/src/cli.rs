@@ -31,6 +31,13 @@ pub enum Command {
         /// MovieLens-100K directory (otherwise a synthetic catalog).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Where the demo keeps its state: store and index (reset on every
+        /// run) and policy versions (kept, so a second run starts warm).
+        #[arg(long, default_value = "mrrec-demo")]
+        dir: PathBuf,
+        /// Seed of the synthetic world.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
     /// Run one stage, all stages, or a pipeline file.
     Run(RunArgs),
@@ -247,18 +254,35 @@ pub enum LlmCommand {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
+    /// MovieLens-100K directory (DESIGN §11's protocol).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Or your own data (DESIGN §13): items, events and requests as JSON
+    /// lines, each request with `target_item_id` and `split` (valid | test).
     #[arg(long)]
     pub items: Option<PathBuf>,
     #[arg(long)]
     pub events: Option<PathBuf>,
     #[arg(long)]
     pub requests: Option<PathBuf>,
+    /// Write the report as JSON (DESIGN §12).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A PNG learning curve (not built yet: the flag is refused).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// RL rounds on validation targets.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Users whose validation requests each round learns from.
+    #[arg(long, default_value_t = 150)]
+    pub train_users: usize,
+    /// Where eval keeps its state (store, index, policy versions); reset on every run.
+    #[arg(long, default_value = "mrrec-eval")]
+    pub dir: PathBuf,
+    /// Teacher trajectories of the warm start the policy gets (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub sft: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -119,7 +119,10 @@ fn bad_configuration_exits_non_zero_naming_every_key() {
 
 #[test]
 fn commands_not_built_yet_say_so_and_fail() {
-    for args in [vec!["demo"], vec!["run", "--stage", "all"]] {
+    for args in [
+        vec!["run", "--stage", "all"],
+        vec!["run", "--pipeline", "pipelines/full.toml"],
+    ] {
         let output = mrrec(&args, &[]);
         assert!(!output.status.success(), "{args:?} must fail");
         let (stdout, stderr) = text(&output);

@@ -224,8 +224,9 @@ pub struct TrainConfig {
     pub chunk_tokens: u32,
     /// Share of request groups held out to judge a candidate version.
     pub holdout_fraction: f64,
-    /// How far the held-out reward estimate may fall before a candidate is
-    /// rejected (0: it must not fall at all).
+    /// How far the held-out reward estimate may fall, beyond one standard
+    /// error of the estimate, before a candidate is rejected (0: no further
+    /// allowance).
     pub max_regression: f64,
     /// Longest trajectory, in tokens, trained on (longer ones are skipped).
     pub max_tokens: u32,

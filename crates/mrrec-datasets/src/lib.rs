@@ -6,6 +6,8 @@ use anyhow::{bail, Context, Result};
 use mrrec_messages::{Event, EventKind, Item, Message};
 use std::path::Path;
 
+pub mod synthetic;
+
 /// A dataset as messages, in the order they are produced.
 pub struct Dataset {
     pub items: Vec<Item>,

@@ -391,24 +391,35 @@ pub(crate) fn shuffle(items: &mut [usize], state: &mut u64) {
     }
 }
 
+/// What the held-out groups say about a candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeldOutEstimate {
+    /// Mean reward of the logged trajectories (the generating policy's).
+    pub logged: f64,
+    /// Estimated mean reward under the candidate.
+    pub estimate: f64,
+    /// Standard error of `estimate − logged` across groups (0 for one group).
+    pub stderr: f64,
+    pub groups: usize,
+}
+
 /// Self-normalised importance estimate of the mean reward a policy would
 /// earn on held-out groups: within each request's group the logged
 /// trajectories are reweighted by `exp(log p_new(τ) − log p_old(τ))`
-/// (whole-trajectory log-probabilities). Returns `(logged mean, estimate)`
-/// over groups of two or more; `None` when there is no such group.
+/// (whole-trajectory log-probabilities). Averages over groups of two or
+/// more; `None` when there is no such group.
 pub fn offpolicy_estimate(
     samples: &[Sample],
     indices: &[usize],
     old: &BTreeMap<usize, Vec<f32>>,
     new: &BTreeMap<usize, Vec<f32>>,
-) -> Option<(f64, f64)> {
+) -> Option<HeldOutEstimate> {
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for &i in indices {
         groups.entry(&samples[i].request_id).or_default().push(i);
     }
-    let mut logged = 0.0;
-    let mut estimate = 0.0;
-    let mut count = 0usize;
+    // (logged, estimate) per group.
+    let mut per_group: Vec<(f64, f64)> = Vec::new();
     for members in groups.values().filter(|m| m.len() >= 2) {
         let log_ratios: Vec<f64> = members
             .iter()
@@ -424,15 +435,37 @@ pub fn offpolicy_estimate(
         let weights: Vec<f64> = log_ratios.iter().map(|r| (r - max).exp()).collect();
         let total: f64 = weights.iter().sum();
         let n = members.len() as f64;
-        logged += members.iter().map(|&i| samples[i].reward).sum::<f64>() / n;
-        estimate += members
+        let logged = members.iter().map(|&i| samples[i].reward).sum::<f64>() / n;
+        let estimate = members
             .iter()
             .zip(&weights)
             .map(|(&i, w)| w / total * samples[i].reward)
             .sum::<f64>();
-        count += 1;
+        per_group.push((logged, estimate));
     }
-    (count > 0).then(|| (logged / count as f64, estimate / count as f64))
+    if per_group.is_empty() {
+        return None;
+    }
+    let count = per_group.len() as f64;
+    let logged = per_group.iter().map(|g| g.0).sum::<f64>() / count;
+    let estimate = per_group.iter().map(|g| g.1).sum::<f64>() / count;
+    let mean_diff = estimate - logged;
+    let stderr = if per_group.len() > 1 {
+        let var = per_group
+            .iter()
+            .map(|(l, e)| (e - l - mean_diff).powi(2))
+            .sum::<f64>()
+            / (count - 1.0);
+        (var / count).sqrt()
+    } else {
+        0.0
+    };
+    Some(HeldOutEstimate {
+        logged,
+        estimate,
+        stderr,
+        groups: per_group.len(),
+    })
 }
 
 #[cfg(test)]
@@ -470,15 +503,45 @@ mod tests {
         let old: BTreeMap<usize, Vec<f32>> = [(0, vec![-1.0]), (1, vec![-1.0])].into();
         let better: BTreeMap<usize, Vec<f32>> = [(0, vec![-2.0]), (1, vec![-0.5])].into();
         let worse: BTreeMap<usize, Vec<f32>> = [(0, vec![-0.5]), (1, vec![-2.0])].into();
-        let (logged, up) = offpolicy_estimate(&samples, &[0, 1], &old, &better).unwrap();
-        let (_, down) = offpolicy_estimate(&samples, &[0, 1], &old, &worse).unwrap();
-        assert_eq!(logged, 5.0);
-        assert!(up > logged && down < logged, "{up} {down}");
-        assert_eq!(
-            offpolicy_estimate(&samples, &[0, 1], &old, &old).unwrap(),
-            (5.0, 5.0)
-        );
+        let up = offpolicy_estimate(&samples, &[0, 1], &old, &better).unwrap();
+        let down = offpolicy_estimate(&samples, &[0, 1], &old, &worse).unwrap();
+        assert_eq!(up.logged, 5.0);
+        assert!(up.estimate > 5.0 && down.estimate < 5.0, "{up:?} {down:?}");
+        let same = offpolicy_estimate(&samples, &[0, 1], &old, &old).unwrap();
+        assert_eq!((same.logged, same.estimate, same.groups), (5.0, 5.0, 1));
         assert!(offpolicy_estimate(&samples, &[0], &old, &better).is_none());
+    }
+
+    #[test]
+    fn the_standard_error_spreads_with_the_groups() {
+        // Two groups moved the same way: no spread. Moved opposite ways: spread.
+        let samples = vec![
+            sample("a", 0.0),
+            sample("a", 10.0),
+            sample("b", 0.0),
+            sample("b", 10.0),
+        ];
+        let old: BTreeMap<usize, Vec<f32>> = (0..4).map(|i| (i, vec![-1.0])).collect();
+        let same: BTreeMap<usize, Vec<f32>> = [
+            (0, vec![-2.0]),
+            (1, vec![-0.5]),
+            (2, vec![-2.0]),
+            (3, vec![-0.5]),
+        ]
+        .into();
+        let opposite: BTreeMap<usize, Vec<f32>> = [
+            (0, vec![-2.0]),
+            (1, vec![-0.5]),
+            (2, vec![-0.5]),
+            (3, vec![-2.0]),
+        ]
+        .into();
+        let agreed = offpolicy_estimate(&samples, &[0, 1, 2, 3], &old, &same).unwrap();
+        assert_eq!(agreed.groups, 2);
+        assert!(agreed.stderr.abs() < 1e-12, "{agreed:?}");
+        let split = offpolicy_estimate(&samples, &[0, 1, 2, 3], &old, &opposite).unwrap();
+        assert!((split.estimate - 5.0).abs() < 1e-9, "{split:?}");
+        assert!(split.stderr > 1.0, "{split:?}");
     }
 
     #[test]

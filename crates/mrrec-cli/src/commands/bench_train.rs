@@ -1,5 +1,5 @@
-//! `mrrec bench train`: one GRPO update over synthetic agent-shaped
-//! trajectories on the configured policy (or a fresh default one).
+//! `mrrec bench train`: one GRPO update — one pass — over synthetic
+//! agent-shaped trajectories on the configured policy (or a fresh default one).
 
 use anyhow::Result;
 use mrrec_config::Config;
@@ -12,7 +12,12 @@ pub fn run(config: &Config, trajectories: usize, seed: u64) -> Result<()> {
     let requests = trajectories.div_ceil(group);
     let mut rewarded = bench::synthetic_rewarded(requests, group, seed);
     rewarded.truncate(trajectories);
-    let settings = super::train::settings(config).grpo;
+    // One update is one pass over the trajectories (a round makes
+    // `train.epochs` of them).
+    let settings = mrrec_train::GrpoSettings {
+        epochs: 1,
+        ..super::train::settings(config).grpo
+    };
     eprintln!(
         "one GRPO update over {} trajectories (groups of {group}) on {}",
         rewarded.len(),

@@ -5,6 +5,9 @@ mod bench_learn;
 mod bench_llm;
 mod bench_recommend;
 mod bench_train;
+mod demo;
+mod eval;
+mod inprocess;
 mod llm;
 mod load;
 mod memory;
@@ -33,7 +36,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             (None, Some(_)) => not_yet("run --pipeline", "pipelines and scale-out (issue 9)"),
             (None, None) => bail!("give --stage or --pipeline"),
         },
-        Command::Demo { .. } => not_yet("demo", "the demo and eval work (issue 7)"),
+        Command::Demo {
+            data_dir,
+            dir,
+            seed,
+        } => demo::run(&config, data_dir.as_deref(), &dir, seed).await,
         Command::Load(LoadCommand::Ml100k { data_dir }) => {
             load::produce(&config, &mrrec_datasets::ml100k(&data_dir)?).await
         }
@@ -65,7 +72,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Train { once: true } => train::once(&config).await,
         Command::Train { once: false } => train::run_stage(&config).await,
-        Command::Eval(_) => not_yet("eval", "the demo and eval work (issue 7)"),
+        Command::Eval(args) => eval::run(&config, &args).await,
         Command::Bench {
             which,
             events,

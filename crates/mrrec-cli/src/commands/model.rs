@@ -81,7 +81,7 @@ impl mrrec_agent::MemorySource for LikedItems {
 /// DESIGN §11's words, run through the real agent loop with the teacher
 /// policy; the fresh weights in `out` are trained to imitate the teacher's
 /// tokens (its own text only: the prompt and inserted memory are context).
-async fn warm_start(
+pub(crate) async fn warm_start(
     config: &mrrec_config::Config,
     out: &std::path::Path,
     items: &[Item],
@@ -121,7 +121,8 @@ async fn warm_start(
             .map(|j| {
                 let item = members[next(members.len())];
                 MemoryHit {
-                    id: format!("sft{i}-{j}"),
+                    // Shaped like the store's behavior entry ids.
+                    id: format!("b{:08x}{:08x}", next(1 << 30), next(1 << 30) ^ (i * 3 + j)),
                     text: format!(
                         "rated \"{}\" {}/5 · {}",
                         item.title,
@@ -132,11 +133,17 @@ async fn warm_start(
             })
             .collect();
         let user = format!("{}", next(1000));
+        // The global memory the recommender shows for a request that names
+        // a category (counts made up; the teacher answers with its category).
+        let stats = mrrec_memory::render::GlobalStats {
+            chosen: [(String::new(), 1 + next(5000) as i64)].into(),
+            unchosen: [(String::new(), next(2000) as i64)].into(),
+        };
         let input = AgentInput {
             user_id: user.clone(),
             query: Some(mrrec_datasets::query_for(&user, &[category.to_string()])),
             profile: Some(format!("likes {category}; rated {} items", 5 + next(200))),
-            global: Vec::new(),
+            global: vec![mrrec_memory::render::global(category, &stats).text],
         };
         let outcome = run_agent(&teacher, &LikedItems(liked), &input, &settings).await?;
         let trajectory = mrrec_messages::Trajectory {

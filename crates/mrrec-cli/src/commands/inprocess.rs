@@ -1,0 +1,337 @@
+//! The whole loop in one process, over the configured broker and store:
+//! a catalog and history are produced and distilled (then distill stops, so
+//! outcomes never leak into memory), the recommend and reward stages run,
+//! rewards are collected from `mrrec.rewards`, and the trainer's rounds are
+//! driven by the caller. `bench learn` and `demo` are built on it.
+
+use super::train::{Buffered, Trainer};
+use anyhow::{bail, Context, Result};
+use mrrec_config::Config;
+use mrrec_datasets::UserTargets;
+use mrrec_messages::{encode, Event, EventKind, Item, Outcome, Request, Response, Reward, Topic};
+use mrrec_recommend::RecommendClient;
+use mrrec_stream::{Bootstrap, KafkaClients, OutgoingRecord, Publisher, Shutdown, StageRunner};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Rewards read from `mrrec.rewards`, by trajectory id.
+type Collected = Arc<Mutex<BTreeMap<String, Buffered>>>;
+
+/// Makes sure the registry has a version to serve: `model init` on `items`
+/// (plus a warm start of `sft` teacher trajectories × epochs) when it has
+/// none and no `llm.model_dir` is set. Returns the version served.
+pub(super) async fn ensure_policy(
+    config: &Config,
+    items: &[Item],
+    sft: Option<(usize, usize)>,
+) -> Result<u32> {
+    let registry = mrrec_policy::PolicyRegistry::new(&config.policy.dir);
+    if let Some(latest) = registry.latest()? {
+        return Ok(latest.version);
+    }
+    if !config.llm.model_dir.is_empty() {
+        return Ok(0);
+    }
+    let texts: Vec<String> = items.iter().map(super::model::item_text).collect();
+    let staging = registry.staging_dir(0)?;
+    let meta = mrrec_policy::PolicyMeta::new(Some(0), None, "init");
+    mrrec_policy::init_model(&staging, &mrrec_policy::ModelSpec::default(), &texts, &meta)?;
+    if let Some((n, epochs)) = sft {
+        super::model::warm_start(config, &staging, items, n, epochs, &meta).await?;
+    }
+    registry.publish(&staging, 0)?;
+    eprintln!("initialised policy v0000 in {}", registry.dir().display());
+    Ok(0)
+}
+
+/// The running loop.
+pub(super) struct InProcess {
+    pub prefix: String,
+    pub publisher: Publisher,
+    pub client: RecommendClient,
+    pub trainer: Trainer,
+    /// History events distilled, and how long that took.
+    pub distilled: usize,
+    pub distill_seconds: f64,
+    collected: Collected,
+    recommend: super::recommend::RunningStage,
+    rewarding: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
+    stop: Shutdown,
+    /// The embedded broker lives as long as the loop.
+    bootstrap: Bootstrap,
+}
+
+impl InProcess {
+    /// Produces `items` and `history`, distills them, then starts the
+    /// recommend and reward stages, the reward collector and the trainer.
+    pub async fn start(config: &Config, items: &[Item], history: &[Event]) -> Result<Self> {
+        let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+        let clients = KafkaClients::from_config(config, &bootstrap);
+        if !config.kafka.is_embedded() {
+            super::topics::create(config).await?;
+        }
+        let prefix = config.topics.prefix.clone();
+        let memory = super::store::open(config).await?;
+        let publisher = Publisher::new(&clients, "in-process")?;
+        let records = super::load::records(&prefix, items, history)?;
+        let total = records.len() as u64;
+        super::load::publish_with_progress(&publisher, records, "producing history").await?;
+        let distill = super::run::distill_stage(config, memory.clone()).await?;
+        let runner = StageRunner::new(
+            clients.clone(),
+            mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
+            distill,
+        );
+        let progress = runner.progress();
+        let stop_distill = Shutdown::new();
+        let started = Instant::now();
+        let distilling = tokio::spawn(runner.run(stop_distill.clone()));
+        let bar = super::load::progress_bar(total, "distilling");
+        loop {
+            let done = progress.processed.load(Ordering::Relaxed)
+                + progress.dead_lettered.load(Ordering::Relaxed)
+                + progress.skipped.load(Ordering::Relaxed);
+            bar.set_position(done);
+            if done >= total {
+                break;
+            }
+            if distilling.is_finished() {
+                bail!("the distill stage stopped after {done} of {total} records");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let distill_seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        stop_distill.trigger();
+        distilling.await??;
+
+        let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
+        let reward_stage = mrrec_reward::open_stage(config, &clients, memory)?;
+        let stop = Shutdown::new();
+        let rewarding = tokio::spawn(
+            StageRunner::new(
+                clients.clone(),
+                mrrec_reward::runner_settings(config),
+                reward_stage,
+            )
+            .run(stop.clone()),
+        );
+        let collected = collect_rewards(&clients, &prefix, stop.clone())?;
+        let client = RecommendClient::connect(&clients, &prefix).await?;
+        let trainer = Trainer::new(config, &clients)?;
+        Ok(Self {
+            prefix,
+            publisher,
+            client,
+            trainer,
+            distilled: total as usize,
+            distill_seconds,
+            collected,
+            recommend,
+            rewarding,
+            stop,
+            bootstrap,
+        })
+    }
+
+    /// Sends one request per user (ids `{tag}-{user}`, query from `query`),
+    /// waits for the answers, then — with `outcomes` — sends each user's
+    /// validation target as the request's outcome. Returns the responses
+    /// answered without error, in `users`' order.
+    pub async fn ask(
+        &self,
+        users: &[&UserTargets],
+        query: impl Fn(&UserTargets) -> String,
+        tag: &str,
+        outcomes: bool,
+    ) -> Result<Vec<Response>> {
+        self.ask_k(users, query, tag, outcomes, 10).await
+    }
+
+    /// [`Self::ask`] for the top `k`.
+    pub async fn ask_k(
+        &self,
+        users: &[&UserTargets],
+        query: impl Fn(&UserTargets) -> String,
+        tag: &str,
+        outcomes: bool,
+        k: u32,
+    ) -> Result<Vec<Response>> {
+        let bar = super::load::progress_bar(users.len() as u64, tag);
+        let mut waiting = Vec::new();
+        for u in users {
+            let request = Request {
+                request_id: format!("{tag}-{}", u.user_id),
+                user_id: u.user_id.clone(),
+                query: Some(query(u)),
+                k,
+                exclude_seen: true,
+                ts: mrrec_stream::now_ms(),
+            };
+            waiting.push((request.clone(), self.client.send(&request).await?));
+        }
+        let mut answered = Vec::new();
+        let mut records = Vec::new();
+        for ((request, rx), u) in waiting.into_iter().zip(users) {
+            let received = tokio::time::timeout(Duration::from_secs(600), rx)
+                .await
+                .with_context(|| format!("no response to {}", request.request_id))?
+                .context("the response channel closed")?;
+            bar.inc(1);
+            if received.response.error.is_some() {
+                continue;
+            }
+            answered.push(received.response);
+            let outcome = Outcome {
+                request_id: request.request_id.clone(),
+                event: Event {
+                    event_id: format!("{}-outcome", request.request_id),
+                    user_id: u.user_id.clone(),
+                    kind: EventKind::Rate,
+                    item_id: Some(u.valid.item_id.clone()),
+                    value: Some(u.valid.rating),
+                    text: None,
+                    attrs: None,
+                    ts: request.ts + 1,
+                },
+            };
+            records.push(OutgoingRecord {
+                topic: Topic::Outcomes.name(&self.prefix),
+                key: Some(u.user_id.clone().into_bytes()),
+                payload: encode(&outcome)?,
+            });
+        }
+        bar.finish_and_clear();
+        if outcomes {
+            if let Err((e, _)) = self.publisher.publish_all(records).await {
+                bail!("publishing outcomes: {e}");
+            }
+        }
+        Ok(answered)
+    }
+
+    /// Rewards of requests whose id starts with `tag-`, once `requests` of
+    /// them have arrived and no more come for 5 s (or after 5 minutes).
+    pub async fn rewards(&self, tag: &str, requests: usize) -> Vec<Buffered> {
+        let prefix = format!("{tag}-");
+        let select = || -> Vec<Buffered> {
+            self.collected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|b| b.reward.request_id.starts_with(&prefix))
+                .cloned()
+                .collect()
+        };
+        let started = Instant::now();
+        let mut last = (0, Instant::now());
+        loop {
+            let n = select().len();
+            if n != last.0 {
+                last = (n, Instant::now());
+            }
+            let quiet = last.1.elapsed() > Duration::from_secs(5);
+            if (n >= requests && quiet) || started.elapsed() > Duration::from_secs(300) {
+                return select();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the recommend stage serves `version` (probe requests for
+    /// `user`, with no outcome: they earn no reward).
+    pub async fn wait_for_version(&self, user: &str, version: u32) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let request = Request {
+                request_id: format!("probe-{}", mrrec_stream::now_ms()),
+                user_id: user.to_owned(),
+                query: None,
+                k: 1,
+                exclude_seen: true,
+                ts: mrrec_stream::now_ms(),
+            };
+            let received = self.client.ask(&request, Duration::from_secs(120)).await?;
+            if received.response.policy_version >= version {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the recommend stage did not switch to v{version:04} within two minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Stops the stages, then drops every client before the broker they
+    /// talk to (an embedded broker going first makes librdkafka log errors).
+    pub async fn stop(self) -> Result<()> {
+        self.stop.trigger();
+        self.rewarding.await??;
+        self.recommend.stop().await?;
+        drop(self.client);
+        drop(self.trainer);
+        drop(self.publisher);
+        // The reward collector's consumer closes once it sees the stop.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(self.bootstrap);
+        Ok(())
+    }
+}
+
+fn collect_rewards(clients: &KafkaClients, prefix: &str, stop: Shutdown) -> Result<Collected> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message as _;
+    let topic = Topic::Rewards.name(prefix);
+    let consumer: StreamConsumer = clients
+        .reader(&format!("mrrec-in-process-{}", mrrec_stream::now_ms()))
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let collected: Collected = Arc::default();
+    let sink = collected.clone();
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = stop.wait() => return,
+                m = consumer.recv() => m,
+            };
+            let Ok(message) = message else { continue };
+            let Ok(reward) =
+                serde_json::from_slice::<Reward>(message.payload().unwrap_or_default())
+            else {
+                continue;
+            };
+            sink.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                reward.trajectory_id.clone(),
+                Buffered {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    reward,
+                },
+            );
+        }
+    });
+    Ok(collected)
+}
+
+pub(super) fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
+}
+
+/// Mean reward of the served trajectories, and of all of them.
+pub(super) fn means(rewards: &[Buffered]) -> (f64, f64) {
+    let served = mean(
+        rewards
+            .iter()
+            .filter(|b| b.reward.trajectory.as_ref().is_some_and(|t| t.served))
+            .map(|b| b.reward.total),
+    );
+    (served, mean(rewards.iter().map(|b| b.reward.total)))
+}

@@ -1,0 +1,13 @@
+//! DESIGN §11's quality protocol, the parts that are not the pipeline: the
+//! ranking metrics (Recall@10/100, NDCG@10/100 of one target per request,
+//! full ranking, ties by item id) and the baselines a recommender-systems
+//! engineer compares against — popularity, genre popularity, item-kNN,
+//! BM25 of the query, BM25 of the query plus recent history, and their
+//! z-scored hybrid. `mrrec eval` adds the pipeline's rows, measured through
+//! the topics.
+
+pub mod baselines;
+pub mod metrics;
+
+pub use baselines::{Baselines, Case, Rating, BASELINES};
+pub use metrics::{rank_of, Metrics, Row};
