@@ -25,6 +25,8 @@ const SHOWN: usize = 3;
 const HELD_OUT: usize = 40;
 /// Users whose rewards the round learns from.
 const TRAINING: usize = 120;
+/// Sampling temperature of the demo's policy (at most).
+const DEMO_TEMPERATURE: f64 = 0.7;
 /// How far below the logged reward the demo's gate lets a candidate be.
 const DEMO_MAX_REGRESSION: f64 = 0.5;
 
@@ -215,8 +217,11 @@ fn demo_config(config: &Config, dir: &Path) -> Result<Config> {
     if config.agent.group_size < 2 {
         config.agent.group_size = 4;
     }
-    if config.agent.temperature <= 0.0 {
-        config.agent.temperature = 1.0;
+    // Sampled answers are what users see: 0.7 keeps a freshly warm-started
+    // policy's served answer mostly on its mode while the G samples still
+    // differ enough for GRPO.
+    if config.agent.temperature <= 0.0 || config.agent.temperature > DEMO_TEMPERATURE {
+        config.agent.temperature = DEMO_TEMPERATURE;
     }
     config.recommend.timeout_ms = config.recommend.timeout_ms.max(30_000);
     config.train.max_regression = config.train.max_regression.max(DEMO_MAX_REGRESSION);
