@@ -38,6 +38,23 @@ pub struct Rating {
     pub ts: i64,
 }
 
+impl Rating {
+    /// Every `rate` event with an item, in order.
+    pub fn from_events(events: &[mrrec_messages::Event]) -> Vec<Rating> {
+        events
+            .iter()
+            .filter(|e| e.kind == mrrec_messages::EventKind::Rate)
+            .filter_map(|e| {
+                Some(Rating {
+                    user: e.user_id.clone(),
+                    item: e.item_id.clone()?,
+                    ts: e.ts,
+                })
+            })
+            .collect()
+    }
+}
+
 /// One request to score: its history (oldest first), query and target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {

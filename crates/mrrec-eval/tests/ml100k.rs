@@ -7,25 +7,13 @@
 //! popularity enters the z-score); those two are held to looser bounds.
 
 use mrrec_eval::{Baselines, Case, Rating};
-use mrrec_messages::EventKind;
 
 #[test]
 fn baselines_match_the_reference_figures() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ml-100k");
     let dataset = mrrec_datasets::ml100k(&dir).expect("../shared/data/ml-100k is readable");
     let split = mrrec_datasets::split(&dataset);
-    let ratings: Vec<Rating> = dataset
-        .events
-        .iter()
-        .filter(|e| e.kind == EventKind::Rate)
-        .filter_map(|e| {
-            Some(Rating {
-                user: e.user_id.clone(),
-                item: e.item_id.clone()?,
-                ts: e.ts,
-            })
-        })
-        .collect();
+    let ratings = Rating::from_events(&dataset.events);
     let genres: std::collections::HashMap<&str, &[String]> = dataset
         .items
         .iter()

@@ -21,6 +21,19 @@ pub enum StepKind {
     Fallback,
 }
 
+impl StepKind {
+    /// The kind's name, as it is serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Think => "think",
+            StepKind::Retrieve => "retrieve",
+            StepKind::Memory => "memory",
+            StepKind::Answer => "answer",
+            StepKind::Fallback => "fallback",
+        }
+    }
+}
+
 /// One step of the agent's trace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {

@@ -9,7 +9,7 @@
 //! version is announced and the recommend stage switches to it. The last
 //! line is JSON: held-out mean reward per version.
 
-use super::inprocess::{ensure_policy, means, InProcess};
+use super::inprocess::{ensure_policy, heldout_and_training, means, InProcess};
 use anyhow::{bail, Result};
 use mrrec_config::Config;
 use mrrec_datasets::UserTargets;
@@ -37,20 +37,8 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
         .map(|i| (i.item_id.clone(), i.categories.clone()))
         .collect();
     // Held-out users: every fifth (by position), the rest train.
-    let heldout: Vec<&UserTargets> = split
-        .users
-        .iter()
-        .step_by(5)
-        .take(bench.heldout_users)
-        .collect();
-    let training: Vec<&UserTargets> = split
-        .users
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 5 != 0)
-        .map(|(_, u)| u)
-        .take(bench.train_users)
-        .collect();
+    let (heldout, training) =
+        heldout_and_training(&split.users, bench.heldout_users, bench.train_users);
     eprintln!(
         "{} users with validation targets: {} held out, {} training; group size {}",
         split.users.len(),

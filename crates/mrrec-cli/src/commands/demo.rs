@@ -7,11 +7,11 @@
 //! outcomes and become rewards; one training round runs and the recommend
 //! stage switches to the new version; a summary closes.
 
-use super::inprocess::{ensure_policy, means, InProcess};
+use super::inprocess::{ensure_policy, heldout_and_training, means, InProcess};
 use anyhow::{Context, Result};
 use mrrec_config::Config;
 use mrrec_datasets::{Dataset, UserTargets};
-use mrrec_messages::{Response, StepKind};
+use mrrec_messages::Response;
 use mrrec_train::Decision;
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,15 +70,7 @@ pub async fn run(config: &Config, data_dir: Option<&Path>, dir: &Path, seed: u64
             .map_or(&[][..], |i| i.categories.as_slice());
         mrrec_datasets::query_for(&u.user_id, genres)
     };
-    let heldout: Vec<&UserTargets> = split.users.iter().step_by(5).take(HELD_OUT).collect();
-    let training: Vec<&UserTargets> = split
-        .users
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 5 != 0)
-        .map(|(_, u)| u)
-        .take(TRAINING)
-        .collect();
+    let (heldout, training) = heldout_and_training(&split.users, HELD_OUT, TRAINING);
     let shown: Vec<&UserTargets> = heldout.iter().take(SHOWN).copied().collect();
     let history = History::new(&dataset, &split.valid_history);
     let mut latencies = Vec::new();
@@ -280,13 +272,7 @@ fn print_answer(
         response.policy_version
     );
     for step in &response.steps {
-        let kind = match step.kind {
-            StepKind::Think => "think",
-            StepKind::Retrieve => "retrieve",
-            StepKind::Memory => "memory",
-            StepKind::Answer => "answer",
-            StepKind::Fallback => "fallback",
-        };
+        let kind = step.kind.as_str();
         let text: String = step.text.chars().take(90).collect();
         println!("     {kind:>8}: {text}");
     }

@@ -36,20 +36,6 @@ struct EvalData {
     test: SplitData,
 }
 
-fn ratings_of(events: &[Event]) -> Vec<Rating> {
-    events
-        .iter()
-        .filter(|e| e.kind == EventKind::Rate)
-        .filter_map(|e| {
-            Some(Rating {
-                user: e.user_id.clone(),
-                item: e.item_id.clone()?,
-                ts: e.ts,
-            })
-        })
-        .collect()
-}
-
 /// MovieLens-100K under DESIGN §11: per user the events before the target
 /// (in the dataset's order), the target, and the query for its genres.
 fn ml100k(dir: &std::path::Path) -> Result<EvalData> {
@@ -105,7 +91,7 @@ fn ml100k(dir: &std::path::Path) -> Result<EvalData> {
     };
     Ok(EvalData {
         name: "ml-100k".into(),
-        ratings: ratings_of(&dataset.events),
+        ratings: Rating::from_events(&dataset.events),
         valid: per_split(|u| &u.valid, split.valid_history.clone()),
         test: per_split(|u| &u.test, test_history),
         items: dataset.items,
@@ -186,7 +172,7 @@ fn jsonl(
     };
     Ok(EvalData {
         name: requests.display().to_string(),
-        ratings: ratings_of(&dataset.events),
+        ratings: Rating::from_events(&dataset.events),
         valid: split(valid),
         test: split(test),
         items: dataset.items,

@@ -316,6 +316,24 @@ fn collect_rewards(clients: &KafkaClients, prefix: &str, stop: Shutdown) -> Resu
     Ok(collected)
 }
 
+/// DESIGN §11 users split for measuring learning: every fifth user (by
+/// position) held out, up to `heldout`; the others train, up to `training`.
+pub(super) fn heldout_and_training(
+    users: &[UserTargets],
+    heldout: usize,
+    training: usize,
+) -> (Vec<&UserTargets>, Vec<&UserTargets>) {
+    let held = users.iter().step_by(5).take(heldout).collect();
+    let train = users
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 5 != 0)
+        .map(|(_, u)| u)
+        .take(training)
+        .collect();
+    (held, train)
+}
+
 pub(super) fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     if n == 0 {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use mrrec_config::{Config, LlmBackend};
 use mrrec_llm::{EmbeddedLlm, EngineOptions, HttpLlm, Llm, PolicyTarget};
 use mrrec_memory::MemoryStore;
-use mrrec_messages::{Request, Response, StepKind};
+use mrrec_messages::{Request, Response};
 use mrrec_recommend::RecommendClient;
 use mrrec_store::{AnyStore, KvStore};
 use mrrec_stream::{Bootstrap, KafkaClients, Shutdown, StageRunner};
@@ -193,13 +193,7 @@ async fn print_response(response: &Response, memory: &MemoryStore<AnyStore>) -> 
     }
     println!("trace:");
     for step in &response.steps {
-        let kind = match step.kind {
-            StepKind::Think => "think",
-            StepKind::Retrieve => "retrieve",
-            StepKind::Memory => "memory",
-            StepKind::Answer => "answer",
-            StepKind::Fallback => "fallback",
-        };
+        let kind = step.kind.as_str();
         if step.memory_ids.is_empty() {
             println!("  {kind:<8} {}", step.text);
         } else {
