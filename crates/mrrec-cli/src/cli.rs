@@ -16,9 +16,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "MRREC_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Log filter (RUST_LOG takes precedence), e.g. info, debug, mrrec_stream=debug.
-    #[arg(long, global = true, default_value = "info")]
-    pub log: String,
+    /// Log filter (RUST_LOG takes precedence), e.g. info, debug,
+    /// mrrec_stream=debug. Default: warn for `demo` and `eval` (they print
+    /// their own progress), info otherwise.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -268,7 +270,8 @@ pub struct EvalArgs {
     /// Write the report as JSON (DESIGN §12).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// A PNG learning curve (not built yet: the flag is refused).
+    /// Draw the learning curve (validation reward and test NDCG@10 per
+    /// policy version) to this PNG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// RL rounds on validation targets.

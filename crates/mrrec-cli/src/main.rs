@@ -9,7 +9,14 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(&cli.log);
+    let log = cli.log.clone().unwrap_or_else(|| {
+        match cli.command {
+            cli::Command::Demo { .. } | cli::Command::Eval(_) => "warn",
+            _ => "info",
+        }
+        .to_owned()
+    });
+    init_logging(&log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

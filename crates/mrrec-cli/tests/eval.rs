@@ -58,6 +58,7 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     write_lines(&reqs, &requests);
     let out = tmp.path().join("report.json");
     let dir = tmp.path().join("state");
+    let plot = tmp.path().join("curve.png");
     let output = mrrec(&[
         "eval",
         "--items",
@@ -76,6 +77,8 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
         dir.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -119,7 +122,34 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
             .unwrap()
     };
     assert!(ndcg("item_knn") > ndcg("popularity"), "{report}");
-    assert!(!report["curve"].as_array().unwrap().is_empty());
+    // The curve: the untrained version has a validation reward and a test
+    // NDCG@10 (whether or not the round published), and it is drawn.
+    let curve = report["curve"].as_array().unwrap();
+    assert_eq!(curve[0]["version"], 0, "{report}");
+    assert!(curve[0]["validation_reward"].as_f64().is_some(), "{report}");
+    assert!(curve[0]["test_ndcg@10"].as_f64().is_some(), "{report}");
+    let png = std::fs::read(&plot).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(png.len() > 2_000, "{} bytes", png.len());
+
+    // A place nothing can be written is refused before the run.
+    let output = mrrec(&[
+        "eval",
+        "--items",
+        items.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--requests",
+        reqs.to_str().unwrap(),
+        "--plot",
+        tmp.path().join("no/such/curve.png").to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // Bad invocations fail with a message.
     let output = mrrec(&["eval", "--items", items.to_str().unwrap()]);

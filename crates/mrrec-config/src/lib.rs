@@ -4,9 +4,11 @@
 //! and every problem found is reported at once, each naming its key.
 
 mod load;
+pub mod pipeline;
 mod validate;
 
 pub use load::{ConfigError, ConfigIssue, DEFAULT_TOML, ENV_PREFIX};
+pub use pipeline::{Pipeline, PipelineStage, StageKind};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

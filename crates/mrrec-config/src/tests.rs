@@ -214,3 +214,45 @@ fn urls_are_redacted() {
     );
     assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
 }
+
+/// Every shipped configuration (config/*.toml) and pipeline
+/// (pipelines/*.toml) loads and validates; docker/ mounts them.
+#[test]
+fn shipped_configs_and_pipelines_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut configs = 0;
+    for entry in std::fs::read_dir(root.join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            if let Err(e) = Config::load_with_env(Some(&path), Vec::new()) {
+                panic!("{}: {e}", path.display());
+            }
+            configs += 1;
+        }
+    }
+    assert!(configs >= 3, "default, dev and prod: found {configs}");
+    let mut pipelines = Vec::new();
+    for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let pipeline =
+                crate::Pipeline::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            pipelines.push(pipeline);
+        }
+    }
+    let named = |name: &str| {
+        pipelines
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pipeline named {name}"))
+    };
+    use crate::StageKind::*;
+    for stage in [Distill, Recommend, Reward, Train] {
+        assert!(named("full").runs(stage), "full runs {stage}");
+        // serving and learning split the stages between them.
+        assert!(
+            named("serving").runs(stage) != named("learning").runs(stage),
+            "{stage} is in exactly one of serving and learning"
+        );
+    }
+}

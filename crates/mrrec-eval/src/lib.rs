@@ -4,10 +4,12 @@
 //! engineer compares against — popularity, genre popularity, item-kNN,
 //! BM25 of the query, BM25 of the query plus recent history, and their
 //! z-scored hybrid. `mrrec eval` adds the pipeline's rows, measured through
-//! the topics.
+//! the topics. [`plot`] draws its learning curve.
 
 pub mod baselines;
 pub mod metrics;
+pub mod plot;
 
 pub use baselines::{Baselines, Case, Rating, BASELINES};
 pub use metrics::{rank_of, Metrics, Row};
+pub use plot::{CurvePoint, PlotError};

@@ -81,14 +81,18 @@ impl KafkaClients {
         }
     }
 
-    fn base(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+    fn base(&self, role: Role, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
         for (key, value) in defaults {
             config.set(*key, *value);
         }
+        // One `kafka.properties` table serves every client: each gets the
+        // properties its role understands (librdkafka warns about the rest).
         for (key, value) in &self.properties {
-            config.set(key, value);
+            if role.accepts(key) {
+                config.set(key, value);
+            }
         }
         config
     }
@@ -97,17 +101,20 @@ impl KafkaClients {
     /// commits only what is durable), earliest reset, eager rebalancing (so a
     /// revoke always covers the whole assignment), lag statistics every 5 s.
     pub fn consumer(&self, group_id: &str) -> ClientConfig {
-        let mut config = self.base(&[
-            ("auto.offset.reset", "earliest"),
-            ("statistics.interval.ms", "5000"),
-            ("session.timeout.ms", "10000"),
-            ("heartbeat.interval.ms", "1000"),
-            ("max.poll.interval.ms", "300000"),
-            // Oversized records must reach the stage (and the DLQ), not stall the
-            // partition: brokers that do not return a first record larger than
-            // the fetch size (tansu 0.6) would otherwise never move past it.
-            ("max.partition.fetch.bytes", "16777216"),
-        ]);
+        let mut config = self.base(
+            Role::Consumer,
+            &[
+                ("auto.offset.reset", "earliest"),
+                ("statistics.interval.ms", "5000"),
+                ("session.timeout.ms", "10000"),
+                ("heartbeat.interval.ms", "1000"),
+                ("max.poll.interval.ms", "300000"),
+                // Oversized records must reach the stage (and the DLQ), not stall the
+                // partition: brokers that do not return a first record larger than
+                // the fetch size (tansu 0.6) would otherwise never move past it.
+                ("max.partition.fetch.bytes", "16777216"),
+            ],
+        );
         config
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -119,17 +126,20 @@ impl KafkaClients {
 
     /// A producer that waits for all in-sync replicas.
     pub fn producer(&self) -> ClientConfig {
-        self.base(&[
-            ("acks", "all"),
-            ("linger.ms", "5"),
-            ("message.timeout.ms", "30000"),
-            ("statistics.interval.ms", "0"),
-        ])
+        self.base(
+            Role::Producer,
+            &[
+                ("acks", "all"),
+                ("linger.ms", "5"),
+                ("message.timeout.ms", "30000"),
+                ("statistics.interval.ms", "0"),
+            ],
+        )
     }
 
     /// A plain (group-less) consumer, for tools and tests that read topics directly.
     pub fn reader(&self, group_id: &str) -> ClientConfig {
-        let mut config = self.base(&[("auto.offset.reset", "earliest")]);
+        let mut config = self.base(Role::Consumer, &[("auto.offset.reset", "earliest")]);
         config
             .set("group.id", group_id)
             .set("enable.auto.commit", "false")
@@ -139,6 +149,112 @@ impl KafkaClients {
 
     /// An admin client.
     pub fn admin(&self) -> ClientConfig {
-        self.base(&[])
+        self.base(Role::Admin, &[])
+    }
+}
+
+/// Which kind of client a config is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Consumer,
+    Producer,
+    Admin,
+}
+
+/// librdkafka properties only consumers read (CONFIGURATION.md, "C").
+const CONSUMER_ONLY: &[&str] = &[
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+];
+
+/// librdkafka properties only producers read (CONFIGURATION.md, "P").
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "partitioner",
+    "queuing.strategy",
+];
+
+impl Role {
+    fn accepts(self, key: &str) -> bool {
+        match self {
+            Role::Consumer => !PRODUCER_ONLY.contains(&key),
+            Role::Producer => !CONSUMER_ONLY.contains(&key),
+            Role::Admin => !PRODUCER_ONLY.contains(&key) && !CONSUMER_ONLY.contains(&key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_client_gets_the_properties_of_its_role() {
+        let properties: BTreeMap<String, String> = [
+            ("linger.ms", "1"),
+            ("fetch.wait.max.ms", "7"),
+            ("security.protocol", "SASL_SSL"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let clients = KafkaClients::new("127.0.0.1:9092", &properties);
+        let consumer = clients.consumer("g");
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("7"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(consumer.get("security.protocol"), Some("SASL_SSL"));
+        let producer = clients.producer();
+        assert_eq!(producer.get("linger.ms"), Some("1"));
+        assert_eq!(producer.get("fetch.wait.max.ms"), None);
+        assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
+        let admin = clients.admin();
+        assert_eq!(admin.get("linger.ms"), None);
+        assert_eq!(admin.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(clients.reader("r").get("linger.ms"), None);
     }
 }

@@ -17,7 +17,8 @@ use mrrec_datasets::{Target, UserTargets};
 use mrrec_eval::{Baselines, Case, Metrics, Rating, Row};
 use mrrec_messages::{Event, EventKind, Item};
 use mrrec_train::Decision;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::Instant;
 
 /// One split's requests and the history they are answered on.
@@ -227,8 +228,19 @@ fn eval_config(config: &Config, dir: &std::path::Path) -> Result<Config> {
 }
 
 pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
-    if args.plot.is_some() {
-        bail!("--plot is not yet available in this build (the learning curve is in --out's JSON as `curve`)");
+    // Fail before the long run, not after it, on a place nothing can be written.
+    for path in [&args.out, &args.plot].into_iter().flatten() {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            bail!(
+                "cannot write {}: directory {} does not exist",
+                path.display(),
+                parent.display()
+            );
+        }
     }
     let started = Instant::now();
     let data = match (&args.data_dir, &args.items, &args.events, &args.requests) {
@@ -256,7 +268,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     let sft = (args.sft > 0).then_some((args.sft, 3));
     let first = ensure_policy(&config, &data.items, sft).await?;
     let mut versions = vec![first];
-    let mut curve = Vec::new();
+    let mut curve: BTreeMap<u32, VersionFigures> = BTreeMap::new();
     if args.rounds > 0 && !data.valid.users.is_empty() {
         let pipeline = InProcess::start(&config, &data.items, &data.valid.history).await?;
         let training: Vec<&UserTargets> = data.valid.users.iter().take(args.train_users).collect();
@@ -268,7 +280,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
                 .unwrap_or_default()
         };
         let mut version = first;
-        for round in 0..args.rounds {
+        for round in 0..=args.rounds {
             let tag = format!("eval-r{round}");
             let answered = pipeline.ask(&training, query, &tag, true).await?;
             let rewards = pipeline.rewards(&tag, answered.len()).await;
@@ -277,7 +289,13 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
                 "v{version:04}: validation reward {served:.4} (served), {all:.4} (all {})",
                 rewards.len()
             );
-            curve.push(serde_json::json!({"version": version, "validation_reward": served, "validation_reward_all": all}));
+            let point = curve_point(&mut curve, version);
+            point.validation_reward = Some(served);
+            point.validation_reward_all = Some(all);
+            // The last pass only measures the last version.
+            if round == args.rounds {
+                break;
+            }
             let report = pipeline.trainer.round(&rewards).await?;
             match report.decision {
                 Decision::Published(v) => {
@@ -290,6 +308,10 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
                 }
                 Decision::Rejected(reason) | Decision::NothingToLearn(reason) => {
                     eprintln!("round {round}: nothing published: {reason}");
+                    // The version is unchanged: measuring it again adds nothing.
+                    if round + 1 == args.rounds {
+                        break;
+                    }
                 }
             }
         }
@@ -357,11 +379,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
             test_users.len()
         );
         rows.push(metrics.row(&name));
-        if let Some(point) = curve.iter_mut().find(|p| p["version"] == *version) {
-            point["test_ndcg@10"] = serde_json::json!(rows.last().map(|r| r.ndcg_at_10));
-        } else {
-            curve.push(serde_json::json!({"version": version, "test_ndcg@10": rows.last().map(|r| r.ndcg_at_10)}));
-        }
+        curve_point(&mut curve, *version).test_ndcg_at_10 = rows.last().map(|r| r.ndcg_at_10);
     }
 
     println!("| row | Recall@10 | NDCG@10 | Recall@100 | NDCG@100 |");
@@ -376,13 +394,46 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         "dataset": data.name,
         "users": data.test.users.len(),
         "rows": rows,
-        "curve": curve,
+        "curve": curve.values().map(|p| serde_json::json!({
+            "version": p.version,
+            "validation_reward": p.validation_reward,
+            "validation_reward_all": p.validation_reward_all,
+            "test_ndcg@10": p.test_ndcg_at_10,
+        })).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),
     });
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", out.display()))?;
     }
+    if let Some(plot) = &args.plot {
+        let points: Vec<mrrec_eval::CurvePoint> = curve
+            .values()
+            .map(|p| mrrec_eval::CurvePoint {
+                version: p.version,
+                validation_reward: p.validation_reward,
+                test_ndcg_at_10: p.test_ndcg_at_10,
+            })
+            .collect();
+        mrrec_eval::plot::write_png(&points, &format!("mrrec eval: {}", data.name), plot)?;
+        eprintln!("learning curve written to {}", plot.display());
+    }
     eprintln!("eval done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// One version's figures on the learning curve.
+#[derive(Debug, Default)]
+struct VersionFigures {
+    version: u32,
+    validation_reward: Option<f64>,
+    validation_reward_all: Option<f64>,
+    test_ndcg_at_10: Option<f64>,
+}
+
+fn curve_point(curve: &mut BTreeMap<u32, VersionFigures>, version: u32) -> &mut VersionFigures {
+    curve.entry(version).or_insert_with(|| VersionFigures {
+        version,
+        ..Default::default()
+    })
 }

@@ -12,6 +12,7 @@ mod llm;
 mod load;
 mod memory;
 mod model;
+mod pipeline;
 mod recommend;
 mod run;
 mod store;
@@ -19,8 +20,7 @@ mod topics;
 mod train;
 
 use crate::cli::{
-    BenchKind, Cli, Command, LlmCommand, LoadCommand, MemoryCommand, ModelCommand, StageName,
-    TopicsCommand,
+    BenchKind, Cli, Command, LlmCommand, LoadCommand, MemoryCommand, ModelCommand, TopicsCommand,
 };
 use anyhow::{bail, Result};
 use mrrec_config::Config;
@@ -33,7 +33,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Topics(TopicsCommand::Create) => topics::create(&config).await,
         Command::Run(args) => match (args.stage, args.pipeline) {
             (Some(stage), _) => run::stage(&config, stage).await,
-            (None, Some(_)) => not_yet("run --pipeline", "pipelines and scale-out (issue 9)"),
+            (None, Some(path)) => {
+                let pipeline =
+                    mrrec_config::Pipeline::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+                pipeline::run(&config, &pipeline).await
+            }
             (None, None) => bail!("give --stage or --pipeline"),
         },
         Command::Demo {
@@ -126,27 +130,4 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
         },
     }
-}
-
-pub(crate) fn stage_name(stage: StageName) -> &'static str {
-    match stage {
-        StageName::Distill => "distill",
-        StageName::Recommend => "recommend",
-        StageName::Reward => "reward",
-        StageName::Train => "train",
-        StageName::All => "all",
-    }
-}
-
-pub(crate) fn stage_issue(stage: StageName) -> &'static str {
-    match stage {
-        StageName::Distill => "the memory/distill work (issue 3)",
-        StageName::Recommend => "the recommendation stage (issue 5)",
-        StageName::Reward | StageName::Train => "the reward and trainer work (issue 6)",
-        StageName::All => "the stages it runs (issues 3–6)",
-    }
-}
-
-fn not_yet(command: &str, arrives_with: &str) -> Result<()> {
-    bail!("`mrrec {command}` is not yet available in this build: it arrives with {arrives_with}")
 }

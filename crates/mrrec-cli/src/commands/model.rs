@@ -119,7 +119,14 @@ pub(crate) async fn warm_start(
         let (category, members) = &categories[next(categories.len())];
         let liked: Vec<MemoryHit> = (0..3)
             .map(|j| {
-                let item = members[next(members.len())];
+                // Mostly the requested category, sometimes another one: the
+                // answer follows the request, not whatever memory came back.
+                let item = if j == 2 && next(3) == 0 {
+                    let other = &categories[next(categories.len())].1;
+                    other[next(other.len())]
+                } else {
+                    members[next(members.len())]
+                };
                 MemoryHit {
                     // Shaped like the store's behavior entry ids.
                     id: format!("b{:08x}{:08x}", next(1 << 30), next(1 << 30) ^ (i * 3 + j)),
@@ -142,7 +149,7 @@ pub(crate) async fn warm_start(
         let input = AgentInput {
             user_id: user.clone(),
             query: Some(mrrec_datasets::query_for(&user, &[category.to_string()])),
-            profile: Some(format!("likes {category}; rated {} items", 5 + next(200))),
+            profile: Some(served_like_profile(category, &categories, &mut next)),
             global: vec![mrrec_memory::render::global(category, &stats).text],
         };
         let outcome = run_agent(&teacher, &LikedItems(liked), &input, &settings).await?;
@@ -200,4 +207,50 @@ pub(crate) async fn warm_start(
         report.loss_first_epoch, report.loss_last_epoch, report.steps, report.seconds
     );
     Ok(())
+}
+
+/// A profile line shaped like the store's (`render::profile`): favourites
+/// drawn from the catalog's categories, the requested one among them only
+/// sometimes — as for real users, whose requests often name a category the
+/// profile does not lead with. Without this the warm start learns to copy
+/// the profile's category instead of the request's.
+fn served_like_profile(
+    requested: &str,
+    categories: &[(&str, Vec<&Item>)],
+    next: &mut impl FnMut(usize) -> usize,
+) -> String {
+    let mut text = String::from("Profile");
+    if next(2) == 0 {
+        let gender = if next(2) == 0 { "F" } else { "M" };
+        text.push_str(&format!(" (age {}, gender {gender})", 16 + next(50)));
+    }
+    let shown = 1 + next(4);
+    let mut favourites: Vec<&str> = Vec::with_capacity(shown);
+    while favourites.len() < shown.min(categories.len()) {
+        let c = categories[next(categories.len())].0;
+        if !favourites.contains(&c) {
+            favourites.push(c);
+        }
+    }
+    if next(3) == 0 && !favourites.contains(&requested) {
+        let at = next(favourites.len() + 1);
+        favourites.insert(at, requested);
+    }
+    let listed: Vec<String> = favourites
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "{c} (+{:.2})",
+                0.9 / (i as f64 + 1.0) - next(10) as f64 / 100.0
+            )
+        })
+        .collect();
+    text.push_str(&format!(
+        ": {} events across {} categories. Favours {}.",
+        5 + next(200),
+        favourites.len() + next(4),
+        listed.join(", ")
+    ));
+    text
 }

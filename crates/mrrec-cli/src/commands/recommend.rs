@@ -41,10 +41,17 @@ pub struct RunningStage {
 
 impl RunningStage {
     /// Runs until SIGINT/SIGTERM (then drains) or until the stage stops by itself.
-    pub async fn until_signal(mut self) -> Result<mrrec_stream::RunReport> {
-        self.shutdown.trigger_on_signals();
+    pub async fn until_signal(self) -> Result<mrrec_stream::RunReport> {
+        let signal = Shutdown::new();
+        signal.trigger_on_signals();
+        self.until(signal).await
+    }
+
+    /// Runs until `stop` is triggered (then drains) or until the stage
+    /// stops by itself.
+    pub async fn until(mut self, stop: Shutdown) -> Result<mrrec_stream::RunReport> {
         let finished = tokio::select! {
-            _ = self.shutdown.wait() => None,
+            _ = stop.wait() => None,
             result = &mut self.runner => Some(result),
         };
         self.shutdown.trigger();

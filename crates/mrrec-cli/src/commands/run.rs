@@ -1,7 +1,8 @@
-//! `mrrec run --stage …`: one stage until SIGINT/SIGTERM.
+//! `mrrec run --stage …`: one stage until SIGINT/SIGTERM (`all`: every
+//! stage in this process, see [`super::pipeline`]).
 
 use crate::cli::StageName;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mrrec_config::Config;
 use mrrec_distill::{Distill, Indexes};
 use mrrec_stream::{metrics, Bootstrap, KafkaClients, Shutdown, StageRunner};
@@ -12,11 +13,7 @@ pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
         StageName::Recommend => super::recommend::run_stage(config).await,
         StageName::Reward => reward(config).await,
         StageName::Train => super::train::run_stage(config).await,
-        other => bail!(
-            "`mrrec run --stage {}` is not yet available in this build: {}",
-            super::stage_name(other),
-            super::stage_issue(other)
-        ),
+        StageName::All => super::pipeline::run(config, &mrrec_config::pipeline::all_stages()).await,
     }
 }
 

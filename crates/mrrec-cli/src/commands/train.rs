@@ -280,7 +280,7 @@ impl Trainer {
 }
 
 /// The stage: buffer rewards, run a round when due.
-struct TrainStage {
+pub(super) struct TrainStage {
     trainer: Trainer,
     buffer: RewardBuffer,
     every_rewards: usize,
@@ -376,6 +376,14 @@ fn open_stage(config: &Config, clients: &KafkaClients, hold: bool) -> Result<Tra
 
 fn runner_settings(config: &Config) -> RunnerSettings {
     RunnerSettings::from_config(config, STAGE, &[Topic::Rewards])
+}
+
+/// The train stage and its runner settings, for a pipeline.
+pub(super) fn stage_and_settings(
+    config: &Config,
+    clients: &KafkaClients,
+) -> Result<(TrainStage, RunnerSettings)> {
+    Ok((open_stage(config, clients, false)?, runner_settings(config)))
 }
 
 /// `mrrec run --stage train`.
