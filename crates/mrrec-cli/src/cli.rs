@@ -238,6 +238,11 @@ pub struct ModelInitArgs {
     /// Passes over the teacher trajectories.
     #[arg(long, default_value_t = 3)]
     pub sft_epochs: usize,
+    /// Do nothing (and succeed) when --out already holds a policy, or its
+    /// parent directory already has a published version: for init
+    /// containers that run on every start.
+    #[arg(long)]
+    pub if_missing: bool,
 }
 
 #[derive(Debug, Subcommand)]

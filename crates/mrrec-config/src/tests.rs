@@ -231,6 +231,11 @@ fn shipped_configs_and_pipelines_are_valid() {
         }
     }
     assert!(configs >= 3, "default, dev and prod: found {configs}");
+    // The configuration docker/compose.yaml mounts.
+    let compose = root.join("docker/compose.toml");
+    if let Err(e) = Config::load_with_env(Some(&compose), Vec::new()) {
+        panic!("{}: {e}", compose.display());
+    }
     let mut pipelines = Vec::new();
     for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
         let path = entry.unwrap().path();

@@ -20,6 +20,24 @@ pub(crate) fn item_text(item: &Item) -> String {
 }
 
 pub async fn init(config: &mrrec_config::Config, args: &ModelInitArgs) -> Result<()> {
+    if args.if_missing {
+        let published = args
+            .out
+            .parent()
+            .map(|registry| mrrec_policy::PolicyRegistry::new(registry).latest())
+            .transpose()?
+            .flatten();
+        if mrrec_policy::check_model_dir(&args.out).is_ok() || published.is_some() {
+            println!(
+                "a policy is already there ({}): nothing to do",
+                published.map_or(args.out.display().to_string(), |v| format!(
+                    "v{:04} published",
+                    v.version
+                ))
+            );
+            return Ok(());
+        }
+    }
     let items: Vec<Item> = match (&args.catalog, &args.data_dir) {
         (Some(path), _) => mrrec_datasets::read_jsonl(path)?,
         (None, Some(dir)) => mrrec_datasets::ml100k(dir)?.items,
