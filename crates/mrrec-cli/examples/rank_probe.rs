@@ -1,7 +1,7 @@
 //! Offline probe of the fused ranking on MovieLens-100K: distills DESIGN §11's
 //! validation history into an embedded store (no broker), then scores each
 //! user's validation target under several profile strategies and fusion
-//! weights. A tuning aid, not a measurement of the pipeline (that is
+//! weights (and candidate counts: PROBE_CANDIDATES=200,1000). A tuning aid, not a measurement of the pipeline (that is
 //! `mrrec eval`): `cargo run --release --example rank_probe -- D [users]`.
 
 use anyhow::{Context, Result};
@@ -127,9 +127,19 @@ async fn main() -> Result<()> {
             p
         }),
     ];
-    for weights in &grid {
+    let candidate_counts: Vec<usize> = std::env::var("PROBE_CANDIDATES")
+        .unwrap_or_else(|_| base.candidates.to_string())
+        .split(',')
+        .map(|c| c.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("PROBE_CANDIDATES: comma-separated counts")?;
+    for (candidates, weights) in candidate_counts
+        .iter()
+        .flat_map(|c| grid.iter().map(move |w| (*c, w)))
+    {
         let mut settings = base.clone();
         settings.weights = *weights;
+        settings.candidates = candidates;
         let ranker = Ranker::new(memory.clone(), index.clone(), &settings);
         for (name, strategy) in &strategies {
             let (mut ndcg10, mut recall10, mut ndcg100) = (0.0, 0.0, 0.0);
@@ -158,7 +168,7 @@ async fn main() -> Result<()> {
             }
             let n = users.len() as f64;
             println!(
-                "w={:.1}/{:.1}/{:.1} {name:12} ndcg@10 {:.4} recall@10 {:.4} ndcg@100 {:.4}",
+                "c={candidates} w={:.1}/{:.1}/{:.1} {name:12} ndcg@10 {:.4} recall@10 {:.4} ndcg@100 {:.4}",
                 weights.bm25,
                 weights.collaborative,
                 weights.popularity,

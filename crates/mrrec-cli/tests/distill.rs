@@ -1,6 +1,6 @@
 //! The distill stage as an operator runs it: MovieLens-100K loaded into a real
 //! broker (tansu), `mrrec run --stage distill` into a real Redis. Every user
-//! gets a profile; and a run SIGKILLed three times mid-stream and restarted
+//! gets a profile; and a run SIGKILLed ten times mid-stream and restarted
 //! leaves exactly the Redis a clean run leaves (same keys, same values).
 //! On that memory, `mrrec run --stage recommend` (real mistral.rs, a fresh
 //! default policy) answers `mrrec recommend --user 1` and hostile requests.
@@ -161,14 +161,16 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
     wait_until(&mut clean, ML100K_RECORDS, &mut child.0).await;
     terminate(child);
 
-    // A run killed at three points (fixed fractions: reproducible) and restarted.
+    // A run SIGKILLed at ten points and restarted each time. The points are
+    // drawn from a fixed seed (reproducible), sorted because progress only
+    // grows; set MRREC_CHAOS_SEED to try others.
     let mut killed = redis::Client::open(killed_redis.url())
         .unwrap()
         .get_connection_manager()
         .await
         .unwrap();
     let killed_env = env(&tansu, &killed_redis, "killed");
-    for fraction in [0.17, 0.52, 0.83] {
+    for fraction in kill_points(10) {
         let mut child = distill(&killed_env);
         wait_until(
             &mut killed,
@@ -184,6 +186,10 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
     }
     let mut child = distill(&killed_env);
     wait_until(&mut killed, ML100K_RECORDS, &mut child.0).await;
+    // The last kill may have left everything stored already, so the wait
+    // above can end before this process has even installed its signal
+    // handlers (the first thing its stage does): give it a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     terminate(child);
 
     let clean_dump = dump(&mut clean).await;
@@ -222,6 +228,27 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
     );
 
     recommend_on_movielens(&tansu, &clean_env, &mut clean, &data).await;
+}
+
+/// `n` increasing fractions of the load in (0.05, 0.95) at which the test
+/// kills distill, from `MRREC_CHAOS_SEED` (default 2026).
+fn kill_points(n: usize) -> Vec<f64> {
+    let mut state: u64 = std::env::var("MRREC_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2026)
+        | 1;
+    let mut points: Vec<f64> = (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            0.05 + 0.9 * ((state >> 11) as f64 / (1u64 << 53) as f64)
+        })
+        .collect();
+    points.sort_by(f64::total_cmp);
+    eprintln!("killing distill at {points:.3?} of the load");
+    points
 }
 
 /// Item ids user 1 rated in u.data.

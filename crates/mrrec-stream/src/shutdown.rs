@@ -42,33 +42,40 @@ impl Shutdown {
         }
     }
 
-    /// Triggers on SIGINT or SIGTERM. Call from within a tokio runtime.
+    /// Triggers on SIGINT or SIGTERM. Call from within a tokio runtime, as
+    /// early as possible: the handlers are installed before this returns,
+    /// so a signal during a slow start (an index rebuild) becomes a clean
+    /// stop instead of the default kill.
     pub fn trigger_on_signals(&self) {
         let shutdown = self.clone();
-        tokio::spawn(async move {
-            let ctrl_c = tokio::signal::ctrl_c();
-            #[cfg(unix)]
-            {
-                let mut term =
-                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        Ok(term) => term,
-                        Err(e) => {
-                            tracing::warn!("cannot listen for SIGTERM: {e}");
-                            let _ = ctrl_c.await;
-                            shutdown.trigger();
-                            return;
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = int.recv() => tracing::info!("SIGINT: draining"),
+                            _ = term.recv() => tracing::info!("SIGTERM: draining"),
                         }
-                    };
-                tokio::select! {
-                    _ = ctrl_c => tracing::info!("SIGINT: draining"),
-                    _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                        shutdown.trigger();
+                    });
+                }
+                (int, term) => {
+                    tracing::warn!(
+                        sigint = int.is_ok(),
+                        sigterm = term.is_ok(),
+                        "cannot listen for signals; they will stop the process without draining"
+                    );
                 }
             }
-            #[cfg(not(unix))]
-            {
-                let _ = ctrl_c.await;
-            }
+        }
+        #[cfg(not(unix))]
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
             shutdown.trigger();
         });
     }

@@ -28,13 +28,16 @@ pub(crate) fn start_metrics(config: &Config) -> Result<()> {
 }
 
 async fn distill(config: &Config) -> Result<()> {
+    // Before the (possibly long) index rebuild: a signal then stops cleanly.
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
     start_metrics(config)?;
     let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
     let clients = KafkaClients::from_config(config, &bootstrap);
     let memory = super::store::open(config).await?;
     let stage = distill_stage(config, memory).await?;
     let settings = mrrec_distill::runner_settings(config, mrrec_distill::STAGE);
-    until_signal(clients, settings, stage).await
+    until_signal(clients, settings, stage, shutdown).await
 }
 
 /// The distill stage over `memory`, with the indexes under `index.path`
@@ -51,15 +54,14 @@ pub(crate) async fn distill_stage(
         .with_cache(config.distill.cache_users))
 }
 
-/// Runs `stage` until SIGINT/SIGTERM and says what it did.
+/// Runs `stage` until `shutdown` (SIGINT/SIGTERM) and says what it did.
 async fn until_signal<S: mrrec_stream::Stage>(
     clients: KafkaClients,
     settings: mrrec_stream::RunnerSettings,
     stage: S,
+    shutdown: Shutdown,
 ) -> Result<()> {
     let name = stage.name().to_owned();
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
     let report = StageRunner::new(clients, settings, stage)
         .run(shutdown)
         .await?;
@@ -71,11 +73,13 @@ async fn until_signal<S: mrrec_stream::Stage>(
 }
 
 async fn reward(config: &Config) -> Result<()> {
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
     start_metrics(config)?;
     let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
     let clients = KafkaClients::from_config(config, &bootstrap);
     let memory = super::store::open(config).await?;
     let stage = mrrec_reward::open_stage(config, &clients, memory)?;
     let settings = mrrec_reward::runner_settings(config);
-    until_signal(clients, settings, stage).await
+    until_signal(clients, settings, stage, shutdown).await
 }
