@@ -265,7 +265,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
 
     // RL on validation targets.
     let config = eval_config(config, &args.dir)?;
-    let sft = (args.sft > 0).then_some((args.sft, 3));
+    let sft = (args.sft > 0).then_some((args.sft, args.sft_epochs.max(1)));
     let first = ensure_policy(&config, &data.items, sft).await?;
     let mut versions = vec![first];
     let mut curve: BTreeMap<u32, VersionFigures> = BTreeMap::new();
