@@ -245,3 +245,31 @@ fn topics_create_refuses_the_embedded_broker() {
     assert!(!output.status.success());
     assert!(text(&output).1.contains("kafka.brokers"));
 }
+
+#[test]
+fn model_init_if_missing_leaves_an_existing_policy_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("policy/v0000");
+    let out = out.to_str().unwrap();
+    let output = mrrec(&["model", "init", "--out", out, "--if-missing"], &[]);
+    assert!(output.status.success(), "{}", text(&output).1);
+    let weights = std::fs::read(tmp.path().join("policy/v0000/model.safetensors")).unwrap();
+    // Again: nothing is rebuilt, and the weights stay as they were.
+    let output = mrrec(
+        &["model", "init", "--out", out, "--if-missing", "--seed", "7"],
+        &[],
+    );
+    assert!(output.status.success(), "{}", text(&output).1);
+    assert!(
+        text(&output).0.contains("nothing to do"),
+        "{}",
+        text(&output).0
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("policy/v0000/model.safetensors")).unwrap(),
+        weights
+    );
+    // Without the flag an existing directory is refused.
+    let output = mrrec(&["model", "init", "--out", out], &[]);
+    assert!(!output.status.success());
+}

@@ -106,6 +106,21 @@ impl Drop for Running {
     }
 }
 
+/// A fresh policy v0000 in `policy`, its tokenizer trained on `items`.
+fn init_policy(policy: &Path, items: &Path) {
+    run_ok(
+        &[
+            "model",
+            "init",
+            "--out",
+            policy.join("v0000").to_str().unwrap(),
+            "--catalog",
+            items.to_str().unwrap(),
+        ],
+        &[],
+    );
+}
+
 fn write_lines<T: serde::Serialize>(path: &Path, rows: &[T]) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     for row in rows {
@@ -167,17 +182,7 @@ async fn serving_and_learning_processes_together_do_what_full_does() {
         ],
         &env,
     );
-    run_ok(
-        &[
-            "model",
-            "init",
-            "--out",
-            tmp.path().join("policy/v0000").to_str().unwrap(),
-            "--catalog",
-            items.to_str().unwrap(),
-        ],
-        &[],
-    );
+    init_policy(&tmp.path().join("policy"), &items);
 
     let serving_file = repo().join("pipelines/serving.toml");
     let learning_file = repo().join("pipelines/learning.toml");
@@ -330,17 +335,7 @@ fn run_stage_all_starts_every_stage_on_embedded_defaults() {
             tmp.path().join("policy").display().to_string(),
         ),
     ];
-    run_ok(
-        &[
-            "model",
-            "init",
-            "--out",
-            tmp.path().join("policy/v0000").to_str().unwrap(),
-            "--catalog",
-            items.to_str().unwrap(),
-        ],
-        &[],
-    );
+    init_policy(&tmp.path().join("policy"), &items);
     let mut all = Running::start(&["run", "--stage", "all"], &env);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !all.stderr().contains("  train: group mrrec-train") {

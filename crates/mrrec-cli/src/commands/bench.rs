@@ -11,21 +11,8 @@ use mrrec_stream::{create_topics, KafkaClients, Progress, Publisher, Shutdown, S
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::{Duration, Instant};
 
-/// A small deterministic generator (xorshift64*), so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+// A deterministic generator, so runs are comparable.
+use mrrec_datasets::synthetic::Rng;
 
 const CATEGORIES: [&str; 12] = [
     "Action",
@@ -216,11 +203,9 @@ pub fn retrieve(entries: usize, queries: usize, seed: u64) -> Result<()> {
             Level::Behavior,
             Level::Behavior,
             Level::Preference,
-        ][rng.below(4) as usize];
-        let category = CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize];
-        let text: Vec<&str> = (0..8)
-            .map(|_| words[rng.below(words.len() as u64) as usize])
-            .collect();
+        ][rng.below(4)];
+        let category = CATEGORIES[rng.below(CATEGORIES.len())];
+        let text: Vec<&str> = (0..8).map(|_| words[rng.below(words.len())]).collect();
         chunk.push(MemoryEntry {
             id: entry_id(level, &user, &i.to_string()),
             user,
@@ -242,14 +227,14 @@ pub fn retrieve(entries: usize, queries: usize, seed: u64) -> Result<()> {
 
     let mut latencies = Vec::with_capacity(queries);
     for _ in 0..queries {
-        let user = format!("u{}", rng.below(users));
+        let user = format!("u{}", rng.below(users as usize));
         let query = if rng.below(2) == 0 {
-            words[rng.below(words.len() as u64) as usize].to_owned()
+            words[rng.below(words.len())].to_owned()
         } else {
             format!(
                 "{} {}",
-                words[rng.below(words.len() as u64) as usize],
-                words[rng.below(words.len() as u64) as usize]
+                words[rng.below(words.len())],
+                words[rng.below(words.len())]
             )
         };
         let t = Instant::now();
@@ -286,9 +271,9 @@ pub(crate) fn synthetic_world(seed: u64, events: usize) -> (Vec<Item>, Vec<Event
     let mut rng = Rng(seed.max(1));
     let items: Vec<Item> = (0..2000)
         .map(|i| {
-            let n = 1 + rng.below(3) as usize;
+            let n = 1 + rng.below(3);
             let categories: Vec<String> = (0..n)
-                .map(|_| CATEGORIES[rng.below(CATEGORIES.len() as u64) as usize].to_owned())
+                .map(|_| CATEGORIES[rng.below(CATEGORIES.len())].to_owned())
                 .collect();
             let mut categories = categories;
             categories.sort();
@@ -307,12 +292,12 @@ pub(crate) fn synthetic_world(seed: u64, events: usize) -> (Vec<Item>, Vec<Event
     let users = (events / 50).max(1) as u64;
     let events = (0..events)
         .map(|i| {
-            let user = format!("u{}", rng.below(users));
+            let user = format!("u{}", rng.below(users as usize));
             Event {
                 event_id: format!("e{i}"),
                 user_id: user,
                 kind: EventKind::Rate,
-                item_id: Some(format!("i{}", rng.below(items.len() as u64))),
+                item_id: Some(format!("i{}", rng.below(items.len()))),
                 value: Some(1.0 + rng.below(5) as f64),
                 text: None,
                 attrs: None,
