@@ -5,11 +5,12 @@
 //! On that memory, `mrrec run --stage recommend` (real mistral.rs, a fresh
 //! default policy) answers `mrrec recommend --user 1` and hostile requests.
 
+mod common;
+
+use common::{assert_same_keyspace, dump, kill_points, ml100k_dir, mrrec, run_ok, Running};
 use mrrec_testkit::{Redis, Tansu};
 use redis::AsyncCommands;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The consumers' session timeout in this test.
@@ -17,39 +18,6 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Items + profile events + ratings of MovieLens-100K.
 const ML100K_RECORDS: i64 = 1682 + 943 + 100_000;
-
-fn ml100k_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ml-100k");
-    assert!(
-        dir.join("u.data").is_file(),
-        "MovieLens-100K is expected at {} (../shared/data/ml-100k beside the repository)",
-        dir.display()
-    );
-    dir
-}
-
-fn mrrec(args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut command = mrrec_testkit::isolated_mrrec(env!("CARGO_BIN_EXE_mrrec"));
-    command
-        .args(args)
-        .env("MRREC__METRICS__LISTEN", "")
-        .env("RUST_LOG", "warn");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-}
-
-/// Runs `mrrec args` to completion; panics with its stderr unless it succeeded.
-fn run_ok(args: &[&str], env: &[(&str, String)]) -> String {
-    let output = mrrec(args, env).output().unwrap();
-    assert!(
-        output.status.success(),
-        "mrrec {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn env(tansu: &Tansu, redis: &Redis, group: &str) -> Vec<(&'static str, String)> {
     let local =
@@ -74,68 +42,15 @@ fn env(tansu: &Tansu, redis: &Redis, group: &str) -> Vec<(&'static str, String)>
     ]
 }
 
-async fn stored_records(redis: &mut redis::aio::ConnectionManager) -> i64 {
-    let offsets: BTreeMap<String, i64> = redis.hgetall("mrrec:offsets").await.unwrap_or_default();
-    offsets.values().map(|o| o + 1).sum()
-}
-
-async fn wait_until(redis: &mut redis::aio::ConnectionManager, at_least: i64, child: &mut Child) {
-    let start = Instant::now();
-    while stored_records(redis).await < at_least {
-        assert!(child.try_wait().unwrap().is_none(), "distill exited early");
-        assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "distill too slow"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A distill process, SIGKILLed if the test fails before it ends it.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn distill(env: &[(&str, String)]) -> Running {
-    stage("distill", env)
-}
-
-fn stage(name: &str, env: &[(&str, String)]) -> Running {
-    Running(
-        mrrec(&["run", "--stage", name], env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
+async fn wait_until(redis: &mut redis::aio::ConnectionManager, at_least: i64, child: &mut Running) {
+    common::wait_for_records(
+        redis,
+        "mrrec:offsets",
+        at_least,
+        &mut [child],
+        Duration::from_secs(240),
     )
-}
-
-fn terminate(mut running: Running) {
-    let child = &mut running.0;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM drains and exits 0: {status}");
-}
-
-async fn dump(
-    redis: &mut redis::aio::ConnectionManager,
-) -> BTreeMap<String, BTreeMap<String, String>> {
-    let keys: Vec<String> = redis.keys("*").await.unwrap();
-    let mut out = BTreeMap::new();
-    for key in keys {
-        let fields: BTreeMap<String, String> = redis.hgetall(&key).await.unwrap();
-        out.insert(key, fields);
-    }
-    out
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,9 +72,9 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
         .await
         .unwrap();
     let clean_env = env(&tansu, &clean_redis, "clean");
-    let mut child = distill(&clean_env);
-    wait_until(&mut clean, ML100K_RECORDS, &mut child.0).await;
-    terminate(child);
+    let mut child = Running::stage("distill", &clean_env);
+    wait_until(&mut clean, ML100K_RECORDS, &mut child).await;
+    child.terminate("stage");
 
     // A run SIGKILLed at ten points and restarted each time. The points are
     // drawn from a fixed seed (reproducible), sorted because progress only
@@ -171,26 +86,26 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
         .unwrap();
     let killed_env = env(&tansu, &killed_redis, "killed");
     for fraction in kill_points(10) {
-        let mut child = distill(&killed_env);
+        let mut child = Running::stage("distill", &killed_env);
         wait_until(
             &mut killed,
             (ML100K_RECORDS as f64 * fraction) as i64,
-            &mut child.0,
+            &mut child,
         )
         .await;
-        drop(child); // SIGKILL
-                     // tansu 0.6 keeps a member that died less than a session timeout before
-                     // a new one joins in the new generation (with its partitions) and never
-                     // expires it afterwards; Kafka does. Restart after the session timeout.
+        child.kill();
+        // tansu 0.6 keeps a member that died less than a session timeout before
+        // a new one joins in the new generation (with its partitions) and never
+        // expires it afterwards; Kafka does. Restart after the session timeout.
         tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
     }
-    let mut child = distill(&killed_env);
-    wait_until(&mut killed, ML100K_RECORDS, &mut child.0).await;
+    let mut child = Running::stage("distill", &killed_env);
+    wait_until(&mut killed, ML100K_RECORDS, &mut child).await;
     // The last kill may have left everything stored already, so the wait
     // above can end before this process has even installed its signal
     // handlers (the first thing its stage does): give it a moment.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    terminate(child);
+    child.terminate("stage");
 
     let clean_dump = dump(&mut clean).await;
     let killed_dump = dump(&mut killed).await;
@@ -208,14 +123,7 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
             "{key} has a profile entry"
         );
     }
-    assert_eq!(clean_dump.len(), killed_dump.len(), "same keys");
-    for (key, fields) in &clean_dump {
-        assert_eq!(
-            Some(fields),
-            killed_dump.get(key),
-            "{key} differs after SIGKILL and restart"
-        );
-    }
+    assert_same_keyspace(&clean_dump, &killed_dump, "SIGKILLs and restarts");
 
     // What an operator sees for user 1: three levels, real genres.
     let text = run_ok(&["memory", "show", "--user", "1"], &clean_env);
@@ -228,27 +136,6 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
     );
 
     recommend_on_movielens(&tansu, &clean_env, &mut clean, &data).await;
-}
-
-/// `n` increasing fractions of the load in (0.05, 0.95) at which the test
-/// kills distill, from `MRREC_CHAOS_SEED` (default 2026).
-fn kill_points(n: usize) -> Vec<f64> {
-    let mut state: u64 = std::env::var("MRREC_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2026)
-        | 1;
-    let mut points: Vec<f64> = (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            0.05 + 0.9 * ((state >> 11) as f64 / (1u64 << 53) as f64)
-        })
-        .collect();
-    points.sort_by(f64::total_cmp);
-    eprintln!("killing distill at {points:.3?} of the load");
-    points
 }
 
 /// Item ids user 1 rated in u.data.
@@ -288,7 +175,7 @@ async fn recommend_on_movielens(
     let mut env = env.to_vec();
     env.push(("MRREC__POLICY__DIR", policy.display().to_string()));
     env.push(("MRREC__KAFKA__GROUP_PREFIX", "serving-".into()));
-    let running = stage("recommend", &env);
+    let running = Running::stage("recommend", &env);
 
     // The acceptance request.
     let asked = mrrec(
@@ -455,15 +342,15 @@ async fn recommend_on_movielens(
     );
     // Still alive: another request is answered.
     run_ok(&["recommend", "--user", "2", "--k", "3"], &env);
-    terminate(running);
+    running.terminate("stage");
 
     // Learning needs groups of samples (G = 4 at temperature 1) for contrast.
     env.push(("MRREC__AGENT__GROUP_SIZE", "4".into()));
     env.push(("MRREC__AGENT__TEMPERATURE", "1.0".into()));
     env.push(("MRREC__RECOMMEND__TIMEOUT_MS", "20000".into()));
-    let running = stage("recommend", &env);
+    let running = Running::stage("recommend", &env);
     learn_on_movielens(&clients, &client, &env, &policy).await;
-    terminate(running);
+    running.terminate("stage");
     let _ = std::fs::remove_dir_all(&policy);
 }
 
@@ -519,7 +406,7 @@ async fn learn_on_movielens(
     env: &[(&'static str, String)],
     policy: &std::path::Path,
 ) {
-    let reward = stage("reward", env);
+    let reward = Running::stage("reward", env);
     let publisher = mrrec_stream::Publisher::new(clients, "test").unwrap();
     let users = ["1", "2", "3", "5", "7", "9"];
     let mut outcomes = Vec::new();
@@ -613,7 +500,7 @@ async fn learn_on_movielens(
         rewards.iter().any(|r| r.target_rank.is_some()),
         "no trajectory ranked the target within 1000"
     );
-    terminate(reward);
+    reward.terminate("stage");
 
     // One training round on those rewards publishes v0001, which the
     // recommend stage loads and serves without a restart.

@@ -7,104 +7,14 @@
 //! --stage all` on embedded defaults starts every stage in one process and
 //! drains them on SIGTERM.
 
+mod common;
+
+use common::{mrrec, repo, run_ok, write_lines, Running};
 use mrrec_testkit::{Redis, Tansu};
 use redis::AsyncCommands;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn mrrec(args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut command = mrrec_testkit::isolated_mrrec(env!("CARGO_BIN_EXE_mrrec"));
-    command
-        .args(args)
-        .env("MRREC__METRICS__LISTEN", "")
-        .env("RUST_LOG", "warn");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-}
-
-fn run_ok(args: &[&str], env: &[(&str, String)]) -> String {
-    let output = mrrec(args, env).output().unwrap();
-    assert!(
-        output.status.success(),
-        "mrrec {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A running `mrrec` whose stderr is collected; SIGKILLed if the test
-/// fails before it is stopped.
-struct Running {
-    child: Child,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Running {
-    fn start(args: &[&str], env: &[(&str, String)]) -> Running {
-        let mut child = mrrec(args, env)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("[child] {line}");
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        Running { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn assert_alive(&mut self, what: &str) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("{what} exited early ({status}):\n{}", self.stderr());
-        }
-    }
-
-    /// SIGTERM, then the exit status must be success; returns stderr.
-    fn terminate(mut self, what: &str) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{what} did not drain in 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        std::thread::sleep(Duration::from_millis(200));
-        let stderr = self.stderr();
-        assert!(status.success(), "{what}: {status}\n{stderr}");
-        stderr
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A fresh policy v0000 in `policy`, its tokenizer trained on `items`.
 fn init_policy(policy: &Path, items: &Path) {
@@ -119,14 +29,6 @@ fn init_policy(policy: &Path, items: &Path) {
         ],
         &[],
     );
-}
-
-fn write_lines<T: serde::Serialize>(path: &Path, rows: &[T]) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    for row in rows {
-        serde_json::to_writer(&mut file, row).unwrap();
-        file.write_all(b"\n").unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,9 @@ mod indexes;
 pub use indexes::Indexes;
 
 use mrrec_memory::render::{self, Catalog};
-use mrrec_memory::{BehaviorRecord, GlobalDelta, Keyspace, LoadedUser, MemoryEntry, MemoryStore};
+use mrrec_memory::{
+    BehaviorRecord, GlobalDelta, Keyspace, LoadedUser, MemoryEntry, MemoryStore, WAITING_MARK,
+};
 use mrrec_messages::{Event, Item, Outcome, Topic};
 use mrrec_store::{Batch, KvStore, StoreError};
 use mrrec_stream::{decode_message, Poison, RecordMeta, Stage, StageError};
@@ -334,7 +336,7 @@ impl<S: KvStore> Distill<S> {
         let waiting = self.memory.waiting_users(&new_item_ids).await?;
 
         let mut users: BTreeSet<String> = events.iter().map(|(e, _)| e.user_id.clone()).collect();
-        users.extend(waiting.values().flatten().cloned());
+        users.extend(waiting.values().flat_map(|w| w.users.iter().cloned()));
         let mut loaded = self.take_users(users.into_iter().collect()).await?;
 
         // Every item rendering may need: events' items, examples and recent items in state.
@@ -367,9 +369,11 @@ impl<S: KvStore> Distill<S> {
         let mut records: Vec<(String, BehaviorRecord)> = Vec::new();
         let mut linked_records: Vec<(String, BehaviorRecord)> = Vec::new();
 
-        for (item_id, waiting_users) in &waiting {
+        for (item_id, waiting) in &waiting {
             let item = &new_items[item_id];
-            for user in waiting_users {
+            // Nothing joined the set since it was read (see WAITING_MARK).
+            write.guard(keys.waiting(item_id), WAITING_MARK, waiting.mark.clone());
+            for user in &waiting.users {
                 let Some(LoadedUser { state, .. }) = loaded.get_mut(user) else {
                     continue;
                 };
@@ -377,6 +381,9 @@ impl<S: KvStore> Distill<S> {
                 touched.entry(user.clone()).or_default().extend(categories);
                 linked_records.extend(linked.into_iter().map(|r| (user.clone(), r)));
                 write.delete(keys.waiting(item_id), user.clone());
+            }
+            if waiting.mark.is_some() {
+                write.delete(keys.waiting(item_id), WAITING_MARK);
             }
         }
 
@@ -388,7 +395,11 @@ impl<S: KvStore> Distill<S> {
             let item = event.item_id.as_deref().and_then(|id| catalog.item(id));
             let categories = state.apply(&record, event.attrs.as_ref(), item, &mut global);
             if let (Some(item_id), None) = (event.item_id.as_deref(), item) {
+                // Waits only while the item is still not catalogued, and
+                // tells a concurrent cataloguing write so (WAITING_MARK).
+                write.guard(keys.items(), item_id, None);
                 write.set(keys.waiting(item_id), event.user_id.clone(), "1");
+                write.increment(keys.waiting(item_id), WAITING_MARK, 1);
             }
             touched
                 .entry(event.user_id.clone())

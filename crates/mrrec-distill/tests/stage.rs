@@ -252,3 +252,125 @@ async fn the_index_worker_commits_what_was_stored_with_its_offsets() {
     assert!(hits.iter().any(|h| h.entry.level == Level::Preference));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A store whose next `apply` waits until the test releases it: one
+/// instance's batch is composed (its reads done) and held while another
+/// instance's batch is stored, the interleaving two instances of a group
+/// produce when their batches overlap in time.
+#[derive(Clone)]
+struct HeldStore {
+    inner: EmbeddedStore,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    reached: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl HeldStore {
+    fn new(inner: EmbeddedStore) -> Self {
+        Self {
+            inner,
+            hold: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            reached: Arc::new(tokio::sync::Notify::new()),
+            release: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+}
+
+impl mrrec_store::KvStore for HeldStore {
+    async fn get_fields(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<Option<String>>, mrrec_store::StoreError> {
+        self.inner.get_fields(pairs).await
+    }
+
+    async fn get_all(
+        &self,
+        key: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, mrrec_store::StoreError> {
+        self.inner.get_all(key).await
+    }
+
+    async fn get_all_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, mrrec_store::StoreError> {
+        self.inner.get_all_many(keys).await
+    }
+
+    async fn apply(&self, batch: &mrrec_store::Batch) -> Result<bool, mrrec_store::StoreError> {
+        if self.hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.apply(batch).await
+    }
+
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, mrrec_store::StoreError> {
+        self.inner.keys(prefix).await
+    }
+}
+
+/// u1's rating of i9 and i9 itself, on two instances whose batches overlap:
+/// `held_first` says whose write is composed first and stored last.
+async fn item_and_event_on_two_instances(held_first: &str) {
+    let dir = std::env::temp_dir().join(format!(
+        "mrrec-distill-race-{}-{held_first}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = EmbeddedStore::open(&dir).unwrap();
+    let held = HeldStore::new(store.clone());
+    let plain = MemoryStore::new(store, Keyspace::default());
+    let held_memory = MemoryStore::new(held.clone(), Keyspace::default());
+    let event = batch(vec![(
+        meta("mrrec.events", 0, 0),
+        rating("e1", "u1", "i9", 5.0, 1_000),
+    )]);
+    let catalogue = batch(vec![(
+        meta("mrrec.items", 3, 0),
+        item("i9", "Toy Story (1995)", &["Comedy"]),
+    )]);
+    let (held_batch, other_batch) = match held_first {
+        "event" => (event, catalogue),
+        _ => (catalogue, event),
+    };
+    let mut held_stage = Distill::new(held_memory, "mrrec.");
+    let mut other_stage = Distill::new(plain.clone(), "mrrec.");
+    let reached = held.reached.clone();
+    let running = tokio::spawn(async move {
+        held_stage.process(&held_batch).await.unwrap();
+    });
+    reached.notified().await;
+    other_stage.process(&other_batch).await.unwrap();
+    held.release.notify_one();
+    running.await.unwrap();
+
+    let shown = plain.user("u1").await.unwrap();
+    let state = shown.state.unwrap();
+    assert!(
+        state.pending.is_empty(),
+        "{held_first} held: the rating still waits for i9"
+    );
+    assert_eq!(
+        state.categories.get("Comedy").map(|c| c.liked),
+        Some(1),
+        "{held_first} held: the rating was never linked to i9's category"
+    );
+    let keys = plain.dump().await.unwrap();
+    assert!(
+        !keys.keys().any(|k| k.contains("waiting")),
+        "{held_first} held: something still waits: {keys:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_and_its_event_on_two_instances_always_link() {
+    // The event's batch read "i9 unknown", then i9 was catalogued: the
+    // event must not wait for an item that already arrived.
+    item_and_event_on_two_instances("event").await;
+    // The item's batch read "nobody waits", then the event started
+    // waiting: the item must still link it.
+    item_and_event_on_two_instances("item").await;
+}

@@ -20,6 +20,22 @@ use mrrec_messages::Item;
 use mrrec_store::{escape, Batch, KvStore, StoreError};
 use std::collections::{BTreeMap, HashMap};
 
+/// The field of a waiting set (`waiting:{item}`) that counts the events
+/// that ever waited there; never a user id (ids are non-empty). An event
+/// that waits bumps it and a write that catalogues the item guards it, so
+/// the two cannot pass each other on different instances: whichever
+/// applies second finds its guard broken and redoes its batch.
+pub const WAITING_MARK: &str = "";
+
+/// Events waiting for an item that is not catalogued yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waiting {
+    /// Users with events naming the item.
+    pub users: Vec<String>,
+    /// The set's [`WAITING_MARK`] as read (`None`: nothing ever waited).
+    pub mark: Option<String>,
+}
+
 /// Key names under a prefix.
 #[derive(Debug, Clone)]
 pub struct Keyspace {
@@ -186,17 +202,23 @@ impl<S: KvStore> MemoryStore<S> {
         Ok(out)
     }
 
-    /// Users waiting for each of `items` (one round trip).
+    /// What waits for each of `items` (one round trip): the users whose
+    /// events named it before it was catalogued, and the set's mark.
     pub async fn waiting_users(
         &self,
         items: &[String],
-    ) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+    ) -> Result<BTreeMap<String, Waiting>, StoreError> {
         let keys: Vec<String> = items.iter().map(|i| self.keys.waiting(i)).collect();
         let mut out = BTreeMap::new();
-        for (item, users) in items.iter().zip(self.store.get_all_many(&keys).await?) {
-            if !users.is_empty() {
-                out.insert(item.clone(), users.into_keys().collect());
-            }
+        for (item, mut fields) in items.iter().zip(self.store.get_all_many(&keys).await?) {
+            let mark = fields.remove(WAITING_MARK);
+            out.insert(
+                item.clone(),
+                Waiting {
+                    users: fields.into_keys().collect(),
+                    mark,
+                },
+            );
         }
         Ok(out)
     }
