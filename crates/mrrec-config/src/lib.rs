@@ -88,8 +88,13 @@ pub enum StoreBackend {
 #[derive(Clone, Serialize, Deserialize)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
-    /// Redis URL (`redis://` or `rediss://`), for the redis backend.
+    /// Redis URL, for the redis backend: `redis://[:password@]host:port/db`,
+    /// or `rediss://…` for TLS.
     pub url: String,
+    /// With `rediss://`: a PEM file of the CA(s) that signed the server's
+    /// certificate. Empty: the system's roots (or the bundle in `SSL_CERT_FILE`).
+    #[serde(default)]
+    pub ca_file: String,
     /// Directory of the embedded store.
     pub path: PathBuf,
 }
@@ -100,6 +105,7 @@ impl fmt::Debug for StoreConfig {
         f.debug_struct("StoreConfig")
             .field("backend", &self.backend)
             .field("url", &redact_url(&self.url))
+            .field("ca_file", &self.ca_file)
             .field("path", &self.path)
             .finish()
     }

@@ -35,6 +35,9 @@ fn file_then_environment_override_defaults() {
         env(&[
             ("MRREC__TOPICS__PARTITIONS", "3"),
             ("MRREC__KAFKA__BROKERS", "127.0.0.1:19092"),
+            ("MRREC__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SASL_SSL"),
+            ("MRREC__KAFKA__PROPERTIES__SASL.MECHANISM", "PLAIN"),
+            ("MRREC__KAFKA__PROPERTIES__SASL.USERNAME", "mrrec"),
             ("MRREC__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2"),
             ("MRREC__METRICS__LISTEN", ""),
             ("OTHER", "ignored"),
@@ -224,7 +227,16 @@ fn shipped_configs_and_pipelines_are_valid() {
     for entry in std::fs::read_dir(root.join("config")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            if let Err(e) = Config::load_with_env(Some(&path), Vec::new()) {
+            // Secrets come from the environment (prod.toml names none).
+            let secrets: Vec<(String, String)> = if path.ends_with("prod.toml") {
+                vec![(
+                    "MRREC__KAFKA__PROPERTIES__SASL.PASSWORD".into(),
+                    "from-the-environment".into(),
+                )]
+            } else {
+                Vec::new()
+            };
+            if let Err(e) = Config::load_with_env(Some(&path), secrets) {
                 panic!("{}: {e}", path.display());
             }
             configs += 1;
@@ -260,4 +272,56 @@ fn shipped_configs_and_pipelines_are_valid() {
             "{stage} is in exactly one of serving and learning"
         );
     }
+}
+
+#[test]
+fn kafka_security_settings_are_checked_before_connecting() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // prod.toml without its password in the environment: named, not guessed.
+    let e = Config::load_with_env(Some(&root.join("config/prod.toml")), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kafka.properties.sasl.password")
+            && e.contains("required with sasl.mechanism SCRAM-SHA-512"),
+        "{e}"
+    );
+    let load = |pairs: &[(&str, &str)]| {
+        Config::load_with_env(
+            None,
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // Every problem at once; no value (they may be secrets) in the message.
+    let e = load(&[
+        ("MRREC__KAFKA__BROKERS", "k1:9092"),
+        ("MRREC__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "SASL_SSL"),
+        ("MRREC__KAFKA__PROPERTIES__SASL.MECHANISM", "SCRAM-SHA-1"),
+        ("MRREC__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("kafka.properties.sasl.mechanism"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = load(&[
+        ("MRREC__KAFKA__BROKERS", "k1:9092"),
+        ("MRREC__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "TLS"),
+        ("MRREC__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("kafka.properties.security.protocol"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    // A complete SASL_SSL setting loads.
+    load(&[
+        ("MRREC__KAFKA__BROKERS", "k1:9092"),
+        ("MRREC__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "sasl_ssl"),
+        ("MRREC__KAFKA__PROPERTIES__SASL.MECHANISM", "PLAIN"),
+        ("MRREC__KAFKA__PROPERTIES__SASL.USERNAME", "mrrec"),
+        ("MRREC__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2"),
+    ])
+    .unwrap();
 }

@@ -39,6 +39,10 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
         }
     }
 
+    for (key, message) in kafka_security_issues(&kafka.properties) {
+        fail(&format!("kafka.properties.{key}"), message);
+    }
+
     let topics = &config.topics;
     if !is_kafka_name(&topics.prefix, true) || topics.prefix.len() > 200 {
         fail(
@@ -68,6 +72,12 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
                 fail(
                     "store.url",
                     "must start with redis://, rediss:// or redis+unix://".into(),
+                );
+            }
+            if !config.store.ca_file.is_empty() && !config.store.url.starts_with("rediss://") {
+                fail(
+                    "store.ca_file",
+                    "is only used with TLS: store.url must start with rediss://".into(),
                 );
             }
         }
@@ -279,4 +289,60 @@ fn is_kafka_name(s: &str, allow_empty: bool) -> bool {
     (allow_empty || !s.is_empty())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// librdkafka's security settings that would otherwise fail only when the
+/// first connection is tried (or, for a missing password, as an
+/// authentication error that does not say which setting is missing).
+/// Values are never echoed: they may be secrets.
+fn kafka_security_issues(
+    properties: &std::collections::BTreeMap<String, String>,
+) -> Vec<(&'static str, String)> {
+    let mut issues = Vec::new();
+    let get = |key: &str| properties.get(key).map(|v| v.trim());
+    let protocol = get("security.protocol").map(str::to_ascii_uppercase);
+    if let Some(protocol) = &protocol {
+        if !["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"].contains(&protocol.as_str()) {
+            issues.push((
+                "security.protocol",
+                "expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL".into(),
+            ));
+        }
+    }
+    let sasl = protocol.as_deref().is_some_and(|p| p.starts_with("SASL_"));
+    let mechanism = get("sasl.mechanism")
+        .or_else(|| get("sasl.mechanisms"))
+        .map(str::to_ascii_uppercase);
+    if sasl {
+        match mechanism.as_deref() {
+            None => issues.push((
+                "sasl.mechanism",
+                "is required with a SASL security.protocol (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI or OAUTHBEARER)".into(),
+            )),
+            Some("PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") => {
+                for key in ["sasl.username", "sasl.password"] {
+                    if get(key).is_none_or(str::is_empty) {
+                        issues.push((
+                            key,
+                            format!(
+                                "is required with sasl.mechanism {}",
+                                mechanism.as_deref().unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some("GSSAPI" | "OAUTHBEARER") => {}
+            Some(_) => issues.push((
+                "sasl.mechanism",
+                "expected PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI or OAUTHBEARER".into(),
+            )),
+        }
+    } else if mechanism.is_some() || get("sasl.password").is_some() {
+        issues.push((
+            "security.protocol",
+            "SASL settings are given but security.protocol is not SASL_PLAINTEXT or SASL_SSL, so they would be ignored".into(),
+        ));
+    }
+    issues
 }

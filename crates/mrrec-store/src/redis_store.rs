@@ -84,10 +84,38 @@ fn classify(error: redis::RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://`, `rediss://`).
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| StoreError::Fatal(format!("store.url: {e}")))?;
+    /// Connects to `url`: `redis://[:password@]host:port/db`, or
+    /// `rediss://…` for TLS, verified against `ca_file` (PEM) when given,
+    /// else the system's roots (or the bundle in `SSL_CERT_FILE`).
+    pub async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, StoreError> {
+        let tls = url.starts_with("rediss://");
+        if tls {
+            // Several crypto backends are linked (mistral.rs's HTTP stack
+            // brings another): name one, or rustls refuses to choose.
+            // An error means a provider is already installed, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match ca_file {
+            Some(path) if tls => {
+                let root = std::fs::read(path).map_err(|e| {
+                    StoreError::Fatal(format!("store.ca_file {}: {e}", path.display()))
+                })?;
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )
+            }
+            Some(_) => {
+                return Err(StoreError::Fatal(
+                    "store.ca_file is set but store.url is not rediss://".into(),
+                ))
+            }
+            None => redis::Client::open(url),
+        }
+        .map_err(|e| StoreError::Fatal(format!("store.url: {e}")))?;
         // One batch is one script; a large one can take seconds. A response
         // timeout shorter than that would report a write that did happen as
         // failed (harmless, the retry finds its guards changed, but wasteful).

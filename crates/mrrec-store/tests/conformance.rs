@@ -183,15 +183,49 @@ async fn embedded_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_conforms() {
     let redis = Redis::start().unwrap();
-    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let store = RedisStore::connect(&redis.url(), None).await.unwrap();
     suite(&store, "t").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_is_retryable() {
     let mut redis = Redis::start().unwrap();
-    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    let store = RedisStore::connect(&redis.url(), None).await.unwrap();
     redis.kill();
     let error = store.get_all("k").await.unwrap_err();
     assert!(error.is_retryable(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_password_conforms() {
+    let dir = std::env::temp_dir().join(format!("mrrec-redis-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let redis = Redis::start_tls(&dir, "s3cret-pw").unwrap();
+    let ca = redis.tls().unwrap().ca_file.clone();
+    let store = RedisStore::connect(&redis.url(), Some(&ca)).await.unwrap();
+    suite(&store, "t").await;
+
+    // The server's certificate is not trusted without its CA: refused.
+    let error = match RedisStore::connect(&redis.url(), None).await {
+        Ok(store) => store.get_all("k").await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(error.to_string().contains("certificate"), "{error}");
+    // A wrong password is refused, and the error does not echo it.
+    let wrong = redis.url().replace("s3cret-pw", "guess");
+    let error = match RedisStore::connect(&wrong, Some(&ca)).await {
+        Ok(store) => store.get_all("k").await.unwrap_err(),
+        Err(e) => e,
+    };
+    let text = error.to_string();
+    assert!(text.contains("uthentication"), "{text}");
+    assert!(
+        !text.contains("guess") && !text.contains("s3cret"),
+        "{text}"
+    );
+    // A CA file with a plain redis:// URL is a configuration mistake.
+    let plain = format!("redis://127.0.0.1:{}/0", redis.port());
+    assert!(RedisStore::connect(&plain, Some(&ca)).await.is_err());
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
 }

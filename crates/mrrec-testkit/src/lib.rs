@@ -200,6 +200,16 @@ pub struct Redis {
     child: Child,
     port: u16,
     aof_dir: Option<PathBuf>,
+    /// `rediss://:PASSWORD@` instead of `redis://` when set.
+    tls: Option<RedisTls>,
+}
+
+/// A TLS-only Redis that requires a password (see [`Redis::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    /// The CA that signed the server's certificate (PEM).
+    pub ca_file: PathBuf,
+    pub password: String,
 }
 
 impl Redis {
@@ -249,12 +259,125 @@ impl Redis {
             child,
             port,
             aof_dir,
+            tls: None,
         })
     }
 
-    /// `redis://127.0.0.1:PORT/0`, for `store.url`.
+    /// A Redis that speaks only TLS (certificate for 127.0.0.1, signed by a
+    /// CA made here with `openssl` into `dir`) and requires `password`.
+    pub fn start_tls(dir: &std::path::Path, password: &str) -> Result<Redis> {
+        std::fs::create_dir_all(dir)?;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .context("running openssl (Debian: apt-get install openssl)")?;
+            if !output.status.success() {
+                bail!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            Ok(())
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mrrec test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ])?;
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ])?;
+        let bin = find_binary(
+            "MRREC_REDIS_BIN",
+            "redis-server",
+            "apt-get install redis-server",
+        )?;
+        let port = free_port()?;
+        let mut child = Command::new(&bin)
+            .current_dir(dir)
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+            ])
+            .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+            .args(["--requirepass", password, "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        wait_for_port(
+            port,
+            &mut child,
+            "redis-server (TLS)",
+            Duration::from_secs(15),
+        )?;
+        Ok(Redis {
+            child,
+            port,
+            aof_dir: None,
+            tls: Some(RedisTls {
+                ca_file: dir.join("ca.pem"),
+                password: password.to_owned(),
+            }),
+        })
+    }
+
+    /// `redis://127.0.0.1:PORT/0` (or `rediss://:PASSWORD@…` for a TLS
+    /// server), for `store.url`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(tls) => format!("rediss://:{}@127.0.0.1:{}/0", tls.password, self.port),
+        }
+    }
+
+    /// The TLS settings of a [`Redis::start_tls`] server.
+    pub fn tls(&self) -> Option<&RedisTls> {
+        self.tls.as_ref()
     }
 
     pub fn port(&self) -> u16 {
@@ -270,6 +393,10 @@ impl Redis {
     /// Starts the server again on the same port (and append-only file).
     pub fn start_again(&mut self) -> Result<()> {
         self.kill();
+        anyhow::ensure!(
+            self.tls.is_none(),
+            "restarting a TLS Redis is not supported"
+        );
         let fresh = Self::spawn(Some(self.port), self.aof_dir.clone())?;
         drop(std::mem::replace(self, fresh));
         Ok(())
