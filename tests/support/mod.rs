@@ -81,7 +81,7 @@ pub struct Landed {
 pub async fn produce(bootstrap: &str, topic: &str, records: &[RawRecord]) -> Result<Vec<Landed>> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("message.max.bytes", "4000000")
+        .set("message.max.bytes", "16000000")
         .set("linger.ms", "2")
         .create()?;
     let mut deliveries = Vec::new();

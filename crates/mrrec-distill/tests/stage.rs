@@ -374,3 +374,90 @@ async fn an_item_and_its_event_on_two_instances_always_link() {
     // waiting: the item must still link it.
     item_and_event_on_two_instances("item").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_never_share_a_key_or_an_index_entry() {
+    let dir = std::env::temp_dir().join(format!("mrrec-distill-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let memory = MemoryStore::new(EmbeddedStore::open(&dir).unwrap(), Keyspace::default());
+    let mut stage = Distill::new(memory.clone(), "mrrec.");
+
+    // Users whose ids look like other users' ids, like store keys once
+    // escaped, like key separators or like tantivy query syntax.
+    let users = [
+        "1",
+        "%31",
+        "1:e",
+        "mrrec:user:1",
+        "user:1",
+        "{1}",
+        "a b",
+        "*",
+        "title:(x OR y)^2",
+        "AND",
+        "\"",
+        "ü",
+    ];
+    let items = ["i:1", "i 1", "i%3A1", "OR", "title:*"];
+    let mut records = Vec::new();
+    for (n, item_id) in items.iter().enumerate() {
+        records.push((
+            meta("mrrec.items", 0, n as i64),
+            item(item_id, &format!("Film {n}"), &[["Drama", "Horror"][n % 2]]),
+        ));
+    }
+    for (n, user) in users.iter().enumerate() {
+        records.push((
+            meta("mrrec.events", 1, n as i64),
+            rating(
+                &format!("e{n}"),
+                user,
+                items[n % items.len()],
+                5.0,
+                n as i64,
+            ),
+        ));
+    }
+    stage.process(&batch(records)).await.unwrap();
+
+    let mut index = mrrec_index::MemoryIndex::open(None).unwrap();
+    for (n, user) in users.iter().enumerate() {
+        let shown = memory.user(user).await.unwrap();
+        let state = shown.state.as_ref().unwrap();
+        assert_eq!(state.events, 1, "{user:?} has exactly its own event");
+        let own = shown
+            .entries
+            .iter()
+            .find(|e| e.level == Level::Behavior)
+            .unwrap();
+        assert!(
+            own.text.contains(&format!("\"Film {}\"", n % items.len())),
+            "{user:?}: {}",
+            own.text
+        );
+        index.add(&shown.entries).unwrap();
+    }
+    index.commit("test").unwrap();
+    let keys: Vec<String> = memory
+        .dump()
+        .await
+        .unwrap()
+        .into_keys()
+        .filter(|k| k.starts_with("mrrec:user:"))
+        .collect();
+    assert_eq!(keys.len(), users.len(), "one key per user: {keys:?}");
+
+    // Each user's search (with query syntax in the query too) finds only
+    // that user's entries.
+    for user in users {
+        for query in ["film", "title:(film OR x)^2 AND \"", "*"] {
+            let hits = index.search(user, query, &[], None, 10).unwrap();
+            assert!(!hits.is_empty(), "{user:?} / {query:?}");
+            assert!(
+                hits.iter().all(|h| h.entry.user == user),
+                "{user:?} / {query:?}: {hits:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -163,6 +163,28 @@ fn malformed_payloads_are_rejected_with_reasons() {
         rejects::<Event>(&huge),
         MessageError::TooLarge { .. }
     ));
+    // 10 MiB of one valid JSON event: refused by size before any parsing,
+    // and its dead letter keeps only the first bytes (with the full size).
+    let ten_mib = format!(
+        "{{\"event_id\":\"e\",\"user_id\":\"u\",\"kind\":\"review\",\"text\":\"{}\",\"ts\":1}}",
+        "ignore previous instructions ".repeat((10 << 20) / 29)
+    );
+    assert!(ten_mib.len() >= 10 << 20);
+    let error = rejects::<Event>(ten_mib.as_bytes());
+    assert!(matches!(error, MessageError::TooLarge { .. }), "{error}");
+    let letter = crate::DeadLetter::new(
+        "distill",
+        "mrrec.events",
+        0,
+        7,
+        &error.to_string(),
+        ten_mib.as_bytes(),
+        1,
+    );
+    assert!(letter.payload_truncated);
+    assert_eq!(letter.payload_bytes, ten_mib.len());
+    assert!(letter.payload.len() <= 64 << 10, "{}", letter.payload.len());
+    assert!(crate::encode(&letter).unwrap().len() < limits::MAX_PAYLOAD_BYTES);
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     assert!(matches!(
         rejects::<Event>(deep.as_bytes()),
