@@ -9,14 +9,12 @@
 //! [`rank`] turns the profile into a ranked list (BM25 fused with
 //! collaborative and popularity signals).
 
-pub mod escape;
 pub mod rank;
 pub mod teacher;
-pub mod turn;
 
-pub use escape::{escape_text, safe_id};
+pub use mrrec_policy::escape::{self, escape_text, safe_id};
+pub use mrrec_policy::turn::{self, parse_turn, Action, Turn};
 pub use rank::{fuse, FusionWeights, Signals};
-pub use turn::{parse_turn, Action, Turn};
 
 use async_trait::async_trait;
 use mrrec_llm::{ChatMessage, Generation, GenerationRequest, Llm, LlmError, Sampling};

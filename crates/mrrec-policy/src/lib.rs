@@ -1,13 +1,16 @@
 //! Policy model directories. Owns what a policy *is* on disk — the files
 //! mistral.rs loads, the checks that catch a broken directory at start-up (with
 //! the file and the fix in the message), the tiny Llama `mrrec model init`
-//! builds, the agent protocol's fixed text and chat template, and the versioned
-//! registry `policy.dir/vNNNN/`. Serving the model is `mrrec-llm`'s job.
+//! builds, the agent protocol's fixed text and chat template, reading a turn
+//! of it and escaping user text into it (both fuzzed: fuzz/), and the
+//! versioned registry `policy.dir/vNNNN/`. Serving the model is `mrrec-llm`'s job.
 
 pub mod check;
+pub mod escape;
 pub mod init;
 pub mod protocol;
 pub mod registry;
+pub mod turn;
 
 pub use check::{check_model_dir, ModelInfo};
 pub use init::{init_model, InitReport, ModelSpec};
