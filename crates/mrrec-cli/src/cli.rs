@@ -88,6 +88,10 @@ pub enum Command {
         /// `bench ingest`: events to produce and consume.
         #[arg(long, default_value_t = 200_000)]
         events: usize,
+        /// `bench ingest`: soak instead — stream ratings into distill for
+        /// this long (e.g. 10m, 90s) and report resident memory over time.
+        #[arg(long, value_parser = crate::commands::bench_soak::parse_duration)]
+        duration: Option<std::time::Duration>,
         /// `bench retrieve`: memory entries in the index.
         #[arg(long, default_value_t = 1_000_000)]
         entries: usize,

@@ -198,6 +198,21 @@ pub struct RecommendConfig {
     pub weight_popularity: f64,
     /// How often the cached catalog facts (categories, popularity) are re-read.
     pub refresh_ms: u64,
+    /// Where retrieve steps search the user's memory.
+    pub memory_index: MemoryIndexMode,
+}
+
+/// Which memory index a recommend instance searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryIndexMode {
+    /// The index distill writes under `index.path/memory` (one distill
+    /// instance, recommend on the same machine or a shared volume).
+    Shared,
+    /// The instance's own in-memory index of the users whose requests it
+    /// owns, rebuilt from the store when partitions are assigned and
+    /// refreshed from it before each batch (any number of instances).
+    Partitions,
 }
 
 /// The reward join.

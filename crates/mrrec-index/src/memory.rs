@@ -140,6 +140,19 @@ impl MemoryIndex {
         Ok(())
     }
 
+    /// Replaces everything indexed for `user` with `entries` (the user's
+    /// memory as the store has it now). Visible after [`MemoryIndex::commit`].
+    pub fn replace_user<'a>(
+        &mut self,
+        user: &str,
+        entries: impl IntoIterator<Item = &'a MemoryEntry>,
+    ) -> Result<(), IndexError> {
+        let user_field = self.fields.user;
+        self.writer()?
+            .delete_term(Term::from_field_text(user_field, user));
+        self.write(entries, false)
+    }
+
     /// Entries added since the last commit.
     pub fn pending(&self) -> usize {
         self.pending

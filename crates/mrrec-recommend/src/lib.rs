@@ -11,12 +11,14 @@ pub mod catalog;
 mod client;
 mod ranker;
 mod recommender;
+pub mod shard;
 mod stage;
 mod tokens;
 
 pub use client::{ClientError, Received, RecommendClient};
 pub use ranker::Ranker;
-pub use recommender::{trajectory_id, Answer, RecommendError, Recommender};
+pub use recommender::{trajectory_id, Answer, MemorySearch, RecommendError, Recommender};
+pub use shard::{MemoryShard, ShardReport};
 pub use stage::{Incoming, RecommendStage, StageTotals, TOTALS};
 pub use tokens::{TokenizerLocator, Tokenizers};
 
@@ -108,11 +110,15 @@ pub enum OpenError {
     },
     #[error("creating the producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("recommend.memory_index = \"partitions\": {0}")]
+    Shard(String),
 }
 
-/// The stage over `memory` and the indexes under `index.path` (opened
-/// read-only: a distill stage writes them), answering with `llm`.
-pub fn open_stage<S: mrrec_store::KvStore>(
+/// The stage over `memory` and the item index under `index.path` (opened
+/// read-only: a distill stage writes it), answering with `llm`. Memory is
+/// searched in distill's index beside it, or, with `recommend.memory_index
+/// = "partitions"`, in this instance's own shard (see [`shard`]).
+pub async fn open_stage<S: mrrec_store::KvStore>(
     config: &Config,
     clients: &mrrec_stream::KafkaClients,
     llm: std::sync::Arc<dyn mrrec_llm::Llm>,
@@ -122,10 +128,31 @@ pub fn open_stage<S: mrrec_store::KvStore>(
         let path = path.display().to_string();
         move |source| OpenError::Index { path, source }
     };
-    let memory_dir = config.index.path.join("memory");
+    let memory_search: MemorySearch = match config.recommend.memory_index {
+        mrrec_config::MemoryIndexMode::Shared => {
+            let memory_dir = config.index.path.join("memory");
+            std::sync::Arc::new(
+                mrrec_index::MemoryIndex::open_read_only(&memory_dir)
+                    .map_err(open_error(&memory_dir))?,
+            )
+            .into()
+        }
+        mrrec_config::MemoryIndexMode::Partitions => {
+            let topic = mrrec_messages::Topic::Requests.name(&config.topics.prefix);
+            let partitions = mrrec_stream::partition_count(clients, &topic)
+                .await
+                .map_err(|e| OpenError::Shard(format!("reading {topic}'s partitions: {e}")))?;
+            if partitions == 0 {
+                return Err(OpenError::Shard(format!(
+                    "{topic} does not exist (run `mrrec topics create`)"
+                )));
+            }
+            let shard =
+                MemoryShard::new(partitions as i32).map_err(|e| OpenError::Shard(e.to_string()))?;
+            std::sync::Arc::new(shard).into()
+        }
+    };
     let items_dir = config.index.path.join("items");
-    let memory_index =
-        mrrec_index::MemoryIndex::open_read_only(&memory_dir).map_err(open_error(&memory_dir))?;
     let items =
         mrrec_index::ItemIndex::open_read_only(&items_dir).map_err(open_error(&items_dir))?;
     let model_dir =
@@ -133,7 +160,7 @@ pub fn open_stage<S: mrrec_store::KvStore>(
     let recommender = Recommender::new(
         llm,
         memory,
-        std::sync::Arc::new(memory_index),
+        memory_search,
         std::sync::Arc::new(items),
         RecommendSettings::from_config(config),
         Tokenizers::from_dirs(model_dir, config.policy.dir.clone()),

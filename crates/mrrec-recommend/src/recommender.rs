@@ -2,6 +2,7 @@
 //! fused ranking, the response and the logged trajectories. No Kafka here.
 
 use crate::ranker::Ranker;
+use crate::shard::MemoryShard;
 use crate::tokens::Tokenizers;
 use crate::RecommendSettings;
 use async_trait::async_trait;
@@ -46,26 +47,50 @@ pub struct Answer {
     pub fallback: bool,
 }
 
+/// Where retrieve steps search a user's memory (`recommend.memory_index`).
+#[derive(Clone)]
+pub enum MemorySearch {
+    /// The index distill writes (opened read-only).
+    Shared(Arc<MemoryIndex>),
+    /// This instance's partition-aligned shard.
+    Shard(Arc<MemoryShard>),
+}
+
+impl From<Arc<MemoryIndex>> for MemorySearch {
+    fn from(index: Arc<MemoryIndex>) -> Self {
+        MemorySearch::Shared(index)
+    }
+}
+
+impl From<Arc<MemoryShard>> for MemorySearch {
+    fn from(shard: Arc<MemoryShard>) -> Self {
+        MemorySearch::Shard(shard)
+    }
+}
+
 /// Retrieve steps search the user's local memory (behavior records and
 /// preference patterns) in the memory index.
 struct IndexMemory<'a> {
-    index: &'a MemoryIndex,
+    search: &'a MemorySearch,
 }
 
 #[async_trait]
 impl MemorySource for IndexMemory<'_> {
     async fn search(&self, user: &str, query: &str, k: usize) -> Result<Vec<MemoryHit>, String> {
-        self.index
-            .search(user, query, &[Level::Behavior, Level::Preference], None, k)
-            .map(|hits| {
-                hits.into_iter()
-                    .map(|hit| MemoryHit {
-                        id: hit.entry.id,
-                        text: hit.entry.text,
-                    })
-                    .collect()
-            })
-            .map_err(|e| e.to_string())
+        let levels = [Level::Behavior, Level::Preference];
+        match self.search {
+            MemorySearch::Shared(index) => index.search(user, query, &levels, None, k),
+            MemorySearch::Shard(shard) => shard.search(user, query, k),
+        }
+        .map(|hits| {
+            hits.into_iter()
+                .map(|hit| MemoryHit {
+                    id: hit.entry.id,
+                    text: hit.entry.text,
+                })
+                .collect()
+        })
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -73,7 +98,7 @@ impl MemorySource for IndexMemory<'_> {
 pub struct Recommender<S> {
     llm: Arc<dyn Llm>,
     memory: MemoryStore<S>,
-    memory_index: Arc<MemoryIndex>,
+    memory_index: MemorySearch,
     ranker: Ranker<S>,
     settings: RecommendSettings,
     tokenizers: Tokenizers,
@@ -89,7 +114,7 @@ impl<S: KvStore> Recommender<S> {
     pub fn new(
         llm: Arc<dyn Llm>,
         memory: MemoryStore<S>,
-        memory_index: Arc<MemoryIndex>,
+        memory_index: impl Into<MemorySearch>,
         items: Arc<ItemIndex>,
         settings: RecommendSettings,
         tokenizers: Tokenizers,
@@ -98,7 +123,7 @@ impl<S: KvStore> Recommender<S> {
         Self {
             llm,
             memory,
-            memory_index,
+            memory_index: memory_index.into(),
             ranker,
             settings,
             tokenizers,
@@ -111,6 +136,18 @@ impl<S: KvStore> Recommender<S> {
 
     pub fn llm(&self) -> &Arc<dyn Llm> {
         &self.llm
+    }
+
+    pub fn memory(&self) -> &MemoryStore<S> {
+        &self.memory
+    }
+
+    /// The partition-aligned memory shard, when this recommender has one.
+    pub fn shard(&self) -> Option<&Arc<MemoryShard>> {
+        match &self.memory_index {
+            MemorySearch::Shard(shard) => Some(shard),
+            MemorySearch::Shared(_) => None,
+        }
     }
 
     async fn user_view(&self, user: &str) -> Result<UserView, StoreError> {
@@ -240,7 +277,7 @@ impl<S: KvStore> Recommender<S> {
             global,
         };
         let memory = IndexMemory {
-            index: &self.memory_index,
+            search: &self.memory_index,
         };
         let run = run_group(
             self.llm.as_ref(),

@@ -37,6 +37,13 @@ pub static TOTALS: StageTotals = StageTotals {
 };
 
 pub const REQUESTS: &str = "mrrec_recommend_requests_total";
+pub const SHARD_USERS: &str = "mrrec_recommend_shard_users";
+pub const SHARD_PARTITIONS: &str = "mrrec_recommend_shard_partitions";
+pub const SHARD_REFRESHED: &str = "mrrec_recommend_shard_refreshed_total";
+/// Requests whose user the murmur2 partitioner puts on another partition
+/// than the one they came from (a producer with another partitioner): still
+/// answered with full memory (the refresh loads the user), but worth fixing.
+pub const SHARD_MISROUTED: &str = "mrrec_recommend_shard_misrouted_total";
 pub const LATENCY: &str = "mrrec_recommend_latency_seconds";
 pub const LLM_SECONDS: &str = "mrrec_recommend_llm_seconds";
 
@@ -231,10 +238,83 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
         }
     }
 
+    async fn on_assign(&mut self, partitions: &[(String, i32)]) {
+        let Some(shard) = self.recommender.shard().cloned() else {
+            return;
+        };
+        let requests = Topic::Requests.name(&self.prefix);
+        let mine: Vec<i32> = partitions
+            .iter()
+            .filter(|(topic, _)| *topic == requests)
+            .map(|(_, p)| *p)
+            .collect();
+        let started = Instant::now();
+        match shard.assign(self.recommender.memory(), &mine).await {
+            Ok(report) => {
+                metrics::gauge!(SHARD_USERS).set(report.users as f64);
+                metrics::gauge!(SHARD_PARTITIONS).set(mine.len() as f64);
+                tracing::info!(
+                    partitions = ?mine,
+                    users = report.users,
+                    entries = report.entries,
+                    ms = started.elapsed().as_millis() as u64,
+                    "memory shard rebuilt from the store"
+                );
+            }
+            // Not fatal: every batch refreshes the users it answers, so an
+            // empty shard only makes the first batches slower.
+            Err(e) => {
+                tracing::warn!(error = %e, partitions = ?mine, "memory shard rebuild failed; users load as their requests arrive")
+            }
+        }
+    }
+
+    async fn on_revoke(&mut self, _partitions: &[(String, i32)]) {
+        if let Some(shard) = self.recommender.shard() {
+            if let Err(e) = shard.revoke() {
+                tracing::warn!(error = %e, "clearing the memory shard");
+            }
+            metrics::gauge!(SHARD_USERS).set(0.0);
+            metrics::gauge!(SHARD_PARTITIONS).set(0.0);
+        }
+    }
+
     async fn process(&mut self, batch: &Batch<Incoming>) -> Result<(), StageError> {
         let Some(first) = batch.records.first() else {
             return Ok(());
         };
+        if let Some(shard) = self.recommender.shard() {
+            // The users about to be answered, as the store has them now.
+            let users: Vec<String> = batch
+                .records
+                .iter()
+                .filter_map(|r| match &r.message {
+                    Incoming::Request(request) => {
+                        let expected = mrrec_stream::partition_for_key(
+                            request.user_id.as_bytes(),
+                            shard.partitions(),
+                        );
+                        if expected != r.meta.partition {
+                            metrics::counter!(SHARD_MISROUTED).increment(1);
+                        }
+                        Some(request.user_id.clone())
+                    }
+                    Incoming::Invalid { .. } => None,
+                })
+                .collect();
+            let refreshed = shard
+                .refresh(self.recommender.memory(), &users)
+                .await
+                .map_err(|e| {
+                    if e.is_retryable() {
+                        StageError::Retryable(e.to_string())
+                    } else {
+                        StageError::Fatal(e.to_string())
+                    }
+                })?;
+            metrics::counter!(SHARD_REFRESHED).increment(refreshed as u64);
+            metrics::gauge!(SHARD_USERS).set(shard.users() as f64);
+        }
         let batch_id = (
             first.meta.topic.to_string(),
             first.meta.partition,

@@ -215,3 +215,35 @@ pub fn escape(id: &str) -> String {
     }
     out
 }
+
+/// The id [`escape`] turned into `escaped` (`None` when it is not such a form).
+pub fn unescape(escaped: &str) -> Option<String> {
+    let bytes = escaped.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = escaped.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{escape, unescape};
+
+    #[test]
+    fn unescape_inverts_escape() {
+        for id in ["u1", "a:b", "%31", "mrrec:user:1", "ü {x} *", ""] {
+            assert_eq!(unescape(&escape(id)).as_deref(), Some(id), "{id:?}");
+        }
+        assert_eq!(unescape("%4"), None);
+        assert_eq!(unescape("%zz"), None);
+    }
+}

@@ -88,3 +88,21 @@ pub async fn create_topics(
     }
     Ok(statuses)
 }
+
+/// How many partitions `topic` has (0 when it does not exist).
+pub async fn partition_count(clients: &KafkaClients, topic: &str) -> Result<usize, StreamError> {
+    let admin: AdminClient<DefaultClientContext> = clients.admin().create()?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len()))
+    })
+    .await
+    .map_err(|e| StreamError::Other(format!("reading topic metadata: {e}")))?
+}

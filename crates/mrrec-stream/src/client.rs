@@ -124,12 +124,15 @@ impl KafkaClients {
         config
     }
 
-    /// A producer that waits for all in-sync replicas.
+    /// A producer that waits for all in-sync replicas and partitions keys
+    /// as Kafka's Java clients do (murmur2), so a key lands on the partition
+    /// [`crate::partition_for_key`] names whoever produced it.
     pub fn producer(&self) -> ClientConfig {
         self.base(
             Role::Producer,
             &[
                 ("acks", "all"),
+                ("partitioner", "murmur2_random"),
                 ("linger.ms", "5"),
                 ("message.timeout.ms", "30000"),
                 ("statistics.interval.ms", "0"),
@@ -192,6 +195,7 @@ const CONSUMER_ONLY: &[&str] = &[
 
 /// librdkafka properties only producers read (CONFIGURATION.md, "P").
 const PRODUCER_ONLY: &[&str] = &[
+    "partitioner",
     "transactional.id",
     "transaction.timeout.ms",
     "enable.idempotence",

@@ -200,6 +200,7 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                     .assigned
                     .store(partitions.count() as u64, Ordering::Relaxed);
                 tracing::info!(stage = %self.name, partitions = partitions.count(), "partitions assigned");
+                state.on_assign(partitions);
             }
             Rebalance::Error(e) => {
                 tracing::warn!(stage = %self.name, error = %e, "rebalance error")
@@ -716,6 +717,19 @@ impl<S: Stage> LoopState<S> {
         self.backoff.reset();
         tracing::info!(stage = %self.name, partitions = revoked.len(), "partitions revoked");
         self.handle.block_on(self.stage.on_revoke(&revoked));
+    }
+
+    /// Tells the stage which partitions it now owns.
+    fn on_assign(&mut self, partitions: &TopicPartitionList) {
+        if self.abandoned {
+            return;
+        }
+        let assigned: Vec<(String, i32)> = partitions
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        self.handle.block_on(self.stage.on_assign(&assigned));
     }
 
     /// Commits the processed offsets of `only` (or of every partition) synchronously.

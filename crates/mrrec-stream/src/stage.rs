@@ -86,6 +86,12 @@ pub trait Stage: Send + 'static {
         async { Ok(None) }
     }
 
+    /// Partitions were given to this instance (before any of their records
+    /// is fetched): a stage with per-partition state loads it here.
+    fn on_assign(&mut self, _partitions: &[(String, i32)]) -> impl Future<Output = ()> {
+        async {}
+    }
+
     /// Partitions were taken away (after their pending records were flushed and
     /// committed, or dropped for their next owner to replay).
     fn on_revoke(&mut self, _partitions: &[(String, i32)]) -> impl Future<Output = ()> {

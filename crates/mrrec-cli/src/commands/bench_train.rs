@@ -40,11 +40,21 @@ pub fn run(config: &Config, trajectories: usize, seed: u64) -> Result<()> {
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 pub(crate) fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// Resident memory of this process now (Linux `VmRSS`), in MiB.
+pub(crate) fn rss_mb() -> f64 {
+    proc_status_mb("VmRSS:")
+}
+
+/// A kB field of `/proc/self/status` in MiB (0 where there is none).
+fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

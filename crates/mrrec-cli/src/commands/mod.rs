@@ -4,6 +4,7 @@ mod bench;
 mod bench_learn;
 mod bench_llm;
 mod bench_recommend;
+pub(crate) mod bench_soak;
 mod bench_train;
 mod demo;
 mod eval;
@@ -80,6 +81,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench {
             which,
             events,
+            duration,
             entries,
             queries,
             seed,
@@ -95,7 +97,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             train_users,
             heldout_users,
         } => match which {
-            BenchKind::Ingest => bench::ingest(&config, events, seed).await,
+            BenchKind::Ingest => match duration {
+                Some(duration) => bench_soak::soak(&config, duration, seed).await,
+                None => bench::ingest(&config, events, seed).await,
+            },
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
             BenchKind::Recommend if llm_only => bench_llm::llm_only(&config, calls).await,
             BenchKind::Recommend => {

@@ -88,7 +88,7 @@ pub async fn start<S: KvStore + 'static>(
     } else {
         mrrec_recommend::low_latency(clients)
     };
-    let stage = mrrec_recommend::open_stage(config, &request_path, llm, memory)?;
+    let stage = mrrec_recommend::open_stage(config, &request_path, llm, memory).await?;
     let shutdown = Shutdown::new();
     let follower = match target {
         Some(target) if follow => {

@@ -1,0 +1,191 @@
+//! `mrrec bench ingest --duration D`: a soak. Synthetic ratings from a fixed
+//! population of users stream into the distill stage for `D`; the producer
+//! stays at most [`AHEAD`] records in front of what distill has stored, so
+//! the load is as fast as distill sustains and no backlog builds up in the
+//! process. The process's resident memory is sampled every 5 s: bounded
+//! memory means the end is not far above the start once warm.
+
+use super::bench_train::{peak_rss_mb, rss_mb};
+use anyhow::{bail, Context, Result};
+use mrrec_config::Config;
+use mrrec_datasets::synthetic::Rng;
+use mrrec_distill::{Distill, Indexes};
+use mrrec_memory::{Keyspace, MemoryStore};
+use mrrec_messages::{Event, EventKind};
+use mrrec_stream::{create_topics, KafkaClients, Progress, Publisher, Shutdown, StageRunner};
+use std::time::{Duration, Instant};
+
+/// Most records produced but not yet stored.
+const AHEAD: u64 = 100_000;
+/// Events per produced chunk.
+const CHUNK: usize = 10_000;
+/// Users the ratings come from (returning users, as in a real stream).
+const USERS: usize = 50_000;
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// `"10m"`, `"90s"`, `"1h"` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m or h (e.g. 10m)"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    if seconds == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+pub async fn soak(config: &Config, duration: Duration, seed: u64) -> Result<()> {
+    if config.kafka.is_embedded() {
+        bail!("bench ingest --duration measures a real broker: set kafka.brokers (or MRREC__KAFKA__BROKERS)");
+    }
+    let run = format!("soak-{}-", mrrec_stream::now_ms());
+    let mut topics = config.topics.clone();
+    topics.prefix = format!("{}{run}", config.topics.prefix);
+    let clients = KafkaClients::new(&config.kafka.brokers, &config.kafka.properties);
+    create_topics(&clients, &topics)
+        .await
+        .context("creating the soak topics")?;
+    let publisher = Publisher::new(&clients, "bench")?;
+    let (items, _) = super::bench::synthetic_world(seed, 0);
+    let item_count = items.len();
+    publisher
+        .publish_all(super::load::records(&topics.prefix, &items, &[])?)
+        .await
+        .map_err(|(e, _)| e)?;
+
+    let memory = super::store::open(config).await?;
+    let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
+    let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
+    let indexes = Indexes::open(Some(&index_dir), &memory).await?;
+    let stage = Distill::new(memory, &topics.prefix)
+        .with_indexes(indexes)
+        .with_cache(config.distill.cache_users);
+    let mut soak_config = config.clone();
+    soak_config.topics = topics.clone();
+    let settings = mrrec_distill::runner_settings(&soak_config, &format!("{run}distill"));
+    let runner = StageRunner::new(clients.clone(), settings, stage);
+    let progress = runner.progress();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(runner.run(shutdown.clone()));
+
+    let mut rng = Rng(seed.max(1));
+    let mut produced = item_count as u64;
+    let mut events = 0u64;
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let started = Instant::now();
+    let mut next_sample = started;
+    eprintln!(
+        "soak: {}s of ratings from {USERS} users into distill ({:?} store)",
+        duration.as_secs(),
+        config.store.backend
+    );
+    while started.elapsed() < duration {
+        if running.is_finished() {
+            shutdown.trigger();
+            bail!("distill stopped during the soak: {:?}", running.await?);
+        }
+        if Instant::now() >= next_sample {
+            let t = started.elapsed().as_secs_f64();
+            let processed = Progress::get(&progress.processed);
+            samples.push((t, rss_mb()));
+            eprintln!(
+                "  {t:>6.0}s  stored {processed:>10}  rss {:>7.1} MiB",
+                rss_mb()
+            );
+            next_sample += SAMPLE_EVERY;
+        }
+        if produced.saturating_sub(Progress::get(&progress.processed)) > AHEAD {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let chunk: Vec<Event> = (0..CHUNK)
+            .map(|_| {
+                let i = events;
+                events += 1;
+                Event {
+                    event_id: format!("s{i}"),
+                    user_id: format!("u{}", rng.below(USERS)),
+                    kind: EventKind::Rate,
+                    item_id: Some(format!("i{}", rng.below(item_count))),
+                    value: Some(1.0 + rng.below(5) as f64),
+                    text: None,
+                    attrs: None,
+                    ts: 1_700_000_000_000 + i as i64 * 100,
+                }
+            })
+            .collect();
+        publisher
+            .publish_all(super::load::records(&topics.prefix, &[], &chunk)?)
+            .await
+            .map_err(|(e, _)| e)?;
+        produced += CHUNK as u64;
+    }
+    let soaked_s = started.elapsed().as_secs_f64();
+    let stored_at_end = Progress::get(&progress.processed);
+    shutdown.trigger();
+    running.await??;
+    let _ = std::fs::remove_dir_all(&index_dir);
+
+    // Warm: the first sample after a tenth of the run (caches filled).
+    let warm_at = soaked_s / 10.0;
+    let start = samples
+        .iter()
+        .find(|(t, _)| *t >= warm_at)
+        .or(samples.first())
+        .map_or(0.0, |s| s.1);
+    let end = samples.last().map_or(0.0, |s| s.1);
+    let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    let every = (samples.len() / 20).max(1);
+    let curve: Vec<[f64; 2]> = samples
+        .iter()
+        .step_by(every)
+        .map(|(t, mb)| [t.round(), (mb * 10.0).round() / 10.0])
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "duration_s": soaked_s.round(),
+            "events_produced": events,
+            "records_stored": stored_at_end,
+            "stored_per_s": (stored_at_end as f64 / soaked_s).round(),
+            "users": USERS,
+            "rss_mb_warm": (start * 10.0).round() / 10.0,
+            "rss_mb_end": (end * 10.0).round() / 10.0,
+            "rss_mb_max": (max * 10.0).round() / 10.0,
+            "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
+            "rss_end_over_warm": if start > 0.0 { (end / start * 1000.0).round() / 1000.0 } else { 0.0 },
+            "rss_samples": curve,
+            "store": format!("{:?}", config.store.backend).to_lowercase(),
+            "cache_users": config.distill.cache_users,
+        })
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten minutes").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}
