@@ -92,6 +92,9 @@ pub enum Command {
         /// this long (e.g. 10m, 90s) and report resident memory over time.
         #[arg(long, value_parser = crate::commands::bench_soak::parse_duration)]
         duration: Option<std::time::Duration>,
+        /// `bench ingest --duration`: users the ratings come from.
+        #[arg(long, default_value_t = 50_000)]
+        users: usize,
         /// `bench retrieve`: memory entries in the index.
         #[arg(long, default_value_t = 1_000_000)]
         entries: usize,

@@ -5,7 +5,7 @@
 //! process. The process's resident memory is sampled every 5 s: bounded
 //! memory means the end is not far above the start once warm.
 
-use super::bench_train::{peak_rss_mb, rss_mb};
+use super::bench_train::{peak_rss_mb, rss_anon_mb, rss_mb};
 use anyhow::{bail, Context, Result};
 use mrrec_config::Config;
 use mrrec_datasets::synthetic::Rng;
@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 const AHEAD: u64 = 100_000;
 /// Events per produced chunk.
 const CHUNK: usize = 10_000;
-/// Users the ratings come from (returning users, as in a real stream).
-const USERS: usize = 50_000;
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// `"10m"`, `"90s"`, `"1h"` or plain seconds.
@@ -45,7 +43,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
-pub async fn soak(config: &Config, duration: Duration, seed: u64) -> Result<()> {
+/// Streams ratings of `users` users (returning users, as in a real stream)
+/// into distill for `duration`.
+pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) -> Result<()> {
     if config.kafka.is_embedded() {
         bail!("bench ingest --duration measures a real broker: set kafka.brokers (or MRREC__KAFKA__BROKERS)");
     }
@@ -82,11 +82,11 @@ pub async fn soak(config: &Config, duration: Duration, seed: u64) -> Result<()> 
     let mut rng = Rng(seed.max(1));
     let mut produced = item_count as u64;
     let mut events = 0u64;
-    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let mut samples: Vec<(f64, f64, f64)> = Vec::new();
     let started = Instant::now();
     let mut next_sample = started;
     eprintln!(
-        "soak: {}s of ratings from {USERS} users into distill ({:?} store)",
+        "soak: {}s of ratings from {users} users into distill ({:?} store)",
         duration.as_secs(),
         config.store.backend
     );
@@ -98,11 +98,9 @@ pub async fn soak(config: &Config, duration: Duration, seed: u64) -> Result<()> 
         if Instant::now() >= next_sample {
             let t = started.elapsed().as_secs_f64();
             let processed = Progress::get(&progress.processed);
-            samples.push((t, rss_mb()));
-            eprintln!(
-                "  {t:>6.0}s  stored {processed:>10}  rss {:>7.1} MiB",
-                rss_mb()
-            );
+            let (rss, anon) = (rss_mb(), rss_anon_mb());
+            samples.push((t, rss, anon));
+            eprintln!("  {t:>6.0}s  stored {processed:>10}  rss {rss:>7.1} MiB (anon {anon:>7.1})");
             next_sample += SAMPLE_EVERY;
         }
         if produced.saturating_sub(Progress::get(&progress.processed)) > AHEAD {
@@ -115,7 +113,7 @@ pub async fn soak(config: &Config, duration: Duration, seed: u64) -> Result<()> 
                 events += 1;
                 Event {
                     event_id: format!("s{i}"),
-                    user_id: format!("u{}", rng.below(USERS)),
+                    user_id: format!("u{}", rng.below(users)),
                     kind: EventKind::Rate,
                     item_id: Some(format!("i{}", rng.below(item_count))),
                     value: Some(1.0 + rng.below(5) as f64),
@@ -139,18 +137,27 @@ pub async fn soak(config: &Config, duration: Duration, seed: u64) -> Result<()> 
 
     // Warm: the first sample after a tenth of the run (caches filled).
     let warm_at = soaked_s / 10.0;
-    let start = samples
+    let warm = samples
         .iter()
-        .find(|(t, _)| *t >= warm_at)
+        .find(|s| s.0 >= warm_at)
         .or(samples.first())
-        .map_or(0.0, |s| s.1);
-    let end = samples.last().map_or(0.0, |s| s.1);
+        .copied()
+        .unwrap_or_default();
+    let end = samples.last().copied().unwrap_or_default();
     let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
+    let round = |mb: f64| (mb * 10.0).round() / 10.0;
+    let ratio = |end: f64, start: f64| {
+        if start > 0.0 {
+            (end / start * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
     let every = (samples.len() / 20).max(1);
-    let curve: Vec<[f64; 2]> = samples
+    let curve: Vec<[f64; 3]> = samples
         .iter()
         .step_by(every)
-        .map(|(t, mb)| [t.round(), (mb * 10.0).round() / 10.0])
+        .map(|(t, rss, anon)| [t.round(), round(*rss), round(*anon)])
         .collect();
     println!(
         "{}",
@@ -159,13 +166,16 @@ pub async fn soak(config: &Config, duration: Duration, seed: u64) -> Result<()> 
             "events_produced": events,
             "records_stored": stored_at_end,
             "stored_per_s": (stored_at_end as f64 / soaked_s).round(),
-            "users": USERS,
-            "rss_mb_warm": (start * 10.0).round() / 10.0,
-            "rss_mb_end": (end * 10.0).round() / 10.0,
-            "rss_mb_max": (max * 10.0).round() / 10.0,
-            "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
-            "rss_end_over_warm": if start > 0.0 { (end / start * 1000.0).round() / 1000.0 } else { 0.0 },
-            "rss_samples": curve,
+            "users": users,
+            "rss_mb_warm": round(warm.1),
+            "rss_mb_end": round(end.1),
+            "rss_anon_mb_warm": round(warm.2),
+            "rss_anon_mb_end": round(end.2),
+            "rss_mb_max": round(max),
+            "peak_rss_mb": round(peak_rss_mb()),
+            "rss_end_over_warm": ratio(end.1, warm.1),
+            "rss_anon_end_over_warm": ratio(end.2, warm.2),
+            "rss_samples_t_rss_anon": curve,
             "store": format!("{:?}", config.store.backend).to_lowercase(),
             "cache_users": config.distill.cache_users,
         })

@@ -48,6 +48,12 @@ pub(crate) fn rss_mb() -> f64 {
     proc_status_mb("VmRSS:")
 }
 
+/// The part of [`rss_mb`] that is heap and stacks (`RssAnon`), in MiB; the
+/// rest is mostly mapped files (tantivy's segments, in the page cache).
+pub(crate) fn rss_anon_mb() -> f64 {
+    proc_status_mb("RssAnon:")
+}
+
 /// A kB field of `/proc/self/status` in MiB (0 where there is none).
 fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")

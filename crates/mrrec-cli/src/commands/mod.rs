@@ -82,6 +82,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             which,
             events,
             duration,
+            users,
             entries,
             queries,
             seed,
@@ -98,7 +99,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             heldout_users,
         } => match which {
             BenchKind::Ingest => match duration {
-                Some(duration) => bench_soak::soak(&config, duration, seed).await,
+                Some(duration) => bench_soak::soak(&config, duration, users, seed).await,
                 None => bench::ingest(&config, events, seed).await,
             },
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
