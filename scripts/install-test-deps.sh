@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the integration tests need when it is missing:
-#   - redis-server, from Debian's packages;
+#   - redis-server and openssl (the TLS test's certificates), from Debian's packages;
 #   - tansu 0.6.0 (a Kafka-protocol broker), with the SQLite and memory engines.
 # The tests start both themselves, on free loopback ports, and stop them afterwards.
 set -euo pipefail
@@ -9,10 +9,17 @@ as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+missing=()
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
-  echo "installing redis-server (Debian package)…"
+  missing+=(redis-server)
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+  missing+=(openssl)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} (Debian packages)…"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
