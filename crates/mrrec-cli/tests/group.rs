@@ -12,8 +12,8 @@
 mod common;
 
 use common::{
-    assert_same_keyspace, connect, dump, ml100k_dir, run_ok, stored_records, wait_for_records,
-    Running,
+    assert_same_keyspace, connect, counter, dump, ml100k_dir, run_ok, scrape, stored_records,
+    wait_for_records, Running,
 };
 use mrrec_testkit::{free_port, Redis, Tansu};
 use std::time::{Duration, Instant};
@@ -58,24 +58,6 @@ fn instance_env(
         env.push(("MRREC__METRICS__LISTEN", format!("127.0.0.1:{port}")));
     }
     env
-}
-
-/// The value of an unlabelled-or-summed counter in a Prometheus scrape.
-fn counter(scrape: &str, name: &str) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
-async fn scrape(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

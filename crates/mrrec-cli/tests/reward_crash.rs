@@ -323,6 +323,12 @@ async fn sigkilled_reward_stage_joins_exactly_like_a_clean_one() {
         .await;
         let at = stored_records(&mut killed, OFFSETS).await;
         reward.kill();
+        // Mid-stream, not after the fact: the kill must leave work behind.
+        assert!(
+            at < total,
+            "kill {} came after all {total} records",
+            kills + 1
+        );
         kills += 1;
         eprintln!("SIGKILL {kills} at {at} of {total} records");
         // tansu 0.6 keeps a member that died less than a session timeout

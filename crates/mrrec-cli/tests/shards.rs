@@ -10,8 +10,8 @@
 
 mod common;
 
-use common::{connect, run_ok, wait_for_records, write_lines, Running};
-use mrrec_testkit::{Redis, Tansu};
+use common::{connect, counter, run_ok, scrape, wait_for_records, write_lines, Running};
+use mrrec_testkit::{free_port, Redis, Tansu};
 use redis::AsyncCommands;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -180,7 +180,13 @@ async fn two_recommend_instances_split_memory_by_partition_and_answer_everyone()
 
     let mut recommend_env = env.clone();
     recommend_env.push(("RUST_LOG", "warn,mrrec_recommend=info".into()));
-    let mut a = Running::stage("recommend", &recommend_env);
+    let with_metrics = |port: u16| {
+        let mut env = recommend_env.clone();
+        env.push(("MRREC__METRICS__LISTEN", format!("127.0.0.1:{port}")));
+        env
+    };
+    let (metrics_a, metrics_b) = (free_port().unwrap(), free_port().unwrap());
+    let mut a = Running::stage("recommend", &with_metrics(metrics_a));
     let deadline = Instant::now() + Duration::from_secs(120);
     while shard_lines(&a.stderr()).is_empty() {
         a.assert_alive("recommend a");
@@ -198,7 +204,7 @@ async fn two_recommend_instances_split_memory_by_partition_and_answer_everyone()
     let before = ask_everyone(&client, &mut redis, &users, "alone").await;
 
     // b joins: the group rebalances and each rebuilds its shard.
-    let mut b = Running::stage("recommend", &recommend_env);
+    let mut b = Running::stage("recommend", &with_metrics(metrics_b));
     let deadline = Instant::now() + Duration::from_secs(120);
     let (shard_a, shard_b) = loop {
         a.assert_alive("recommend a");
@@ -246,6 +252,31 @@ async fn two_recommend_instances_split_memory_by_partition_and_answer_everyone()
         after > 0,
         "no answer after the rebalance retrieved any memory"
     );
+    // Every request reached the instance whose shard holds its user (our
+    // producer's partitioner is the murmur2 the shards assume), and no
+    // shard had to load a user on demand: the rebuilds on assignment held
+    // every user's memory as stored (distill is idle by now).
+    for (name, port) in [("a", metrics_a), ("b", metrics_b)] {
+        let metrics = scrape(port).await;
+        assert!(
+            metrics.contains("mrrec_recommend_shard_users"),
+            "{name} exports no shard metrics:\n{metrics}"
+        );
+        assert_eq!(
+            counter(&metrics, "mrrec_recommend_shard_misrouted_total"),
+            0.0,
+            "{name}: a request reached an instance that does not own its user"
+        );
+        assert_eq!(
+            counter(&metrics, "mrrec_recommend_shard_refreshed_total"),
+            0.0,
+            "{name}: a user's memory was missing from its shard"
+        );
+        assert!(
+            counter(&metrics, "mrrec_recommend_requests_total") > 0.0,
+            "{name}"
+        );
+    }
     a.terminate("recommend a");
     b.terminate("recommend b");
     distill.terminate("distill");

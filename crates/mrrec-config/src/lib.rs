@@ -111,14 +111,37 @@ impl fmt::Debug for StoreConfig {
     }
 }
 
-/// `scheme://user:secret@host/…` → `scheme://***@host/…`.
+/// `scheme://user:secret@host/…` → `scheme://***@host/…`, and the value of
+/// a `pass`/`password` query parameter (`redis+unix:///sock?pass=…`) → `***`.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])
         }
         _ => url.to_owned(),
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if ["pass", "password"].contains(&key.to_ascii_lowercase().as_str()) => {
+                format!("{key}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", query.join("&"));
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
     }
+    out
 }
 
 /// The tantivy indexes.

@@ -216,6 +216,14 @@ fn urls_are_redacted() {
         "redis://***@host:6379/0"
     );
     assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    assert_eq!(
+        redact_url("redis+unix:///run/redis.sock?db=0&pass=hunter2"),
+        "redis+unix:///run/redis.sock?db=0&pass=***"
+    );
+    assert_eq!(
+        redact_url("redis+unix:///s?PASSWORD=x#frag"),
+        "redis+unix:///s?PASSWORD=***#frag"
+    );
 }
 
 /// Every shipped configuration (config/*.toml) and pipeline
@@ -324,4 +332,31 @@ fn kafka_security_settings_are_checked_before_connecting() {
         ("MRREC__KAFKA__PROPERTIES__SASL.PASSWORD", "hunter2"),
     ])
     .unwrap();
+}
+
+#[test]
+fn redis_tls_without_certificate_checks_is_refused() {
+    let load = |url: &str, ca: &str| {
+        Config::load_with_env(
+            None,
+            [
+                ("MRREC__STORE__BACKEND".to_owned(), "redis".to_owned()),
+                ("MRREC__STORE__URL".to_owned(), url.to_owned()),
+                ("MRREC__STORE__CA_FILE".to_owned(), ca.to_owned()),
+            ],
+        )
+    };
+    let e = load("rediss://:pw@host:6380/0#insecure", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("store.url") && e.contains("store.ca_file"),
+        "{e}"
+    );
+    assert!(!e.contains("pw@"), "{e}");
+    let e = load("redis://host:6379/0", "/etc/ca.pem")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("store.ca_file"), "{e}");
+    load("rediss://:pw@host:6380/0", "/etc/ca.pem").unwrap();
 }

@@ -74,6 +74,12 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
                     "must start with redis://, rediss:// or redis+unix://".into(),
                 );
             }
+            if config.store.url.contains("#insecure") {
+                fail(
+                    "store.url",
+                    "#insecure turns off the server certificate check; trust a private CA with store.ca_file instead".into(),
+                );
+            }
             if !config.store.ca_file.is_empty() && !config.store.url.starts_with("rediss://") {
                 fail(
                     "store.ca_file",

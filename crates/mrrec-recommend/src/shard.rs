@@ -52,17 +52,25 @@ pub struct MemoryShard {
     partitions: i32,
 }
 
-fn entries_of(
-    fields: &std::collections::BTreeMap<String, String>,
-) -> Result<Vec<MemoryEntry>, StoreError> {
+/// The memory entries of one user's stored hash. An entry that does not
+/// parse is left out (and logged): one bad field must not stop the stage.
+fn entries_of(fields: &std::collections::BTreeMap<String, String>) -> Vec<MemoryEntry> {
     fields
         .iter()
         .filter(|(f, _)| f.starts_with("e:"))
-        .map(|(_, v)| {
-            serde_json::from_str(v).map_err(|e| StoreError::Corrupt(format!("memory entry: {e}")))
+        .filter_map(|(field, value)| match serde_json::from_str(value) {
+            Ok(entry) => Some(entry),
+            Err(e) => {
+                metrics::counter!(CORRUPT_ENTRIES).increment(1);
+                tracing::warn!(field = %field, error = %e, "a stored memory entry does not parse; left out of the shard");
+                None
+            }
         })
         .collect()
 }
+
+/// Stored memory entries the shard left out because they do not parse.
+pub const CORRUPT_ENTRIES: &str = "mrrec_recommend_shard_corrupt_entries_total";
 
 impl MemoryShard {
     /// An empty shard over a requests topic of `partitions` partitions.
@@ -127,7 +135,7 @@ impl MemoryShard {
                     .and_then(unescape)
                     .unwrap_or_default();
                 let version = fields.get("version").cloned();
-                loaded.push((user, version, entries_of(&fields)?));
+                loaded.push((user, version, entries_of(&fields)));
             }
         }
         let report = ShardReport {
@@ -200,7 +208,7 @@ impl MemoryShard {
         {
             let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
             for ((user, _), fields) in stale.iter().zip(&memories) {
-                index.replace_user(user, &entries_of(fields)?)?;
+                index.replace_user(user, &entries_of(fields))?;
             }
             index.commit("shard")?;
         }
@@ -324,6 +332,20 @@ mod tests {
                 .unwrap(),
             0
         );
+
+        // A stored entry that does not parse is left out, not fatal.
+        let mut bad = Batch::default();
+        bad.set(memory.keys().user(user), "e:broken", "{not json");
+        bad.set(memory.keys().user(user), "version", "v3");
+        assert!(memory.apply(&bad).await.unwrap());
+        assert_eq!(
+            owner
+                .refresh(&memory, std::slice::from_ref(user))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(owner.search(user, "alien heat", 10).unwrap().len(), 2);
 
         // A rebalance: `a` takes everything; `b` lets go.
         b.revoke().unwrap();

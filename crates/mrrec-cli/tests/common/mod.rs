@@ -224,3 +224,27 @@ pub fn kill_points(n: usize) -> Vec<f64> {
     eprintln!("kill points: {points:.3?} of the load");
     points
 }
+
+/// A metric's value in a Prometheus scrape, summed over its label sets
+/// (0 when it is absent).
+pub fn counter(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// `GET /metrics` of a process whose `metrics.listen` is 127.0.0.1:`port`.
+pub async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
