@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{mrrec, repo, run_ok, write_lines, Running};
+use common::{load_jsonl, mrrec, repo, run_ok, write_lines, Running};
 use mrrec_testkit::{Redis, Tansu};
 use redis::AsyncCommands;
 use std::collections::BTreeMap;
@@ -73,17 +73,7 @@ async fn serving_and_learning_processes_together_do_what_full_does() {
     write_lines(&items, &world.items);
     write_lines(&events, &split.valid_history);
     run_ok(&["topics", "create"], &env);
-    run_ok(
-        &[
-            "load",
-            "jsonl",
-            "--items",
-            items.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-        ],
-        &env,
-    );
+    load_jsonl(&items, &events, &env);
     init_policy(&tmp.path().join("policy"), &items);
 
     let serving_file = repo().join("pipelines/serving.toml");

@@ -13,8 +13,8 @@
 mod common;
 
 use common::{
-    assert_same_keyspace, connect, dump, kill_points, run_ok, stored_records, wait_for_records,
-    write_lines, Running,
+    assert_same_keyspace, connect, dump, kill_points, load_jsonl, run_ok, stored_records,
+    wait_for_records, write_lines, Running,
 };
 use mrrec_datasets::synthetic::{Rng, WorldSize};
 use mrrec_messages::{Event, EventKind, Outcome, Reward, Segment, SegmentSource, Trajectory};
@@ -268,17 +268,7 @@ async fn sigkilled_reward_stage_joins_exactly_like_a_clean_one() {
     for (run, redis) in [("clean", &clean_redis), ("killed", &killed_redis)] {
         let env = run_env(&tansu, redis, run, tmp.path());
         run_ok(&["topics", "create"], &env);
-        run_ok(
-            &[
-                "load",
-                "jsonl",
-                "--items",
-                items.to_str().unwrap(),
-                "--events",
-                events.to_str().unwrap(),
-            ],
-            &env,
-        );
+        load_jsonl(&items, &events, &env);
         let mut store = connect(&redis.url()).await;
         let mut distill = Running::stage("distill", &env);
         wait_for_records(

@@ -10,7 +10,9 @@
 
 mod common;
 
-use common::{connect, counter, run_ok, scrape, wait_for_records, write_lines, Running};
+use common::{
+    connect, counter, load_jsonl, run_ok, scrape, wait_for_records, write_lines, Running,
+};
 use mrrec_testkit::{free_port, Redis, Tansu};
 use redis::AsyncCommands;
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,17 +147,7 @@ async fn two_recommend_instances_split_memory_by_partition_and_answer_everyone()
         .into_iter()
         .collect();
     run_ok(&["topics", "create"], &env);
-    run_ok(
-        &[
-            "load",
-            "jsonl",
-            "--items",
-            items.to_str().unwrap(),
-            "--events",
-            events.to_str().unwrap(),
-        ],
-        &env,
-    );
+    load_jsonl(&items, &events, &env);
     let mut redis = connect(&redis_server.url()).await;
     let mut distill = Running::stage("distill", &env);
     wait_for_records(

@@ -86,20 +86,12 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
     };
 
     // (b) Distill into the configured store and tantivy.
-    let memory = super::store::open(config).await?;
-    let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
-    let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
-    let indexes = Indexes::open(Some(&index_dir), &memory).await?;
-    let stage = Distill::new(memory, &topics.prefix)
-        .with_indexes(indexes)
-        .with_cache(config.distill.cache_users);
-    let mut bench_config = config.clone();
-    bench_config.topics = topics.clone();
-    let settings = mrrec_distill::runner_settings(&bench_config, &format!("{run}distill"));
-    let runner = StageRunner::new(clients.clone(), settings, stage);
-    let progress = runner.progress();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(runner.run(shutdown.clone()));
+    let BenchDistill {
+        progress,
+        shutdown,
+        running,
+        index_dir,
+    } = start_distill(config, &clients, &topics, &run).await?;
     let distilling = super::load::progress_bar(total, "distill");
     let mut started = None;
     let (mut last_done, mut last_change) = (0, Instant::now());
@@ -158,6 +150,46 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// A distill stage on the bench's own `topics`, into the configured store
+/// under a keyspace of its own and a fresh index directory, in a group of
+/// its own (`run` names all three): what `bench ingest` and its soak measure.
+pub(crate) struct BenchDistill {
+    pub progress: std::sync::Arc<Progress>,
+    pub shutdown: Shutdown,
+    pub running:
+        tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
+    /// Remove it when done.
+    pub index_dir: std::path::PathBuf,
+}
+
+pub(crate) async fn start_distill(
+    config: &Config,
+    clients: &KafkaClients,
+    topics: &mrrec_config::TopicsConfig,
+    run: &str,
+) -> Result<BenchDistill> {
+    let memory = super::store::open(config).await?;
+    let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
+    let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
+    let indexes = Indexes::open(Some(&index_dir), &memory).await?;
+    let stage = Distill::new(memory, &topics.prefix)
+        .with_indexes(indexes)
+        .with_cache(config.distill.cache_users);
+    let mut bench_config = config.clone();
+    bench_config.topics = topics.clone();
+    let settings = mrrec_distill::runner_settings(&bench_config, &format!("{run}distill"));
+    let runner = StageRunner::new(clients.clone(), settings, stage);
+    let progress = runner.progress();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(runner.run(shutdown.clone()));
+    Ok(BenchDistill {
+        progress,
+        shutdown,
+        running,
+        index_dir,
+    })
 }
 
 /// Builds a memory index of `entries` synthetic entries (100 per user), then

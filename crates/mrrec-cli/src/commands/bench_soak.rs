@@ -9,10 +9,8 @@ use super::bench_train::{peak_rss_mb, rss_anon_mb, rss_mb};
 use anyhow::{bail, Context, Result};
 use mrrec_config::Config;
 use mrrec_datasets::synthetic::Rng;
-use mrrec_distill::{Distill, Indexes};
-use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{Event, EventKind};
-use mrrec_stream::{create_topics, KafkaClients, Progress, Publisher, Shutdown, StageRunner};
+use mrrec_stream::{create_topics, KafkaClients, Progress, Publisher};
 use std::time::{Duration, Instant};
 
 /// Most records produced but not yet stored.
@@ -64,20 +62,12 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
         .await
         .map_err(|(e, _)| e)?;
 
-    let memory = super::store::open(config).await?;
-    let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
-    let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
-    let indexes = Indexes::open(Some(&index_dir), &memory).await?;
-    let stage = Distill::new(memory, &topics.prefix)
-        .with_indexes(indexes)
-        .with_cache(config.distill.cache_users);
-    let mut soak_config = config.clone();
-    soak_config.topics = topics.clone();
-    let settings = mrrec_distill::runner_settings(&soak_config, &format!("{run}distill"));
-    let runner = StageRunner::new(clients.clone(), settings, stage);
-    let progress = runner.progress();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(runner.run(shutdown.clone()));
+    let super::bench::BenchDistill {
+        progress,
+        shutdown,
+        running,
+        index_dir,
+    } = super::bench::start_distill(config, &clients, &topics, &run).await?;
 
     let mut rng = Rng(seed.max(1));
     let mut produced = item_count as u64;

@@ -51,6 +51,21 @@ pub fn run_ok(args: &[&str], env: &[(&str, String)]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `mrrec load jsonl` of `items` and `events` (JSON lines files).
+pub fn load_jsonl(items: &Path, events: &Path, env: &[(&str, String)]) {
+    run_ok(
+        &[
+            "load",
+            "jsonl",
+            "--items",
+            items.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ],
+        env,
+    );
+}
+
 /// One JSON document per line.
 pub fn write_lines<T: serde::Serialize>(path: &Path, rows: &[T]) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
