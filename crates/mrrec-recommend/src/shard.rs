@@ -191,29 +191,29 @@ impl MemoryShard {
             .map(|u| (memory.keys().user(u), "version".to_owned()))
             .collect();
         let stored = memory.kv().get_fields(&pairs).await?;
-        let stale: Vec<(&String, Option<String>)> = {
+        let stale: Vec<&String> = {
             let versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
             users
                 .iter()
                 .zip(stored)
                 .filter(|(user, version)| versions.get(**user) != Some(version))
-                .map(|(user, version)| (*user, version))
+                .map(|(user, _)| *user)
                 .collect()
         };
         if stale.is_empty() {
             return Ok(0);
         }
-        let keys: Vec<String> = stale.iter().map(|(u, _)| memory.keys().user(u)).collect();
+        let keys: Vec<String> = stale.iter().map(|u| memory.keys().user(u)).collect();
         let memories = memory.kv().get_all_many(&keys).await?;
         {
             let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-            for ((user, _), fields) in stale.iter().zip(&memories) {
+            for (user, fields) in stale.iter().zip(&memories) {
                 index.replace_user(user, &entries_of(fields))?;
             }
             index.commit("shard")?;
         }
         let mut versions = self.versions.lock().unwrap_or_else(PoisonError::into_inner);
-        for ((user, _), fields) in stale.iter().zip(&memories) {
+        for (user, fields) in stale.iter().zip(&memories) {
             versions.insert((*user).clone(), fields.get("version").cloned());
         }
         Ok(stale.len())

@@ -33,16 +33,7 @@ const CATEGORIES: [&str; 12] = [
 /// run (a) a plain group consumer reading the events topic and (b) the distill
 /// stage consuming the same records into the configured store and tantivy.
 pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
-    if config.kafka.is_embedded() {
-        bail!("bench ingest measures a real broker: set kafka.brokers (or MRREC__KAFKA__BROKERS)");
-    }
-    let run = format!("bench-{}-", mrrec_stream::now_ms());
-    let mut topics = config.topics.clone();
-    topics.prefix = format!("{}{run}", config.topics.prefix);
-    let clients = KafkaClients::new(&config.kafka.brokers, &config.kafka.properties);
-    create_topics(&clients, &topics)
-        .await
-        .context("creating the bench topics")?;
+    let (run, topics, clients) = bench_topics(config, "bench").await?;
 
     let (items, events_data) = synthetic_world(seed, events);
     let users = (events / 50).max(1) as u64;
@@ -150,6 +141,26 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// Fresh topics for one bench run on the configured (real) broker:
+/// `{topics.prefix}{kind}-{now}-…`; returns the run's name, the topics and
+/// the clients.
+pub(crate) async fn bench_topics(
+    config: &Config,
+    kind: &str,
+) -> Result<(String, mrrec_config::TopicsConfig, KafkaClients)> {
+    if config.kafka.is_embedded() {
+        bail!("bench ingest measures a real broker: set kafka.brokers (or MRREC__KAFKA__BROKERS)");
+    }
+    let run = format!("{kind}-{}-", mrrec_stream::now_ms());
+    let mut topics = config.topics.clone();
+    topics.prefix = format!("{}{run}", config.topics.prefix);
+    let clients = KafkaClients::new(&config.kafka.brokers, &config.kafka.properties);
+    create_topics(&clients, &topics)
+        .await
+        .with_context(|| format!("creating the {kind} topics"))?;
+    Ok((run, topics, clients))
 }
 
 /// A distill stage on the bench's own `topics`, into the configured store

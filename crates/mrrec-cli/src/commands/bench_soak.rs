@@ -6,11 +6,11 @@
 //! memory means the end is not far above the start once warm.
 
 use super::bench_train::{peak_rss_mb, rss_anon_mb, rss_mb};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use mrrec_config::Config;
 use mrrec_datasets::synthetic::Rng;
 use mrrec_messages::{Event, EventKind};
-use mrrec_stream::{create_topics, KafkaClients, Progress, Publisher};
+use mrrec_stream::{Progress, Publisher};
 use std::time::{Duration, Instant};
 
 /// Most records produced but not yet stored.
@@ -44,16 +44,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Streams ratings of `users` users (returning users, as in a real stream)
 /// into distill for `duration`.
 pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) -> Result<()> {
-    if config.kafka.is_embedded() {
-        bail!("bench ingest --duration measures a real broker: set kafka.brokers (or MRREC__KAFKA__BROKERS)");
-    }
-    let run = format!("soak-{}-", mrrec_stream::now_ms());
-    let mut topics = config.topics.clone();
-    topics.prefix = format!("{}{run}", config.topics.prefix);
-    let clients = KafkaClients::new(&config.kafka.brokers, &config.kafka.properties);
-    create_topics(&clients, &topics)
-        .await
-        .context("creating the soak topics")?;
+    let (run, topics, clients) = super::bench::bench_topics(config, "soak").await?;
     let publisher = Publisher::new(&clients, "bench")?;
     let (items, _) = super::bench::synthetic_world(seed, 0);
     let item_count = items.len();
