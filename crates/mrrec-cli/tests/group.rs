@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 /// The consumers' session timeout in this test.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// Partitions of the three topics distill consumes.
+const PARTITIONS: f64 = 18.0;
+
 /// Items + profile events + ratings of MovieLens-100K.
 const ML100K_RECORDS: i64 = 1682 + 943 + 100_000;
 
@@ -30,7 +33,7 @@ const OFFSETS: &str = "mrrec:offsets";
 /// tantivy index has one writer), the shared group and Redis.
 fn instance_env(
     dir: &std::path::Path,
-    tansu: &Tansu,
+    brokers: &str,
     redis: &Redis,
     group: &str,
     instance: &str,
@@ -42,7 +45,7 @@ fn instance_env(
             "MRREC__INDEX__PATH",
             local.join("index").display().to_string(),
         ),
-        ("MRREC__KAFKA__BROKERS", tansu.bootstrap()),
+        ("MRREC__KAFKA__BROKERS", brokers.to_owned()),
         ("MRREC__KAFKA__GROUP_PREFIX", format!("{group}-")),
         (
             "MRREC__KAFKA__PROPERTIES__SESSION.TIMEOUT.MS",
@@ -65,19 +68,21 @@ async fn three_instances_a_kill_an_add_and_a_broker_restart_change_nothing() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let mut tansu = Tansu::start().unwrap();
+    // The same address after a restart.
+    let brokers = tansu.bootstrap();
     let clean_redis = Redis::start().unwrap();
     let group_redis = Redis::start().unwrap();
     let data = ml100k_dir();
     run_ok(
         &["load", "ml-100k", "--data-dir", data.to_str().unwrap()],
-        &instance_env(tmp.path(), &tansu, &clean_redis, "load", "load", None),
+        &instance_env(tmp.path(), &brokers, &clean_redis, "load", "load", None),
     );
 
     // The reference: one process, no faults.
     let mut clean = connect(&clean_redis.url()).await;
     let mut only = Running::stage(
         "distill",
-        &instance_env(tmp.path(), &tansu, &clean_redis, "clean", "only", None),
+        &instance_env(tmp.path(), &brokers, &clean_redis, "clean", "only", None),
     );
     wait_for_records(
         &mut clean,
@@ -91,26 +96,23 @@ async fn three_instances_a_kill_an_add_and_a_broker_restart_change_nothing() {
     let clean_dump = dump(&mut clean).await;
     eprintln!("clean run done at {:?}", started.elapsed());
 
-    // Three instances in one group.
+    // Three instances in one group, each with its metrics endpoint (how the
+    // test sees who owns what).
     let mut faulted = connect(&group_redis.url()).await;
-    let metrics_a = free_port().unwrap();
-    let env_a = instance_env(
-        tmp.path(),
-        &tansu,
-        &group_redis,
-        "group",
-        "a",
-        Some(metrics_a),
-    );
-    let mut a = Running::stage("distill", &env_a);
-    let mut b = Running::stage(
-        "distill",
-        &instance_env(tmp.path(), &tansu, &group_redis, "group", "b", None),
-    );
-    let mut c = Running::stage(
-        "distill",
-        &instance_env(tmp.path(), &tansu, &group_redis, "group", "c", None),
-    );
+    let [port_a, port_b, port_c, port_d] = [(); 4].map(|()| free_port().unwrap());
+    let member = |name: &str, port: u16| {
+        instance_env(
+            tmp.path(),
+            &brokers,
+            &group_redis,
+            "group",
+            name,
+            Some(port),
+        )
+    };
+    let mut a = Running::stage("distill", &member("a", port_a));
+    let mut b = Running::stage("distill", &member("b", port_b));
+    let mut c = Running::stage("distill", &member("c", port_c));
     let at = |fraction: f64| (ML100K_RECORDS as f64 * fraction) as i64;
     let timeout = Duration::from_secs(240);
     wait_for_records(
@@ -123,19 +125,20 @@ async fn three_instances_a_kill_an_add_and_a_broker_restart_change_nothing() {
     .await;
 
     // B dies without a word. Once its session has timed out the broker goes
-    // away and comes back on the same data; A and C rejoin, and the group
-    // hands B's partitions out. (tansu 0.6 keeps a member that died less
-    // than a session timeout before a join in the new generation, with its
-    // partitions, and never expires it afterwards; Kafka evicts it. So every
-    // join here comes more than a session timeout after the kill.)
+    // away and comes back on the same data, and D joins.
+    //
+    // tansu 0.6's group coordinator needs the join: when B's session
+    // expires it drops B from the members but keeps the generation's
+    // assignment, so B's partitions stay assigned to nobody until a member
+    // joins and the leader assigns afresh (Kafka starts that rebalance by
+    // itself). And a member that died less than a session timeout before a
+    // join stays in the new generation, with its partitions, for good; so
+    // the join comes more than a session timeout after the kill.
     b.kill();
-    eprintln!(
-        "killed b at {} records ({:?})",
-        stored_records(&mut faulted, OFFSETS).await,
-        started.elapsed()
-    );
+    let at_kill = stored_records(&mut faulted, OFFSETS).await;
+    eprintln!("killed b at {at_kill} records ({:?})", started.elapsed());
     tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
-    let before_outage = scrape(metrics_a).await;
+    let before_outage = scrape(port_a).await;
     let at_outage = stored_records(&mut faulted, OFFSETS).await;
     tansu.restart().unwrap();
     eprintln!(
@@ -146,21 +149,15 @@ async fn three_instances_a_kill_an_add_and_a_broker_restart_change_nothing() {
         at_outage < ML100K_RECORDS,
         "the stream was over before the broker restart"
     );
-    // D joins once the survivors are consuming again.
-    wait_for_records(
-        &mut faulted,
-        OFFSETS,
-        at_outage + 1,
-        &mut [&mut a, &mut c],
+    let mut d = Running::stage("distill", &member("d", port_d));
+    wait_for_assignment(
+        &[port_a, port_c, port_d],
+        &mut [&mut a, &mut c, &mut d],
         timeout,
     )
     .await;
-    let mut d = Running::stage(
-        "distill",
-        &instance_env(tmp.path(), &tansu, &group_redis, "group", "d", None),
-    );
     eprintln!(
-        "added d at {} records ({:?})",
+        "a, c and d own every partition at {} records ({:?})",
         stored_records(&mut faulted, OFFSETS).await,
         started.elapsed()
     );
@@ -172,7 +169,7 @@ async fn three_instances_a_kill_an_add_and_a_broker_restart_change_nothing() {
         timeout,
     )
     .await;
-    let after_outage = scrape(metrics_a).await;
+    let after_outage = scrape(port_a).await;
     for running in [a, c, d] {
         running.terminate("a group member");
     }
@@ -205,4 +202,31 @@ async fn three_instances_a_kill_an_add_and_a_broker_restart_change_nothing() {
         errors + retries + commit_failures > 0.0,
         "the broker restart left no trace in the metrics:\n{after_outage}"
     );
+}
+
+/// Waits until the instances on `ports` together own every partition, each
+/// at least one (`mrrec_assigned_partitions`), asserting that they stay up.
+async fn wait_for_assignment(ports: &[u16], running: &mut [&mut Running], timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let mut owned = Vec::new();
+        for port in ports {
+            owned.push(counter(&scrape(*port).await, "mrrec_assigned_partitions"));
+        }
+        if owned.iter().sum::<f64>() == PARTITIONS && owned.iter().all(|n| *n > 0.0) {
+            eprintln!(
+                "partitions owned: {owned:?} ({:?} after the wait began)",
+                start.elapsed()
+            );
+            return;
+        }
+        for r in running.iter_mut() {
+            r.assert_alive("a group member");
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the group did not settle in {timeout:?}: partitions owned {owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -17,6 +17,8 @@ pub const BATCH_SECONDS: &str = "mrrec_batch_seconds";
 pub const BATCH_RECORDS: &str = "mrrec_batch_records";
 pub const CONSUMER_LAG: &str = "mrrec_consumer_lag";
 pub const BACKING_OFF: &str = "mrrec_backing_off";
+pub const ASSIGNED_PARTITIONS: &str = "mrrec_assigned_partitions";
+pub const REBALANCES: &str = "mrrec_rebalances_total";
 
 /// Registers descriptions so the exporter prints HELP lines.
 pub fn describe() {
@@ -44,6 +46,14 @@ pub fn describe() {
     describe_gauge!(
         BACKING_OFF,
         "1 while the stage waits to retry a failed batch"
+    );
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        "Partitions this instance owns now (0 between a revoke and the next assignment)"
+    );
+    describe_counter!(
+        REBALANCES,
+        "Partition revocations and assignments this instance went through, by kind"
     );
 }
 

@@ -33,7 +33,11 @@ pub fn mrrec(args: &[&str], env: &[(&str, String)]) -> Command {
     command
         .args(args)
         .env("MRREC__METRICS__LISTEN", "")
-        .env("RUST_LOG", "warn");
+        // MRREC_TEST_CHILD_LOG=info (say) shows more of a failing run.
+        .env(
+            "RUST_LOG",
+            std::env::var("MRREC_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     for (key, value) in env {
         command.env(key, value);
     }
