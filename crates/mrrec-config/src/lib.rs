@@ -309,8 +309,12 @@ pub struct DistillConfig {
     pub batch_max_records: usize,
     /// Longest a batch stays open (overrides `stream.batch_max_ms` for distill).
     pub batch_max_ms: u64,
-    /// User states kept decoded in memory between batches (0 disables the cache).
-    pub cache_users: usize,
+    /// A batch also closes once it touches this many users (distinct record
+    /// keys): what one batch holds in memory is at most this many user states.
+    pub batch_max_users: usize,
+    /// Memory for user states and catalog items kept between batches, in MiB
+    /// of their stored JSON (0 disables the cache).
+    pub cache_mb: u64,
 }
 
 impl Config {

@@ -103,6 +103,7 @@ listen = "nowhere"
 batch_max_ms = 0
 [distill]
 batch_max_records = 200000
+batch_max_users = 0
 [kafka.properties]
 "group.id" = "x"
 "#,
@@ -116,6 +117,7 @@ batch_max_records = 200000
         "metrics.listen",
         "stream.batch_max_ms",
         "distill.batch_max_records",
+        "distill.batch_max_users",
         "kafka.properties.group.id",
     ] {
         assert!(error.mentions(key), "{key} missing from {error}");

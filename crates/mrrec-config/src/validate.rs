@@ -272,6 +272,12 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    if !(1..=1_000_000).contains(&distill.batch_max_users) {
+        fail(
+            "distill.batch_max_users",
+            format!("{} is not between 1 and 1000000", distill.batch_max_users),
+        );
+    }
     if stream.backoff_initial_ms == 0 || stream.backoff_initial_ms > stream.backoff_max_ms {
         fail(
             "stream.backoff_initial_ms",

@@ -42,9 +42,13 @@ pub const TOPICS: [Topic; 3] = [Topic::Items, Topic::Events, Topic::Outcomes];
 pub fn runner_settings(config: &mrrec_config::Config, stage: &str) -> mrrec_stream::RunnerSettings {
     let mut settings = mrrec_stream::RunnerSettings::from_config(config, stage, &TOPICS);
     settings.batch_max_records = config.distill.batch_max_records;
+    settings.batch_max_keys = config.distill.batch_max_users;
     settings.batch_max_wait = std::time::Duration::from_millis(config.distill.batch_max_ms);
     settings
 }
+
+/// Gauge: stored JSON bytes of the states and items distill keeps between batches.
+pub const CACHE_BYTES: &str = "mrrec_distill_cache_bytes";
 
 /// Guard conflicts (another writer) retried at once before backing off.
 const CONFLICT_RETRIES: usize = 5;
@@ -68,16 +72,66 @@ pub struct Distill<S> {
 /// States and catalog items as this instance last wrote or read them.
 #[derive(Default)]
 struct Cache {
-    /// Most users kept; 0 disables both caches.
-    capacity: usize,
-    users: HashMap<String, LoadedUser>,
-    items: HashMap<String, Item>,
+    /// Budget in bytes of stored JSON (states and items); 0 disables the cache.
+    budget: usize,
+    /// Stored JSON bytes of what is kept now.
+    bytes: usize,
+    /// Each user's state with its stored JSON size.
+    users: HashMap<String, (LoadedUser, usize)>,
+    /// Each catalog item with its stored JSON size.
+    items: HashMap<String, (Item, usize)>,
 }
 
 impl Cache {
     fn clear(&mut self) {
         self.users.clear();
         self.items.clear();
+        self.bytes = 0;
+    }
+
+    /// Takes a user's state out (a failed batch must not leave a
+    /// half-applied state behind).
+    fn take_user(&mut self, user: &str) -> Option<LoadedUser> {
+        let (loaded, bytes) = self.users.remove(user)?;
+        self.bytes -= bytes;
+        Some(loaded)
+    }
+
+    /// Keeps what a stored batch wrote, within the budget.
+    fn remember(&mut self, mut composed: Composed) {
+        if self.budget == 0 {
+            return;
+        }
+        let items: Vec<(String, Item, usize)> = composed
+            .catalog
+            .into_iter()
+            .map(|(id, item)| {
+                let bytes = json(&item).len();
+                (id, item, bytes)
+            })
+            .collect();
+        let adding = composed.state_bytes.values().sum::<usize>()
+            + items.iter().map(|(_, _, bytes)| bytes).sum::<usize>();
+        if self.bytes + adding > self.budget {
+            // Simple and safe: start over (what is dropped is read again).
+            self.clear();
+            if adding > self.budget {
+                return;
+            }
+        }
+        for (user, loaded) in composed.users {
+            let bytes = composed.state_bytes.remove(&user).unwrap_or_default();
+            self.bytes += bytes;
+            if let Some((_, replaced)) = self.users.insert(user, (loaded, bytes)) {
+                self.bytes -= replaced;
+            }
+        }
+        for (id, item, bytes) in items {
+            self.bytes += bytes;
+            if let Some((_, replaced)) = self.items.insert(id, (item, bytes)) {
+                self.bytes -= replaced;
+            }
+        }
     }
 }
 
@@ -89,8 +143,9 @@ struct Composed {
     /// Entries that replace earlier versions (preferences, profiles, linked records).
     replaced: Vec<MemoryEntry>,
     items: Vec<Item>,
-    /// The users as written, with their new versions.
+    /// The users as written, with their new versions and JSON sizes.
     users: HashMap<String, LoadedUser>,
+    state_bytes: HashMap<String, usize>,
     /// Catalog items new in the batch or loaded for it (the cache had the rest).
     catalog: HashMap<String, Item>,
 }
@@ -106,10 +161,10 @@ impl<S: KvStore> Distill<S> {
         }
     }
 
-    /// Keeps up to `users` user states (and the items they need) in memory
-    /// between batches.
-    pub fn with_cache(mut self, users: usize) -> Self {
-        self.cache.capacity = users;
+    /// Keeps user states and the items they need in memory between
+    /// batches, up to `bytes` of their stored JSON.
+    pub fn with_cache(mut self, bytes: usize) -> Self {
+        self.cache.budget = bytes;
         self
     }
 
@@ -121,6 +176,12 @@ impl<S: KvStore> Distill<S> {
 
     pub fn memory(&self) -> &MemoryStore<S> {
         &self.memory
+    }
+
+    /// Stored JSON bytes of the states and items kept between batches now
+    /// (also the gauge `mrrec_distill_cache_bytes`).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes
     }
 }
 
@@ -226,29 +287,24 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
 /// The catalog as seen while composing a batch: this batch's items, items
 /// loaded for it, and the cached ones.
 struct BatchCatalog<'a> {
-    cached: &'a HashMap<String, Item>,
+    cached: &'a HashMap<String, (Item, usize)>,
     /// New and loaded items (the cache learns them once the batch is stored).
     items: HashMap<String, Item>,
 }
 
 impl Catalog for BatchCatalog<'_> {
     fn item(&self, item_id: &str) -> Option<&Item> {
-        self.items.get(item_id).or_else(|| self.cached.get(item_id))
+        self.items
+            .get(item_id)
+            .or_else(|| self.cached.get(item_id).map(|(item, _)| item))
     }
 }
 
 impl<S: KvStore> Distill<S> {
     /// Keeps what a stored batch wrote for the next batches.
     fn remember(&mut self, composed: Composed) {
-        let cache = &mut self.cache;
-        if cache.capacity == 0 {
-            return;
-        }
-        if cache.users.len() + composed.users.len() > cache.capacity {
-            cache.clear();
-        }
-        cache.users.extend(composed.users);
-        cache.items.extend(composed.catalog);
+        self.cache.remember(composed);
+        metrics::gauge!(CACHE_BYTES).set(self.cache.bytes as f64);
     }
 
     /// States of `users`: taken from the cache (a failed batch must not leave
@@ -260,7 +316,7 @@ impl<S: KvStore> Distill<S> {
         let mut out = HashMap::with_capacity(users.len());
         let mut missing = Vec::new();
         for user in users {
-            match self.cache.users.remove(&user) {
+            match self.cache.take_user(&user) {
                 Some(loaded) => {
                     out.insert(user, loaded);
                 }
@@ -394,6 +450,9 @@ impl<S: KvStore> Distill<S> {
             };
             let item = event.item_id.as_deref().and_then(|id| catalog.item(id));
             let categories = state.apply(&record, event.attrs.as_ref(), item, &mut global);
+            if let Some(item_id) = event.item_id.as_deref() {
+                write.set(keys.seen(&event.user_id), item_id, "1");
+            }
             if let (Some(item_id), None) = (event.item_id.as_deref(), item) {
                 // Waits only while the item is still not catalogued, and
                 // tells a concurrent cataloguing write so (WAITING_MARK).
@@ -422,6 +481,7 @@ impl<S: KvStore> Distill<S> {
                 out.push(entry);
             }
         }
+        let mut state_bytes = HashMap::with_capacity(touched.len());
         for (user, categories) in &touched {
             let Some(LoadedUser { state, version }) = loaded.get_mut(user) else {
                 continue;
@@ -444,7 +504,13 @@ impl<S: KvStore> Distill<S> {
                 json(&profile),
             );
             replaced.push(profile);
+            // A state written before `seen:{user}` existed moves its seen
+            // items there now (the state JSON no longer carries them).
+            for item_id in std::mem::take(&mut state.legacy_seen) {
+                write.set(keys.seen(user), item_id, "1");
+            }
             let state_json = json(state);
+            state_bytes.insert(user.clone(), state_json.len());
             let next = mrrec_memory::fingerprint(&state_json);
             write.guard(keys.user(user), "version", version.replace(next.clone()));
             write.set(keys.user(user), "version", next);
@@ -469,6 +535,7 @@ impl<S: KvStore> Distill<S> {
             replaced,
             items: new_items.into_values().collect(),
             users: loaded,
+            state_bytes,
             catalog: catalog.items,
         })
     }

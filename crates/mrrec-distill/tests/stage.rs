@@ -461,3 +461,103 @@ async fn hostile_ids_never_share_a_key_or_an_index_entry() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seen_items_live_beside_the_state_and_old_states_move_theirs() {
+    let dir = std::env::temp_dir().join(format!("mrrec-distill-seen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let memory = MemoryStore::new(EmbeddedStore::open(&dir).unwrap(), Keyspace::default());
+    let keys = memory.keys().clone();
+
+    // A state as written before `seen:{user}` existed: the seen items inside.
+    let mut legacy = serde_json::to_value(mrrec_memory::UserState::new("u1")).unwrap();
+    legacy["seen"] = serde_json::json!(["i7", "i8"]);
+    let legacy = legacy.to_string();
+    let mut write = mrrec_store::Batch::default();
+    write.set(
+        keys.user("u1"),
+        "version",
+        mrrec_memory::fingerprint(&legacy),
+    );
+    write.set(keys.user("u1"), "state", legacy);
+    assert!(memory.apply(&write).await.unwrap());
+    let loaded = memory.user("u1").await.unwrap().state.unwrap();
+    assert_eq!(
+        memory.seen(&loaded).await.unwrap(),
+        ["i7", "i8"].map(String::from).into()
+    );
+
+    let mut stage = Distill::new(memory.clone(), "mrrec.");
+    let mut records = vec![(
+        meta("mrrec.items", 0, 0),
+        item("i1", "Heat (1995)", &["Action"]),
+    )];
+    for n in 0..20 {
+        // Neutral ratings of catalogued items: nothing but `seen` names them.
+        let id = format!("i{}", 100 + n);
+        records.push((meta("mrrec.items", 0, n + 1), item(&id, "Film", &["Drama"])));
+        records.push((
+            meta("mrrec.events", 0, n),
+            rating(&format!("e{n}"), "u1", &id, 3.0, 1_000 + n),
+        ));
+    }
+    records.push((
+        meta("mrrec.events", 0, 20),
+        rating("e20", "u1", "i1", 5.0, 2_000),
+    ));
+    stage.process(&batch(records)).await.unwrap();
+
+    let dump = memory.dump().await.unwrap();
+    let state_json = &dump[&keys.user("u1")]["state"];
+    assert!(
+        !state_json.contains("seen") && !state_json.contains("i7") && !state_json.contains("i110"),
+        "the state keeps no seen items: {state_json}"
+    );
+    let state = memory.user("u1").await.unwrap().state.unwrap();
+    let seen = memory.seen(&state).await.unwrap();
+    assert_eq!(seen.len(), 23, "{seen:?}");
+    assert!(["i1", "i7", "i8", "i100", "i119"]
+        .iter()
+        .all(|i| seen.contains(*i)));
+    assert_eq!(dump[&keys.seen("u1")].len(), 23, "moved into seen:u1");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_keeps_to_its_budget() {
+    let records = || {
+        batch(vec![
+            (
+                meta("mrrec.items", 0, 0),
+                item("i1", "Heat (1995)", &["Action"]),
+            ),
+            (
+                meta("mrrec.events", 0, 0),
+                rating("e1", "u1", "i1", 5.0, 1_000),
+            ),
+            (
+                meta("mrrec.events", 0, 1),
+                rating("e2", "u2", "i1", 1.0, 1_000),
+            ),
+        ])
+    };
+    for (budget, kept) in [(1 << 20, true), (100, false)] {
+        let dir = std::env::temp_dir().join(format!(
+            "mrrec-distill-cache-{budget}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let memory = MemoryStore::new(EmbeddedStore::open(&dir).unwrap(), Keyspace::default());
+        let mut stage = Distill::new(memory.clone(), "mrrec.").with_cache(budget);
+        stage.process(&records()).await.unwrap();
+        let dump = memory.dump().await.unwrap();
+        let stored: usize = ["u1", "u2"]
+            .iter()
+            .map(|u| dump[&memory.keys().user(u)]["state"].len())
+            .sum::<usize>()
+            + dump[&memory.keys().items()]["i1"].len();
+        let expected = if kept { stored } else { 0 };
+        assert_eq!(stage.cache_bytes(), expected, "budget {budget}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

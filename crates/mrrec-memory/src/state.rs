@@ -193,9 +193,12 @@ pub struct UserState {
     pub categories: BTreeMap<String, CategoryStats>,
     /// Latest positive items, oldest first, without repeats.
     pub recent_positive: Vec<String>,
-    /// Every item the user has had an event about (what `exclude_seen` leaves out).
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub seen: BTreeSet<String>,
+    /// Items seen, as states written before `seen:{user}` existed kept them
+    /// (read, never written: distill moves them to that hash on the user's
+    /// next write). The seen set grows with the catalog, so it lives outside
+    /// the state that every batch reads and rewrites.
+    #[serde(default, rename = "seen", skip_serializing)]
+    pub legacy_seen: BTreeSet<String>,
     /// Events about items not in the catalog yet, by item id.
     pub pending: BTreeMap<String, Vec<BehaviorRecord>>,
 }
@@ -233,9 +236,6 @@ impl UserState {
         let Some(item_id) = record.item_id.as_deref() else {
             return Vec::new();
         };
-        if !self.seen.contains(item_id) {
-            self.seen.insert(item_id.to_owned());
-        }
         if record.sentiment() == Sentiment::Liked {
             *delta.popularity.entry(item_id.to_owned()).or_default() += 1;
             for earlier in self.recent_positive.iter().rev().take(CO_OCCURRENCE_WINDOW) {

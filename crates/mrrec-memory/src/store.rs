@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `user:{id}` | `state` (UserState JSON), `version`, `e:{entry id}` (MemoryEntry JSON) |
 //! | `items` | item id → Item JSON |
+//! | `seen:{id}` | item id → `1`, every item the user had an event about (what `exclude_seen` leaves out) |
 //! | `waiting:{item}` | user id → `1`, users with events for a not-yet-known item |
 //! | `global:{category}` | `c:{aspect}` / `u:{aspect}` counts among chosen / passed-over items |
 //! | `cooc:{item}` | other item → times chosen together |
@@ -18,7 +19,7 @@ use crate::render::{self, GlobalStats};
 use crate::{MemoryEntry, UserState};
 use mrrec_messages::Item;
 use mrrec_store::{escape, Batch, KvStore, StoreError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The field of a waiting set (`waiting:{item}`) that counts the events
 /// that ever waited there; never a user id (ids are non-empty). An event
@@ -61,6 +62,10 @@ impl Keyspace {
 
     pub fn user(&self, user: &str) -> String {
         format!("{}user:{}", self.prefix, escape(user))
+    }
+
+    pub fn seen(&self, user: &str) -> String {
+        format!("{}seen:{}", self.prefix, escape(user))
     }
 
     pub fn items(&self) -> String {
@@ -181,6 +186,19 @@ impl<S: KvStore> MemoryStore<S> {
             );
         }
         Ok(out)
+    }
+
+    /// Every item `state`'s user had an event about: the `seen:{user}` hash,
+    /// and what a state written before it existed still holds.
+    pub async fn seen(&self, state: &UserState) -> Result<HashSet<String>, StoreError> {
+        let mut seen: HashSet<String> = self
+            .store
+            .get_all(&self.keys.seen(&state.user))
+            .await?
+            .into_keys()
+            .collect();
+        seen.extend(state.legacy_seen.iter().cloned());
+        Ok(seen)
     }
 
     /// Catalog entries of `items` that exist, one round trip.

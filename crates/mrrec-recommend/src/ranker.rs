@@ -57,7 +57,7 @@ impl<S: KvStore> Ranker<S> {
         k: usize,
     ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
         let exclude: HashSet<String> = match state {
-            Some(state) if exclude_seen => state.seen.iter().cloned().collect(),
+            Some(state) if exclude_seen => self.memory.seen(state).await?,
             _ => HashSet::new(),
         };
         self.rank_excluding(profile, state, &exclude, self.candidates, k)
@@ -77,9 +77,10 @@ impl<S: KvStore> Ranker<S> {
         target: &str,
         depth: usize,
     ) -> Result<Option<u64>, StoreError> {
-        let mut exclude: HashSet<String> = state
-            .map(|s| s.seen.iter().cloned().collect())
-            .unwrap_or_default();
+        let mut exclude: HashSet<String> = match state {
+            Some(state) => self.memory.seen(state).await?,
+            None => HashSet::new(),
+        };
         exclude.remove(target);
         let ranked = self
             .rank_excluding(profile, state, &exclude, depth.max(self.candidates), depth)

@@ -24,7 +24,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::Message as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -38,6 +38,10 @@ pub struct RunnerSettings {
     pub topics: Vec<String>,
     pub dlq_topic: String,
     pub batch_max_records: usize,
+    /// A batch also closes once its records carry this many distinct keys
+    /// (0: no limit). What a stage holds per key (distill: a user's state)
+    /// then bounds a batch's memory, however many records it has.
+    pub batch_max_keys: usize,
     pub batch_max_wait: Duration,
     pub shutdown_timeout: Duration,
     pub backoff_initial: Duration,
@@ -56,6 +60,7 @@ impl RunnerSettings {
                 .collect(),
             dlq_topic: Topic::Dlq.name(&config.topics.prefix),
             batch_max_records: s.batch_max_records,
+            batch_max_keys: 0,
             batch_max_wait: Duration::from_millis(s.batch_max_ms),
             shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
             backoff_initial: Duration::from_millis(s.backoff_initial_ms),
@@ -133,6 +138,8 @@ struct LoopState<S: Stage> {
     handle: Handle,
     dlq: Publisher,
     pending: Vec<RawRecord>,
+    /// Distinct keys of `pending` (kept only when `batch_max_keys` is set).
+    pending_keys: HashSet<Vec<u8>>,
     batch_started: Option<Instant>,
     in_flight: Option<InFlight<S::Message>>,
     /// Last offset known to be in the stage's state (None: nothing stored).
@@ -191,6 +198,9 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                 state.report.rebalances += 1;
                 state.on_revoke(consumer, partitions);
                 state.progress.assigned.store(0, Ordering::Relaxed);
+                metrics::gauge!(m::ASSIGNED_PARTITIONS, "stage" => self.name.clone()).set(0.0);
+                metrics::counter!(m::REBALANCES, "stage" => self.name.clone(), "kind" => "revoke")
+                    .increment(1);
             }
             Rebalance::Assign(partitions) => {
                 let mut state = self.lock();
@@ -201,6 +211,10 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                     .store(partitions.count() as u64, Ordering::Relaxed);
                 tracing::info!(stage = %self.name, partitions = partitions.count(), "partitions assigned");
                 state.on_assign(partitions);
+                metrics::gauge!(m::ASSIGNED_PARTITIONS, "stage" => self.name.clone())
+                    .set(partitions.count() as f64);
+                metrics::counter!(m::REBALANCES, "stage" => self.name.clone(), "kind" => "assign")
+                    .increment(1);
             }
             Rebalance::Error(e) => {
                 tracing::warn!(stage = %self.name, error = %e, "rebalance error")
@@ -268,6 +282,7 @@ impl<S: Stage> StageRunner<S> {
                 handle,
                 dlq,
                 pending: Vec::new(),
+                pending_keys: HashSet::new(),
                 batch_started: None,
                 in_flight: None,
                 stored: HashMap::new(),
@@ -410,11 +425,25 @@ impl<S: Stage> LoopState<S> {
     fn push(&mut self, record: RawRecord) {
         self.progress.polled.fetch_add(1, Ordering::Relaxed);
         self.batch_started.get_or_insert_with(Instant::now);
+        if self.settings.batch_max_keys > 0 {
+            let key = record.meta.key.as_deref().unwrap_or_default();
+            if !self.pending_keys.contains(key) {
+                self.pending_keys.insert(key.to_vec());
+            }
+        }
         self.pending.push(record);
+    }
+
+    /// Takes the pending records (for a batch, or to drop them).
+    fn take_pending(&mut self) -> Vec<RawRecord> {
+        self.pending_keys.clear();
+        std::mem::take(&mut self.pending)
     }
 
     fn batch_full(&self) -> bool {
         self.pending.len() >= self.settings.batch_max_records
+            || (self.settings.batch_max_keys > 0
+                && self.pending_keys.len() >= self.settings.batch_max_keys)
     }
 
     fn batch_due(&self) -> bool {
@@ -482,7 +511,7 @@ impl<S: Stage> LoopState<S> {
         let mut dead_kinds = Vec::new();
         let mut skipped = 0;
         let ts = now_ms();
-        for raw in std::mem::take(&mut self.pending) {
+        for raw in self.take_pending() {
             let meta = raw.meta;
             let key = (meta.topic.clone(), meta.partition);
             *consumed.entry(meta.topic.clone()).or_default() += 1;
@@ -697,7 +726,7 @@ impl<S: Stage> LoopState<S> {
                 let dropped =
                     self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.batch.len());
                 tracing::warn!(stage = %self.name, dropped, "revoke: could not flush; the next owner replays these records");
-                self.pending.clear();
+                self.take_pending();
                 self.in_flight = None;
                 self.batch_started = None;
             }
@@ -758,7 +787,7 @@ impl<S: Stage> LoopState<S> {
     /// Forgets everything not yet committed (after a fatal error).
     fn abandon(&mut self) {
         self.abandoned = true;
-        self.pending.clear();
+        self.take_pending();
         self.in_flight = None;
         self.batch_started = None;
     }

@@ -21,6 +21,8 @@ struct MemoryStage {
     /// registry is process-wide and tests assert exact counters.
     name: &'static str,
     seen: Arc<Mutex<Vec<String>>>,
+    /// Distinct users of each processed batch.
+    users_per_batch: Arc<Mutex<Vec<usize>>>,
     /// Calls of `process` (counting from 1) that fail as retryable.
     fail_calls: Vec<usize>,
     calls: usize,
@@ -31,6 +33,7 @@ impl MemoryStage {
         Self {
             name,
             seen: Arc::default(),
+            users_per_batch: Arc::default(),
             fail_calls: Vec::new(),
             calls: 0,
         }
@@ -53,6 +56,12 @@ impl Stage for MemoryStage {
         if self.fail_calls.contains(&self.calls) {
             return Err(StageError::Retryable("the store is away".into()));
         }
+        let users: std::collections::BTreeSet<&str> = batch
+            .records
+            .iter()
+            .map(|r| r.message.user_id.as_str())
+            .collect();
+        self.users_per_batch.lock().unwrap().push(users.len());
         let mut seen = self.seen.lock().unwrap();
         seen.extend(batch.records.iter().map(|r| r.message.event_id.clone()));
         Ok(())
@@ -305,4 +314,40 @@ async fn retries_lose_no_record_that_was_already_fetched() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_closes_at_its_key_limit() {
+    // 100 events of 5 users (the record key), all there before the runner
+    // starts: without a key limit the first batch would hold every user.
+    let config = config("keys.", 50);
+    let broker = EmbeddedBroker::start(&config.topics.prefix, config.topics.partitions).unwrap();
+    let clients = KafkaClients::new(broker.bootstrap_servers(), &BTreeMap::new());
+    let events = Topic::Events.name("keys.");
+    produce(&clients, &events, (0..100).map(event).collect()).await;
+
+    let mut settings = RunnerSettings::from_config(&config, "keys", &[Topic::Events]);
+    settings.batch_max_keys = 2;
+    let stage = MemoryStage::named("keys");
+    let (seen, users_per_batch) = (stage.seen.clone(), stage.users_per_batch.clone());
+    let runner = StageRunner::new(clients.clone(), settings, stage);
+    let progress = runner.progress();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(runner.run(shutdown.clone()));
+    wait_for("every record processed", || {
+        Progress::get(&progress.processed) == 100
+    })
+    .await;
+    shutdown.trigger();
+    running.await.unwrap().unwrap();
+    let batches = users_per_batch.lock().unwrap().clone();
+    assert!(
+        batches.iter().all(|users| *users <= 2),
+        "users per batch: {batches:?}"
+    );
+    assert!(batches.len() >= 3, "users per batch: {batches:?}");
+    let mut ids = seen.lock().unwrap().clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100);
 }

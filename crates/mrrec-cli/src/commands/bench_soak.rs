@@ -158,7 +158,8 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
             "rss_anon_end_over_warm": ratio(end.2, warm.2),
             "rss_samples_t_rss_anon": curve,
             "store": format!("{:?}", config.store.backend).to_lowercase(),
-            "cache_users": config.distill.cache_users,
+            "cache_mb": config.distill.cache_mb,
+            "batch_max_users": config.distill.batch_max_users,
         })
     );
     Ok(())
