@@ -309,8 +309,10 @@ pub struct DistillConfig {
     pub batch_max_records: usize,
     /// Longest a batch stays open (overrides `stream.batch_max_ms` for distill).
     pub batch_max_ms: u64,
-    /// A batch also closes once it touches this many users (distinct record
-    /// keys): what one batch holds in memory is at most this many user states.
+    /// A batch also closes once its records carry this many distinct keys
+    /// (events are keyed by user; a keyless record counts as its own): what
+    /// one batch holds is about this many user states (plus users whose
+    /// waiting events an item in it links).
     pub batch_max_users: usize,
     /// Memory for user states and catalog items kept between batches, in MiB
     /// of their stored JSON (0 disables the cache).

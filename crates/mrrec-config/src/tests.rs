@@ -104,6 +104,7 @@ batch_max_ms = 0
 [distill]
 batch_max_records = 200000
 batch_max_users = 0
+cache_mb = 99999999
 [kafka.properties]
 "group.id" = "x"
 "#,
@@ -118,6 +119,7 @@ batch_max_users = 0
         "stream.batch_max_ms",
         "distill.batch_max_records",
         "distill.batch_max_users",
+        "distill.cache_mb",
         "kafka.properties.group.id",
     ] {
         assert!(error.mentions(key), "{key} missing from {error}");

@@ -278,6 +278,12 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
             format!("{} is not between 1 and 1000000", distill.batch_max_users),
         );
     }
+    if distill.cache_mb > 1 << 20 {
+        fail(
+            "distill.cache_mb",
+            format!("{} is more than 1048576 (1 TiB)", distill.cache_mb),
+        );
+    }
     if stream.backoff_initial_ms == 0 || stream.backoff_initial_ms > stream.backoff_max_ms {
         fail(
             "stream.backoff_initial_ms",

@@ -87,6 +87,11 @@ impl Cache {
         self.users.clear();
         self.items.clear();
         self.bytes = 0;
+        self.report();
+    }
+
+    fn report(&self) {
+        metrics::gauge!(CACHE_BYTES).set(self.bytes as f64);
     }
 
     /// Takes a user's state out (a failed batch must not leave a
@@ -94,6 +99,7 @@ impl Cache {
     fn take_user(&mut self, user: &str) -> Option<LoadedUser> {
         let (loaded, bytes) = self.users.remove(user)?;
         self.bytes -= bytes;
+        self.report();
         Some(loaded)
     }
 
@@ -304,7 +310,7 @@ impl<S: KvStore> Distill<S> {
     /// Keeps what a stored batch wrote for the next batches.
     fn remember(&mut self, composed: Composed) {
         self.cache.remember(composed);
-        metrics::gauge!(CACHE_BYTES).set(self.cache.bytes as f64);
+        self.cache.report();
     }
 
     /// States of `users`: taken from the cache (a failed batch must not leave
@@ -443,6 +449,8 @@ impl<S: KvStore> Distill<S> {
             }
         }
 
+        // Items each user had an event about, each written once.
+        let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
         for (event, request_id) in &events {
             let record = BehaviorRecord::from_event(event, request_id.as_deref());
             let Some(LoadedUser { state, .. }) = loaded.get_mut(&event.user_id) else {
@@ -451,7 +459,7 @@ impl<S: KvStore> Distill<S> {
             let item = event.item_id.as_deref().and_then(|id| catalog.item(id));
             let categories = state.apply(&record, event.attrs.as_ref(), item, &mut global);
             if let Some(item_id) = event.item_id.as_deref() {
-                write.set(keys.seen(&event.user_id), item_id, "1");
+                seen.insert((event.user_id.as_str(), item_id));
             }
             if let (Some(item_id), None) = (event.item_id.as_deref(), item) {
                 // Waits only while the item is still not catalogued, and
@@ -465,6 +473,10 @@ impl<S: KvStore> Distill<S> {
                 .or_default()
                 .extend(categories);
             records.push((event.user_id.clone(), record));
+        }
+
+        for (user, item_id) in seen {
+            write.set(keys.seen(user), item_id, "1");
         }
 
         // Render and write what changed.

@@ -39,8 +39,9 @@ pub struct RunnerSettings {
     pub dlq_topic: String,
     pub batch_max_records: usize,
     /// A batch also closes once its records carry this many distinct keys
-    /// (0: no limit). What a stage holds per key (distill: a user's state)
-    /// then bounds a batch's memory, however many records it has.
+    /// (0: no limit; a record without a key counts as a key of its own).
+    /// What a stage holds per key (distill: a user's state) then bounds a
+    /// batch's memory, however many records it has.
     pub batch_max_keys: usize,
     pub batch_max_wait: Duration,
     pub shutdown_timeout: Duration,
@@ -140,6 +141,8 @@ struct LoopState<S: Stage> {
     pending: Vec<RawRecord>,
     /// Distinct keys of `pending` (kept only when `batch_max_keys` is set).
     pending_keys: HashSet<Vec<u8>>,
+    /// Records of `pending` without a key (each counts as a key).
+    pending_keyless: usize,
     batch_started: Option<Instant>,
     in_flight: Option<InFlight<S::Message>>,
     /// Last offset known to be in the stage's state (None: nothing stored).
@@ -283,6 +286,7 @@ impl<S: Stage> StageRunner<S> {
                 dlq,
                 pending: Vec::new(),
                 pending_keys: HashSet::new(),
+                pending_keyless: 0,
                 batch_started: None,
                 in_flight: None,
                 stored: HashMap::new(),
@@ -426,9 +430,12 @@ impl<S: Stage> LoopState<S> {
         self.progress.polled.fetch_add(1, Ordering::Relaxed);
         self.batch_started.get_or_insert_with(Instant::now);
         if self.settings.batch_max_keys > 0 {
-            let key = record.meta.key.as_deref().unwrap_or_default();
-            if !self.pending_keys.contains(key) {
-                self.pending_keys.insert(key.to_vec());
+            match record.meta.key.as_deref() {
+                Some(key) if !self.pending_keys.contains(key) => {
+                    self.pending_keys.insert(key.to_vec());
+                }
+                Some(_) => {}
+                None => self.pending_keyless += 1,
             }
         }
         self.pending.push(record);
@@ -437,13 +444,14 @@ impl<S: Stage> LoopState<S> {
     /// Takes the pending records (for a batch, or to drop them).
     fn take_pending(&mut self) -> Vec<RawRecord> {
         self.pending_keys.clear();
+        self.pending_keyless = 0;
         std::mem::take(&mut self.pending)
     }
 
     fn batch_full(&self) -> bool {
         self.pending.len() >= self.settings.batch_max_records
             || (self.settings.batch_max_keys > 0
-                && self.pending_keys.len() >= self.settings.batch_max_keys)
+                && self.pending_keys.len() + self.pending_keyless >= self.settings.batch_max_keys)
     }
 
     fn batch_due(&self) -> bool {
