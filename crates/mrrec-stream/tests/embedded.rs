@@ -320,34 +320,63 @@ async fn retries_lose_no_record_that_was_already_fetched() {
 async fn a_batch_closes_at_its_key_limit() {
     // 100 events of 5 users (the record key), all there before the runner
     // starts: without a key limit the first batch would hold every user.
-    let config = config("keys.", 50);
+    let batches = batches_under_a_key_limit("keys.", 2, (0..100).map(event).collect()).await;
+    assert!(
+        batches.iter().all(|users| *users <= 2),
+        "users per batch: {batches:?}"
+    );
+    assert!(batches.len() >= 3, "users per batch: {batches:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_without_a_key_counts_as_a_key_of_its_own() {
+    // The same events without keys: the runner cannot tell their users
+    // apart, so each counts as one (not all of them as one empty key).
+    let keyless = (0..20)
+        .map(|i| OutgoingRecord {
+            key: None,
+            ..event(i)
+        })
+        .collect();
+    let batches = batches_under_a_key_limit("keyless.", 3, keyless).await;
+    assert!(
+        batches.iter().all(|users| *users <= 3),
+        "users per batch: {batches:?}"
+    );
+}
+
+/// Runs `records` through a runner whose batches close at `max_keys` keys;
+/// returns the distinct users of each batch.
+async fn batches_under_a_key_limit(
+    prefix: &'static str,
+    max_keys: usize,
+    records: Vec<OutgoingRecord>,
+) -> Vec<usize> {
+    let total = records.len() as u64;
+    let config = config(prefix, 50);
     let broker = EmbeddedBroker::start(&config.topics.prefix, config.topics.partitions).unwrap();
     let clients = KafkaClients::new(broker.bootstrap_servers(), &BTreeMap::new());
-    let events = Topic::Events.name("keys.");
-    produce(&clients, &events, (0..100).map(event).collect()).await;
+    let events = Topic::Events.name(prefix);
+    produce(&clients, &events, records).await;
 
-    let mut settings = RunnerSettings::from_config(&config, "keys", &[Topic::Events]);
-    settings.batch_max_keys = 2;
-    let stage = MemoryStage::named("keys");
+    let mut settings = RunnerSettings::from_config(&config, prefix, &[Topic::Events]);
+    settings.batch_max_keys = max_keys;
+    let stage = MemoryStage::named(prefix);
     let (seen, users_per_batch) = (stage.seen.clone(), stage.users_per_batch.clone());
     let runner = StageRunner::new(clients.clone(), settings, stage);
     let progress = runner.progress();
     let shutdown = Shutdown::new();
     let running = tokio::spawn(runner.run(shutdown.clone()));
     wait_for("every record processed", || {
-        Progress::get(&progress.processed) == 100
+        Progress::get(&progress.processed) == total
     })
     .await;
     shutdown.trigger();
     running.await.unwrap().unwrap();
-    let batches = users_per_batch.lock().unwrap().clone();
-    assert!(
-        batches.iter().all(|users| *users <= 2),
-        "users per batch: {batches:?}"
-    );
-    assert!(batches.len() >= 3, "users per batch: {batches:?}");
     let mut ids = seen.lock().unwrap().clone();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 100);
+    assert_eq!(ids.len() as u64, total);
+    let batches = users_per_batch.lock().unwrap().clone();
+    batches
 }
