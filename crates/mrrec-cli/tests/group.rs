@@ -13,7 +13,7 @@ mod common;
 
 use common::{
     assert_same_keyspace, connect, counter, dump, ml100k_dir, run_ok, scrape, stored_records,
-    wait_for_records, Running,
+    try_scrape, wait_for_records, Running,
 };
 use mrrec_testkit::{free_port, Redis, Tansu};
 use std::time::{Duration, Instant};
@@ -213,10 +213,7 @@ async fn wait_for_assignment(ports: &[u16], running: &mut [&mut Running], timeou
         let mut owned = Vec::new();
         for port in ports {
             // A process still starting has no endpoint yet: it owns nothing.
-            let page = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
-                Ok(response) => response.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
+            let page = try_scrape(*port).await.unwrap_or_default();
             owned.push(counter(&page, "mrrec_assigned_partitions"));
         }
         if owned.iter().sum::<f64>() == PARTITIONS && owned.iter().all(|n| *n > 0.0) {

@@ -319,6 +319,13 @@ pub struct DistillConfig {
     pub cache_mb: u64,
 }
 
+impl DistillConfig {
+    /// `cache_mb` in bytes.
+    pub fn cache_bytes(&self) -> usize {
+        (self.cache_mb as usize).saturating_mul(1024 * 1024)
+    }
+}
+
 impl Config {
     /// Embedded defaults, then `file` if given, then `MRREC__…` variables of the process.
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {

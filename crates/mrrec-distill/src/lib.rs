@@ -99,7 +99,6 @@ impl Cache {
     fn take_user(&mut self, user: &str) -> Option<LoadedUser> {
         let (loaded, bytes) = self.users.remove(user)?;
         self.bytes -= bytes;
-        self.report();
         Some(loaded)
     }
 
@@ -138,6 +137,7 @@ impl Cache {
                 self.bytes -= replaced;
             }
         }
+        self.report();
     }
 }
 
@@ -254,7 +254,7 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
                     index_ms = (started.elapsed() - applied_at).as_millis() as u64,
                     "distill: batch stored"
                 );
-                self.remember(composed);
+                self.cache.remember(composed);
                 return Ok(());
             }
             tracing::debug!("distill: a guard failed (concurrent writer); recomputing the batch");
@@ -307,12 +307,6 @@ impl Catalog for BatchCatalog<'_> {
 }
 
 impl<S: KvStore> Distill<S> {
-    /// Keeps what a stored batch wrote for the next batches.
-    fn remember(&mut self, composed: Composed) {
-        self.cache.remember(composed);
-        self.cache.report();
-    }
-
     /// States of `users`: taken from the cache (a failed batch must not leave
     /// half-applied states there), the rest loaded in one round trip.
     async fn take_users(
@@ -329,6 +323,7 @@ impl<S: KvStore> Distill<S> {
                 None => missing.push(user),
             }
         }
+        self.cache.report();
         out.extend(self.memory.load_users(&missing).await?);
         Ok(out)
     }

@@ -187,7 +187,7 @@ pub(crate) async fn start_distill(
     let indexes = Indexes::open(Some(&index_dir), &memory).await?;
     let stage = Distill::new(memory, &topics.prefix)
         .with_indexes(indexes)
-        .with_cache(config.distill.cache_mb as usize * 1024 * 1024);
+        .with_cache(config.distill.cache_bytes());
     let mut bench_config = config.clone();
     bench_config.topics = topics.clone();
     let settings = mrrec_distill::runner_settings(&bench_config, &format!("{run}distill"));

@@ -51,7 +51,7 @@ pub(crate) async fn distill_stage(
         .with_context(|| format!("opening the indexes in {}", config.index.path.display()))?;
     Ok(Distill::new(memory, &config.topics.prefix)
         .with_indexes(indexes)
-        .with_cache(config.distill.cache_mb as usize * 1024 * 1024))
+        .with_cache(config.distill.cache_bytes()))
 }
 
 /// Runs `stage` until `shutdown` (SIGINT/SIGTERM) and says what it did.

@@ -260,10 +260,15 @@ pub fn counter(scrape: &str, name: &str) -> f64 {
 
 /// `GET /metrics` of a process whose `metrics.listen` is 127.0.0.1:`port`.
 pub async fn scrape(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    try_scrape(port)
         .await
-        .unwrap()
-        .text()
+        .unwrap_or_else(|| panic!("no metrics on 127.0.0.1:{port}"))
+}
+
+/// [`scrape`], or `None` while nothing answers there (a process starting).
+pub async fn try_scrape(port: u16) -> Option<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
-        .unwrap()
+        .ok()?;
+    response.text().await.ok()
 }
