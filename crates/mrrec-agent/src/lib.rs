@@ -10,7 +10,6 @@
 //! collaborative and popularity signals).
 
 pub mod rank;
-pub mod teacher;
 
 pub use mrrec_policy::escape::{self, escape_text, safe_id};
 pub use mrrec_policy::turn::{self, parse_turn, Action, Turn};

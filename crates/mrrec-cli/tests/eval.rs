@@ -1,7 +1,12 @@
 //! `mrrec eval` on a JSON-lines dataset it has never seen (DESIGN §13): a
 //! small synthetic world written as items, events and requests files. The
-//! report names every baseline row, the untrained pipeline, and one row per
-//! published version; bad invocations fail with a message.
+//! report names every baseline row, the untrained pipeline, one row per
+//! published version, `rule` and `pipeline_no_memory`, each pipeline row
+//! with its interval against the rule; bad invocations fail with a message.
+//! Then the replay's strictness in time (§13), on the `rule` backend (no
+//! model to build): no later event reaches memory before a request is
+//! answered, every request of a user is answered, and each request's own
+//! `exclude_seen` applies.
 
 use mrrec_datasets::synthetic::{world, WorldSize};
 use std::io::Write;
@@ -34,26 +39,39 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
         },
     );
     let split = mrrec_datasets::split(&dataset);
+    let category: std::collections::HashMap<&str, &str> = dataset
+        .items
+        .iter()
+        .map(|i| (i.item_id.as_str(), i.categories[0].as_str()))
+        .collect();
     let mut requests = Vec::new();
     for u in &split.users {
         for (name, target) in [("valid", &u.valid), ("test", &u.test)] {
             requests.push(serde_json::json!({
                 "request_id": format!("{name}-{}", u.user_id),
                 "user_id": u.user_id,
-                "query": "something I would like",
-                "k": 10,
+                "query": format!("Looking for {}", category[target.item_id.as_str()]),
+                "k": 100,
                 "ts": target.ts,
                 "target_item_id": target.item_id,
                 "split": name,
             }));
         }
     }
+    // A request whose target is not in the catalog is reported and skipped.
+    requests.push(serde_json::json!({
+        "request_id": "test-ghost", "user_id": "1", "query": "anything", "ts": 1,
+        "target_item_id": "no-such-item", "split": "test",
+    }));
     let (items, events, reqs) = (
         tmp.path().join("items.jsonl"),
         tmp.path().join("events.jsonl"),
         tmp.path().join("requests.jsonl"),
     );
-    write_lines(&items, &dataset.items);
+    let mut catalog = dataset.items.clone();
+    // Real catalog text: a tab in a title is normalised, not refused.
+    catalog[0].title = format!("{}\twith a tab", catalog[0].title);
+    write_lines(&items, &catalog);
     write_lines(&events, &dataset.events);
     write_lines(&reqs, &requests);
     let out = tmp.path().join("report.json");
@@ -83,9 +101,16 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("no-such-item"), "{stderr}");
+    assert!(
+        stderr.contains("1 with tabs or newlines normalised"),
+        "{stderr}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(report["users"], split.users.len());
+    assert_eq!(report["skipped_lines"], 1, "{report}");
+    assert_eq!(report["normalized_lines"], 1, "{report}");
     let names: Vec<&str> = report["rows"]
         .as_array()
         .unwrap()
@@ -94,15 +119,32 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
         .collect();
     for name in [
         "popularity",
-        "genre_popularity",
+        "category_popularity",
         "item_knn",
         "bm25_query",
         "bm25_naive_memory",
         "hybrid",
         "pipeline_untrained",
+        "rule",
+        "pipeline_no_memory",
     ] {
         assert!(names.contains(&name), "{name} missing: {names:?}");
         assert!(stdout.contains(&format!("| {name} |")), "{stdout}");
+    }
+    // Every pipeline row carries its paired interval against the rule.
+    for row in report["rows"].as_array().unwrap() {
+        let name = row["name"].as_str().unwrap();
+        let vs = &row["vs_rule"];
+        if name.starts_with("pipeline_") {
+            let (d, lo, hi) = (
+                vs["ndcg@10_diff"].as_f64().unwrap(),
+                vs["lo"].as_f64().unwrap(),
+                vs["hi"].as_f64().unwrap(),
+            );
+            assert!(lo <= d && d <= hi, "{row}");
+        } else {
+            assert!(vs.is_null(), "{row}");
+        }
     }
     for row in report["rows"].as_array().unwrap() {
         for key in ["recall@10", "ndcg@10", "recall@100", "ndcg@100"] {
@@ -128,6 +170,15 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     assert_eq!(curve[0]["version"], 0, "{report}");
     assert!(curve[0]["validation_reward"].as_f64().is_some(), "{report}");
     assert!(curve[0]["test_ndcg@10"].as_f64().is_some(), "{report}");
+    assert!(curve[0]["test_ndcg@10_interval"].is_array(), "{report}");
+    let behaviour = &curve[0]["behaviour"];
+    for key in [
+        "share_differs_from_rule",
+        "share_cites_memory",
+        "mean_retrieve_steps",
+    ] {
+        assert!(behaviour[key].as_f64().is_some(), "{key}: {report}");
+    }
     let png = std::fs::read(&plot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 2_000, "{} bytes", png.len());
@@ -168,4 +219,135 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     ]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("bad.jsonl:1"));
+}
+
+fn purchase(user: &str, item: &str, ts: i64) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": format!("{user}-{item}-{ts}"), "user_id": user, "kind": "purchase",
+        "item_id": item, "ts": ts,
+    })
+}
+
+/// Runs `mrrec eval` on the rule backend over these files; returns the
+/// report's rows by name.
+fn eval_rule(
+    dir: &std::path::Path,
+    items: &[serde_json::Value],
+    events: &[serde_json::Value],
+    requests: &[serde_json::Value],
+) -> std::collections::HashMap<String, serde_json::Value> {
+    std::fs::create_dir_all(dir).unwrap();
+    let paths = [
+        dir.join("items.jsonl"),
+        dir.join("events.jsonl"),
+        dir.join("requests.jsonl"),
+    ];
+    write_lines(&paths[0], items);
+    write_lines(&paths[1], events);
+    write_lines(&paths[2], requests);
+    let out = dir.join("report.json");
+    let output = mrrec_testkit::isolated_mrrec(env!("CARGO_BIN_EXE_mrrec"))
+        .args(["--log", "warn", "eval", "--items"])
+        .arg(&paths[0])
+        .arg("--events")
+        .arg(&paths[1])
+        .arg("--requests")
+        .arg(&paths[2])
+        .arg("--dir")
+        .arg(dir.join("state"))
+        .arg("--out")
+        .arg(&out)
+        .env("MRREC__METRICS__LISTEN", "")
+        .env("MRREC__LLM__BACKEND", "rule")
+        .output()
+        .expect("mrrec runs");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r.clone()))
+        .collect()
+}
+
+/// DESIGN §13's strict replay, each point a check the replay before it
+/// failed: (1) events of other users after a request never reach memory
+/// before it is answered — a hit that becomes popular only later is not
+/// ranked first; (2) two test requests of one user are both answered and
+/// scored; (3) a request with `exclude_seen: false` may be answered with an
+/// item the user already bought, one with the default may not.
+#[test]
+fn the_replay_is_strict_in_time_and_answers_every_request_as_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 30 items of one category; every title names it.
+    let items: Vec<serde_json::Value> = (0..30)
+        .map(|i| serde_json::json!({"item_id": format!("{i}"), "title": format!("Gear model {i}"), "categories": ["Gear"]}))
+        .collect();
+    let mut events = Vec::new();
+    // Early on, items 1..5 are what people buy.
+    for u in 0..20 {
+        for i in 1..=5 {
+            events.push(purchase(
+                &format!("early{u}"),
+                &format!("{i}"),
+                1_000 + u * 10 + i,
+            ));
+        }
+    }
+    // The asking user bought item 7 before asking.
+    events.push(purchase("asker", "7", 2_000));
+    // After the requests, item 29 becomes the hit of the season.
+    for u in 0..40 {
+        events.push(purchase(&format!("late{u}"), "29", 10_000 + u));
+    }
+    let request = |id: &str, target: &str, ts: i64, exclude_seen: bool| {
+        serde_json::json!({
+            "request_id": id, "user_id": "asker", "query": "Looking for Gear", "k": 100,
+            "exclude_seen": exclude_seen, "ts": ts, "target_item_id": target, "split": "test",
+        })
+    };
+    let rows = eval_rule(
+        tmp.path(),
+        &items,
+        &events,
+        &[
+            // (1) The later hit: not popular when asked.
+            request("t-hit", "29", 5_000, true),
+            // (3) A re-purchase of item 7, allowed.
+            request("t-again", "7", 5_001, false),
+        ],
+    );
+    let rule = &rows["rule"];
+    // t-again finds item 7 (recall@100 counts it); t-hit's target is a
+    // never-bought item among 25, ranked outside the top 10 when memory
+    // holds only what came before the request.
+    assert_eq!(rule["recall@100"].as_f64().unwrap(), 1.0, "{rule}");
+    let ndcg = rule["ndcg@10"].as_f64().unwrap();
+    assert!(
+        ndcg <= 0.5 + 1e-9,
+        "the later hit leaked into memory: {rule}"
+    );
+    // The same requests asking to exclude what the user saw: item 7 is
+    // never ranked, so only one of two can be found.
+    let rows = eval_rule(
+        &tmp.path().join("strict"),
+        &items,
+        &events,
+        &[
+            request("t-hit", "29", 5_000, true),
+            request("t-again", "7", 5_001, true),
+        ],
+    );
+    assert!(
+        rows["rule"]["recall@100"].as_f64().unwrap() <= 0.5,
+        "{}",
+        rows["rule"]
+    );
 }

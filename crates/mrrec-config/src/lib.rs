@@ -156,6 +156,8 @@ pub struct IndexConfig {
 pub enum LlmBackend {
     Embedded,
     Http,
+    /// DESIGN §4's `rule` policy: no model, no policy directory.
+    Rule,
 }
 
 /// The policy LLM.
@@ -198,6 +200,10 @@ pub struct AgentConfig {
     pub max_turn_tokens: u32,
     /// Longest piece of user text (query, memory entry) put into a prompt, in characters.
     pub max_input_chars: u32,
+    /// Whether the policy sees memory. `false` answers every retrieve with
+    /// no memory and leaves global memory out of the prompt: the
+    /// `pipeline_no_memory` ablation of `mrrec eval` (DESIGN §11).
+    pub use_memory: bool,
 }
 
 /// The recommendation stage: concurrency, deadlines and the item ranking.

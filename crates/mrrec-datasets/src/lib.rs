@@ -74,6 +74,8 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
             attrs: year
                 .map(|y| serde_json::from_value(serde_json::json!({ "year": y })).expect("object")),
         };
+        let mut item = item;
+        item.normalize();
         item.validate()
             .with_context(|| format!("u.item:{}", n + 1))?;
         items.push(item);
@@ -159,30 +161,120 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
     Ok(Dataset { items, events })
 }
 
-/// Items and events as DESIGN §2 JSON lines. Every line is validated; the first
-/// bad one fails the load, naming file, line and reason.
-pub fn jsonl(items: &Path, events: &Path) -> Result<Dataset> {
-    Ok(Dataset {
-        items: read_jsonl(items)?,
-        events: read_jsonl(events)?,
-    })
+/// What reading JSON lines met besides good lines: lines whose free text
+/// was normalised (tabs, newlines → spaces) and lines skipped as broken,
+/// each with its file, line number and reason.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadReport {
+    /// Lines read into messages.
+    pub read: usize,
+    /// Of those, lines whose text was normalised.
+    pub normalized: usize,
+    pub skipped: Vec<Skipped>,
 }
 
-/// Messages of one kind from a JSON-lines file (blank lines skipped); the
-/// first bad line fails the read, naming file, line and reason.
-pub fn read_jsonl<M: Message>(path: &Path) -> Result<Vec<M>> {
+/// One line left out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+    }
+}
+
+/// Skipped lines a summary names one by one; the rest are counted.
+const NAMED_SKIPS: usize = 20;
+
+impl ReadReport {
+    /// Adds `other`'s counts and skipped lines to this report.
+    pub fn merge(&mut self, other: ReadReport) {
+        self.read += other.read;
+        self.normalized += other.normalized;
+        self.skipped.extend(other.skipped);
+    }
+
+    /// Records a line left out.
+    pub fn skip(&mut self, file: &Path, line: usize, reason: impl Into<String>) {
+        self.skipped.push(Skipped {
+            file: file.display().to_string(),
+            line,
+            reason: reason.into(),
+        });
+    }
+
+    /// Lines for a person: each skipped line (the first 20, then a count)
+    /// and one line of totals.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .skipped
+            .iter()
+            .take(NAMED_SKIPS)
+            .map(|s| format!("skipped {s}"))
+            .collect();
+        if self.skipped.len() > NAMED_SKIPS {
+            lines.push(format!(
+                "… and {} more skipped lines",
+                self.skipped.len() - NAMED_SKIPS
+            ));
+        }
+        lines.push(format!(
+            "{} lines read, {} with tabs or newlines normalised to spaces, {} skipped",
+            self.read,
+            self.normalized,
+            self.skipped.len()
+        ));
+        lines
+    }
+}
+
+/// Items and events as DESIGN §2 JSON lines. Every line is validated; a
+/// bad line is skipped and reported (file, line, reason), and the read goes
+/// on. Only an unreadable file, or one with no good line, fails.
+pub fn jsonl(items: &Path, events: &Path) -> Result<(Dataset, ReadReport)> {
+    let (items, mut report) = read_jsonl(items)?;
+    let (events, events_report) = read_jsonl(events)?;
+    report.merge(events_report);
+    Ok((Dataset { items, events }, report))
+}
+
+/// Messages of one kind from a JSON-lines file (blank lines skipped). A
+/// line that does not decode is skipped and reported; free text with tabs
+/// or newlines is normalised and counted. Fails only when the file cannot
+/// be read or holds no good line at all.
+pub fn read_jsonl<M: Message>(path: &Path) -> Result<(Vec<M>, ReadReport)> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
+    let mut report = ReadReport::default();
     for (n, line) in text.split(|b| *b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        out.push(
-            mrrec_messages::decode::<M>(line)
-                .with_context(|| format!("{}:{}", path.display(), n + 1))?,
-        );
+        match mrrec_messages::decode_normalized::<M>(line) {
+            Ok((message, normalized)) => {
+                out.push(message);
+                report.read += 1;
+                report.normalized += usize::from(normalized);
+            }
+            Err(e) => report.skip(path, n + 1, e.to_string()),
+        }
     }
-    Ok(out)
+    if out.is_empty() {
+        match report.skipped.first() {
+            Some(first) => bail!(
+                "{}: no valid line ({} skipped; the first: {first})",
+                path.display(),
+                report.skipped.len()
+            ),
+            None => bail!("{}: no lines", path.display()),
+        }
+    }
+    Ok((out, report))
 }
 
 #[cfg(test)]
@@ -198,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn jsonl_names_file_line_and_reason_of_the_first_bad_line() {
+    fn jsonl_skips_bad_lines_naming_file_line_and_reason_and_goes_on() {
         let d = dir("jsonl");
         std::fs::write(
             d.join("items.jsonl"),
@@ -211,15 +303,33 @@ mod tests {
              {\"event_id\":\"e2\",\"user_id\":\"u\",\"kind\":\"teleport\",\"ts\":1}\n",
         )
         .unwrap();
-        let error = jsonl(&d.join("items.jsonl"), &d.join("events.jsonl"))
-            .err()
-            .unwrap();
-        let message = format!("{error:#}");
-        assert!(message.contains("events.jsonl:2"), "{message}");
-        assert!(message.contains("teleport"), "{message}");
-        std::fs::write(d.join("events.jsonl"), "{\"event_id\":\"e1\",\"user_id\":\"u\",\"kind\":\"view\",\"item_id\":\"i1\",\"ts\":1}\n").unwrap();
-        let dataset = jsonl(&d.join("items.jsonl"), &d.join("events.jsonl")).unwrap();
+        let (dataset, report) = jsonl(&d.join("items.jsonl"), &d.join("events.jsonl")).unwrap();
         assert_eq!((dataset.items.len(), dataset.events.len()), (1, 1));
+        assert_eq!((report.read, report.skipped.len()), (2, 1));
+        let skipped = report.skipped[0].to_string();
+        assert!(skipped.contains("events.jsonl:2"), "{skipped}");
+        assert!(skipped.contains("teleport"), "{skipped}");
+        let summary = report.summary().join("\n");
+        assert!(summary.contains("events.jsonl:2"), "{summary}");
+        assert!(summary.contains("1 skipped"), "{summary}");
+
+        // A title with a tab is text: normalised and counted, not refused.
+        std::fs::write(
+            d.join("items.jsonl"),
+            "{\"item_id\":\"i1\",\"title\":\"Lab\\tcoat\"}\n{\"item_id\":\"i2\",\"title\":\"B\"}\n",
+        )
+        .unwrap();
+        let (dataset, report) = jsonl(&d.join("items.jsonl"), &d.join("events.jsonl")).unwrap();
+        assert_eq!(dataset.items[0].title, "Lab coat");
+        assert_eq!(report.normalized, 1);
+
+        // Only a file with nothing usable fails, saying why.
+        std::fs::write(d.join("bad.jsonl"), "not json\n").unwrap();
+        let message = format!(
+            "{:#}",
+            read_jsonl::<Item>(&d.join("bad.jsonl")).err().unwrap()
+        );
+        assert!(message.contains("bad.jsonl:1"), "{message}");
         assert!(jsonl(&d.join("missing"), &d.join("events.jsonl")).is_err());
     }
 

@@ -1,21 +1,25 @@
-//! DESIGN §11's baselines, computed from the same data the pipeline sees
-//! (each request's history is every rating before its target):
-//! `popularity` (ratings before the target's timestamp), `genre_popularity`
-//! (the query's category first, each group by popularity), `item_knn`
-//! (cosine co-occurrence over the histories, scored against the last 50
-//! history items), `bm25_query` (the query over title + categories),
-//! `bm25_naive_memory` (the query plus the titles and categories of the last
-//! 10 history items) and `hybrid` (per-request z-scores over the candidates
-//! of popularity within the query's category, item-kNN and BM25 of the
-//! query, summed with equal weights). Candidates are
-//! all items outside the history; ties go to the smaller item id.
+//! DESIGN §11's and §14's baselines, computed from the same data the
+//! pipeline sees. Each request's history is the user's interactions before
+//! it (see [`Interaction`] for which events count); its candidates are the
+//! items the user had no event about before it, the set the pipeline
+//! excludes too. Rows: `popularity` (interactions before the request's
+//! timestamp), `genre_popularity` / `category_popularity` (items of the
+//! category the query names first, each group by popularity; a query that
+//! names none ranks by popularity), `item_knn` (cosine co-occurrence over
+//! every user's history, scored against the last 50 history items),
+//! `bm25_query` (the query over title + categories), `bm25_naive_memory`
+//! (the query plus the titles and categories of the last 10 history items)
+//! and `hybrid` (per-request z-scores over the candidates of popularity
+//! within the query's category, item-kNN and BM25 of the query, summed with
+//! equal weights). Ties go to the smaller item id.
 
 use crate::metrics::{rank_of, Metrics, Row};
 use mrrec_index::{IndexError, ItemIndex};
-use mrrec_messages::Item;
+use mrrec_messages::{Event, EventKind, Item};
 use std::collections::{HashMap, HashSet};
 
-/// Row names, in report order.
+/// Row names, in report order (`genre_popularity` is named
+/// `category_popularity` on catalogs other than MovieLens).
 pub const BASELINES: [&str; 6] = [
     "popularity",
     "genre_popularity",
@@ -30,22 +34,33 @@ const KNN_HISTORY: usize = 50;
 /// History items whose text joins the query in `bm25_naive_memory`.
 const NAIVE_MEMORY: usize = 10;
 
-/// One rating (any value counts as an interaction).
+/// One interaction the baselines learn from: a `purchase`, a `click`, or a
+/// `rate` of any value (DESIGN §11 counts every rating as an interaction
+/// for popularity and co-occurrence; MovieLens' reference figures depend on
+/// it). Views, reviews, searches, dismissals and profiles do not count.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rating {
+pub struct Interaction {
     pub user: String,
     pub item: String,
     pub ts: i64,
 }
 
-impl Rating {
-    /// Every `rate` event with an item, in order.
-    pub fn from_events(events: &[mrrec_messages::Event]) -> Vec<Rating> {
+impl Interaction {
+    /// Whether `event` is an interaction.
+    pub fn counts(event: &Event) -> bool {
+        matches!(
+            event.kind,
+            EventKind::Purchase | EventKind::Click | EventKind::Rate
+        ) && event.item_id.is_some()
+    }
+
+    /// Every interaction among `events`, in their order.
+    pub fn from_events(events: &[Event]) -> Vec<Interaction> {
         events
             .iter()
-            .filter(|e| e.kind == mrrec_messages::EventKind::Rate)
+            .filter(|e| Self::counts(e))
             .filter_map(|e| {
-                Some(Rating {
+                Some(Interaction {
                     user: e.user_id.clone(),
                     item: e.item_id.clone()?,
                     ts: e.ts,
@@ -55,13 +70,18 @@ impl Rating {
     }
 }
 
-/// One request to score: its history (oldest first), query and target.
+/// One request to score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     pub user: String,
     pub query: String,
+    /// The user's interactions before the request, oldest first.
     pub history: Vec<String>,
+    /// Every item the user had any event about before the request: not a
+    /// candidate (the same set the pipeline excludes).
+    pub seen: HashSet<String>,
     pub target: String,
+    /// The request's timestamp: popularity counts interactions before it.
     pub target_ts: i64,
 }
 
@@ -70,14 +90,24 @@ pub struct Baselines<'a> {
     items: &'a [Item],
     position: HashMap<&'a str, usize>,
     index: Option<ItemIndex>,
-    /// Ratings as (ts, item position), oldest first.
+    /// Interactions as (ts, item position), oldest first.
     ratings: Vec<(i64, usize)>,
     has_categories: bool,
-    categories: Vec<String>,
+    /// Lower-cased categories, longest first (the query's category is the
+    /// longest one it names).
+    categories: Vec<(String, String)>,
+    category_row: &'static str,
 }
 
 impl<'a> Baselines<'a> {
-    pub fn new(items: &'a [Item], ratings: &[Rating]) -> Result<Self, IndexError> {
+    /// The baselines of `items`, learning popularity from `interactions`.
+    /// The category row is `genre_popularity` (DESIGN §11) or
+    /// `category_popularity` (§14), as `category_row` says.
+    pub fn new(
+        items: &'a [Item],
+        interactions: &[Interaction],
+        category_row: &'static str,
+    ) -> Result<Self, IndexError> {
         let position: HashMap<&str, usize> = items
             .iter()
             .enumerate()
@@ -94,18 +124,19 @@ impl<'a> Baselines<'a> {
         } else {
             None
         };
-        let mut ratings: Vec<(i64, usize)> = ratings
+        let mut ratings: Vec<(i64, usize)> = interactions
             .iter()
             .filter_map(|r| position.get(r.item.as_str()).map(|p| (r.ts, *p)))
             .collect();
         ratings.sort_unstable();
-        let mut categories: Vec<String> = items
+        let mut categories: Vec<(String, String)> = items
             .iter()
             .flat_map(|i| i.categories.iter().cloned())
             .collect::<HashSet<_>>()
             .into_iter()
+            .map(|c| (c.to_lowercase(), c))
             .collect();
-        categories.sort();
+        categories.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.1.cmp(&b.1)));
         Ok(Self {
             items,
             position,
@@ -113,38 +144,55 @@ impl<'a> Baselines<'a> {
             ratings,
             has_categories: !categories.is_empty(),
             categories,
+            category_row,
         })
     }
 
-    /// The rows this catalog can have (genre rows need categories, BM25
-    /// rows need text).
-    pub fn names(&self) -> Vec<&'static str> {
-        BASELINES
-            .into_iter()
-            .filter(|name| match *name {
-                "genre_popularity" => self.has_categories,
-                "bm25_query" | "bm25_naive_memory" => self.index.is_some(),
-                "hybrid" => self.has_categories && self.index.is_some(),
-                _ => true,
-            })
-            .collect()
+    /// The rows this catalog and these requests can have, with the reason
+    /// for each row left out: category rows need categories and queries that
+    /// name one, BM25 rows need text.
+    pub fn names(&self, cases: &[Case]) -> (Vec<&'static str>, Vec<String>) {
+        let named = cases
+            .iter()
+            .any(|c| self.query_category(&c.query).is_some());
+        let mut omitted = Vec::new();
+        let mut names = Vec::new();
+        for name in BASELINES {
+            let name = if name == "genre_popularity" {
+                self.category_row
+            } else {
+                name
+            };
+            let missing = match name {
+                "genre_popularity" | "category_popularity" | "hybrid" if !self.has_categories => {
+                    Some("no item has a category")
+                }
+                "genre_popularity" | "category_popularity" | "hybrid" if !named => {
+                    Some("no query names a catalog category")
+                }
+                "bm25_query" | "bm25_naive_memory" | "hybrid" if self.index.is_none() => {
+                    Some("no item has a title or category to search")
+                }
+                _ => None,
+            };
+            match missing {
+                Some(reason) => omitted.push(format!("{name}: {reason}")),
+                None => names.push(name),
+            }
+        }
+        (names, omitted)
     }
 
-    /// The catalog category a query names (as the recommender picks global
-    /// memory: a query word equal to the category, or to its singular).
+    /// The catalog category a query names: the longest category that stands
+    /// in the query as whole words (case-insensitive), e.g. "Food Service
+    /// Equipment & Supplies" in "Looking for Food Service Equipment &
+    /// Supplies", or "Comedy" in "Looking for a comedy movie".
     pub fn query_category(&self, query: &str) -> Option<&str> {
-        let words: HashSet<String> = query
-            .split(|c: char| !c.is_alphanumeric() && c != '-' && c != '\'')
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect();
+        let query = query.to_lowercase();
         self.categories
             .iter()
-            .find(|c| {
-                let lower = c.to_lowercase();
-                words.contains(&lower) || words.contains(lower.trim_end_matches('s'))
-            })
-            .map(String::as_str)
+            .find(|(lower, _)| names_as_words(&query, lower))
+            .map(|(_, c)| c.as_str())
     }
 
     fn bm25(&self, query: &str) -> Result<Vec<f64>, IndexError> {
@@ -159,15 +207,19 @@ impl<'a> Baselines<'a> {
         Ok(scores)
     }
 
-    /// Every applicable baseline's row over `cases`.
-    pub fn evaluate(&self, cases: &[Case]) -> Result<Vec<Row>, IndexError> {
+    /// Every applicable baseline's row over `cases`; item-kNN learns its
+    /// co-occurrences from `histories` (one list of items per user).
+    pub fn evaluate(
+        &self,
+        cases: &[Case],
+        histories: &[Vec<String>],
+    ) -> Result<Vec<Row>, IndexError> {
         let n = self.items.len();
-        // Item-kNN: co-occurrence counts over every case's history.
+        // Item-kNN: co-occurrence counts over every user's history.
         let mut counts = vec![0f64; n];
         let mut co: Vec<HashMap<usize, f64>> = vec![HashMap::new(); n];
-        for case in cases {
-            let seen: Vec<usize> = case
-                .history
+        for history in histories {
+            let seen: Vec<usize> = history
                 .iter()
                 .filter_map(|i| self.position.get(i.as_str()).copied())
                 .collect::<HashSet<_>>()
@@ -182,7 +234,7 @@ impl<'a> Baselines<'a> {
                 }
             }
         }
-        let names = self.names();
+        let (names, _) = self.names(cases);
         let mut metrics: HashMap<&str, Metrics> =
             names.iter().map(|n| (*n, Metrics::default())).collect();
         // Popularity before each target: cases in target order, one sweep.
@@ -196,12 +248,11 @@ impl<'a> Baselines<'a> {
                 popularity[self.ratings[next].1] += 1.0;
                 next += 1;
             }
-            let history: HashSet<&str> = case.history.iter().map(String::as_str).collect();
             let candidates: Vec<&str> = self
                 .items
                 .iter()
                 .map(|i| i.item_id.as_str())
-                .filter(|id| !history.contains(id))
+                .filter(|id| !case.seen.contains(*id))
                 .collect();
             let as_map = |scores: &[f64]| -> HashMap<&str, f64> {
                 self.items
@@ -227,7 +278,7 @@ impl<'a> Baselines<'a> {
                     f64::from(u8::from(in_genre)) + pop / max_pop
                 })
                 .collect();
-            rank("genre_popularity", &genre_popularity);
+            rank(self.category_row, &genre_popularity);
             let recent: Vec<usize> = case
                 .history
                 .iter()
@@ -294,5 +345,136 @@ impl<'a> Baselines<'a> {
             }
         }
         Ok(names.iter().map(|name| metrics[name].row(name)).collect())
+    }
+}
+
+/// Whether `phrase` stands in `text` as whole words (both lower-cased).
+fn names_as_words(text: &str, phrase: &str) -> bool {
+    if phrase.is_empty() {
+        return false;
+    }
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    text.match_indices(phrase).any(|(at, _)| {
+        !word(text[..at].chars().next_back()) && !word(text[at + phrase.len()..].chars().next())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str, categories: &[&str]) -> Item {
+        Item {
+            item_id: id.into(),
+            title: format!("item {id}"),
+            categories: categories.iter().map(|c| (*c).to_owned()).collect(),
+            description: None,
+            attrs: None,
+        }
+    }
+
+    fn purchase(user: &str, item: &str, ts: i64) -> Event {
+        Event {
+            event_id: format!("{user}-{item}-{ts}"),
+            user_id: user.into(),
+            kind: EventKind::Purchase,
+            item_id: Some(item.into()),
+            value: None,
+            text: None,
+            attrs: None,
+            ts,
+        }
+    }
+
+    #[test]
+    fn purchases_and_clicks_count_and_views_do_not() {
+        let mut view = purchase("u", "b", 2);
+        view.kind = EventKind::View;
+        let mut click = purchase("u", "c", 3);
+        click.kind = EventKind::Click;
+        let mut low = purchase("u", "d", 4);
+        low.kind = EventKind::Rate;
+        low.value = Some(1.0);
+        let events = [purchase("u", "a", 1), view, click, low];
+        let items: Vec<String> = Interaction::from_events(&events)
+            .into_iter()
+            .map(|i| i.item)
+            .collect();
+        assert_eq!(items, vec!["a", "c", "d"]);
+    }
+
+    #[test]
+    fn the_query_names_the_longest_category_as_whole_words() {
+        let items = [
+            item("1", &["Lab Supplies", "Gloves"]),
+            item("2", &["Supplies"]),
+            item("3", &["War"]),
+        ];
+        let b = Baselines::new(&items, &[], "category_popularity").unwrap();
+        assert_eq!(
+            b.query_category("Looking for Lab Supplies"),
+            Some("Lab Supplies")
+        );
+        assert_eq!(b.query_category("any supplies?"), Some("Supplies"));
+        assert_eq!(b.query_category("a war movie"), Some("War"));
+        assert_eq!(b.query_category("software"), None, "not inside a word");
+        assert_eq!(b.query_category("something nice"), None);
+    }
+
+    /// On purchase data no row is empty for want of ratings: popularity and
+    /// item-kNN learn from purchases, and the category row ranks the query's
+    /// category first.
+    #[test]
+    fn purchase_only_data_gives_every_row_a_signal() {
+        let items = [
+            item("1", &["Tools"]),
+            item("2", &["Tools"]),
+            item("3", &["Gloves"]),
+            item("4", &["Gloves"]),
+        ];
+        let events = [
+            purchase("a", "1", 1),
+            purchase("a", "3", 2),
+            purchase("b", "1", 3),
+            purchase("b", "3", 4),
+            purchase("c", "3", 5),
+            purchase("c", "4", 6),
+            purchase("d", "1", 7),
+        ];
+        let interactions = Interaction::from_events(&events);
+        let b = Baselines::new(&items, &interactions, "category_popularity").unwrap();
+        let case = Case {
+            user: "d".into(),
+            query: "any gloves".into(),
+            history: vec!["1".into()],
+            seen: ["1".to_owned()].into(),
+            target: "3".into(),
+            target_ts: 8,
+        };
+        let histories: Vec<Vec<String>> = vec![
+            vec!["1".into(), "3".into()],
+            vec!["1".into(), "3".into()],
+            vec!["3".into(), "4".into()],
+            vec!["1".into()],
+        ];
+        let rows = b.evaluate(std::slice::from_ref(&case), &histories).unwrap();
+        let ndcg = |name: &str| rows.iter().find(|r| r.name == name).unwrap().ndcg_at_10;
+        assert!(
+            (ndcg("popularity") - 1.0).abs() < 1e-9,
+            "3 is the most bought"
+        );
+        assert!((ndcg("category_popularity") - 1.0).abs() < 1e-9);
+        assert!((ndcg("item_knn") - 1.0).abs() < 1e-9, "1 and 3 go together");
+        assert!(rows.iter().all(|r| r.name != "genre_popularity"));
+        // A query naming no category leaves the category row out, saying why.
+        let (names, omitted) = b.names(&[Case {
+            query: "something".into(),
+            ..case
+        }]);
+        assert!(!names.contains(&"category_popularity"));
+        assert!(
+            omitted.iter().any(|o| o.contains("no query names")),
+            "{omitted:?}"
+        );
     }
 }

@@ -7,9 +7,11 @@
 //! the topics. [`plot`] draws its learning curve.
 
 pub mod baselines;
+pub mod data;
 pub mod metrics;
 pub mod plot;
 
-pub use baselines::{Baselines, Case, Rating, BASELINES};
-pub use metrics::{rank_of, Metrics, Row};
-pub use plot::{CurvePoint, PlotError};
+pub use baselines::{Baselines, Case, Interaction, BASELINES};
+pub use data::{DataError, EvalData, EvalRequest, Split};
+pub use metrics::{bootstrap, ndcg_at_10, rank_of, Interval, Metrics, Row, VsRule};
+pub use plot::{CurvePoint, PlotError, Reference};

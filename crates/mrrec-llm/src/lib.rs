@@ -1,20 +1,23 @@
 //! The policy LLM behind one trait. Owns how the recommender talks to a model:
 //! [`Llm`] (chat with a Lark grammar, sampling, n samples, token counts,
 //! timing), its backends — [`EmbeddedLlm`] (mistral.rs in process, with
-//! versioned hot swap) and [`HttpLlm`] (an OpenAI-compatible mistral.rs
-//! server) — the follower that applies `mrrec.policy` announcements, and
-//! `mrrec llm serve` ([`serve`]).
+//! versioned hot swap), [`HttpLlm`] (an OpenAI-compatible mistral.rs
+//! server) and [`RuleLlm`] (the `rule` policy: no model) — the follower
+//! that applies `mrrec.policy` announcements, and `mrrec llm serve`
+//! ([`serve`]).
 
 pub mod conformance;
 pub mod embedded;
 pub mod follow;
 pub mod http;
+pub mod rule;
 pub mod serve;
 
 pub use embedded::{EmbeddedLlm, EngineOptions};
 pub use follow::{follow_policy_topic, PolicyTarget};
 pub use http::HttpLlm;
 pub use mrrec_policy::protocol::{ChatMessage, Role};
+pub use rule::RuleLlm;
 
 use async_trait::async_trait;
 use std::path::PathBuf;
@@ -114,7 +117,7 @@ impl LlmError {
 #[async_trait]
 pub trait Llm: Send + Sync {
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError>;
-    /// `embedded` or `http`.
+    /// `embedded`, `http` or `rule`.
     fn backend(&self) -> &'static str;
     /// The policy version new calls go to, when the backend knows it without
     /// a call (for answers that never reached the LLM).
@@ -158,7 +161,7 @@ pub fn version_from_model_name(model: &str) -> u32 {
 }
 
 /// The backend `config` asks for: in-process mistral.rs on the policy from
-/// `llm.model_dir` / `policy.dir`, or the server at `llm.url`.
+/// `llm.model_dir` / `policy.dir`, the server at `llm.url`, or the rule.
 pub async fn from_config(config: &mrrec_config::Config) -> Result<Arc<dyn Llm>, LlmError> {
     match config.llm.backend {
         mrrec_config::LlmBackend::Embedded => {
@@ -171,6 +174,7 @@ pub async fn from_config(config: &mrrec_config::Config) -> Result<Arc<dyn Llm>, 
             ))
         }
         mrrec_config::LlmBackend::Http => Ok(Arc::new(HttpLlm::new(&config.llm.url)?)),
+        mrrec_config::LlmBackend::Rule => Ok(Arc::new(RuleLlm::default())),
     }
 }
 

@@ -125,6 +125,10 @@ impl Message for Event {
     fn key(&self) -> Option<&str> {
         Some(&self.user_id)
     }
+
+    fn normalize(&mut self) -> bool {
+        validate::normalize_opt(&mut self.text)
+    }
 }
 
 /// Feedback on a served recommendation: an event plus the request it answers.
@@ -146,5 +150,9 @@ impl Message for Outcome {
 
     fn key(&self) -> Option<&str> {
         Some(&self.event.user_id)
+    }
+
+    fn normalize(&mut self) -> bool {
+        self.event.normalize()
     }
 }

@@ -46,4 +46,12 @@ impl Message for Item {
     fn key(&self) -> Option<&str> {
         Some(&self.item_id)
     }
+
+    fn normalize(&mut self) -> bool {
+        let mut changed = validate::normalize_space(&mut self.title);
+        for category in &mut self.categories {
+            changed |= validate::normalize_space(category);
+        }
+        changed | validate::normalize_opt(&mut self.description)
+    }
 }

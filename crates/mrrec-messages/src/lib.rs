@@ -40,6 +40,14 @@ pub trait Message: Serialize + DeserializeOwned {
     /// Checks every invariant serde cannot express (lengths, ranges, kinds).
     fn validate(&self) -> Result<(), MessageError>;
 
+    /// Turns white space written as control characters (tabs, newlines) in
+    /// free-text fields (titles, categories, descriptions, reviews, queries)
+    /// into spaces, as real catalogs need; ids are never touched. Returns
+    /// whether anything changed. [`decode`] calls it before [`Self::validate`].
+    fn normalize(&mut self) -> bool {
+        false
+    }
+
     /// The record key this message must be published under (`None`: unkeyed).
     fn key(&self) -> Option<&str>;
 
@@ -47,8 +55,15 @@ pub trait Message: Serialize + DeserializeOwned {
     const KEY_FIELD: &'static str;
 }
 
-/// Decodes and validates a payload, ignoring the record key.
+/// Decodes, normalises ([`Message::normalize`]) and validates a payload,
+/// ignoring the record key.
 pub fn decode<M: Message>(payload: &[u8]) -> Result<M, MessageError> {
+    decode_normalized(payload).map(|(message, _)| message)
+}
+
+/// [`decode`], also saying whether normalisation changed the message (what
+/// `load` and `eval` count in their summaries).
+pub fn decode_normalized<M: Message>(payload: &[u8]) -> Result<(M, bool), MessageError> {
     if payload.is_empty() {
         return Err(MessageError::Empty);
     }
@@ -60,7 +75,7 @@ pub fn decode<M: Message>(payload: &[u8]) -> Result<M, MessageError> {
     }
     let text = std::str::from_utf8(payload).map_err(|e| MessageError::NotUtf8(e.valid_up_to()))?;
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let message: M = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    let mut message: M = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();
         match path.as_str() {
             "." => MessageError::Json(e.into_inner().to_string()),
@@ -70,8 +85,9 @@ pub fn decode<M: Message>(payload: &[u8]) -> Result<M, MessageError> {
     deserializer
         .end()
         .map_err(|e| MessageError::Json(e.to_string()))?;
+    let normalized = message.normalize();
     message.validate()?;
-    Ok(message)
+    Ok((message, normalized))
 }
 
 /// Decodes a record and checks that its key (when present) is the one the

@@ -47,4 +47,8 @@ impl Message for Request {
     fn key(&self) -> Option<&str> {
         Some(&self.user_id)
     }
+
+    fn normalize(&mut self) -> bool {
+        validate::normalize_opt(&mut self.query)
+    }
 }

@@ -336,3 +336,40 @@ proptest! {
         let _ = decode::<Item>(&bytes);
     }
 }
+
+#[test]
+fn tabs_and_newlines_in_catalog_text_are_spaces_and_nul_is_still_refused() {
+    let item = br#"{"item_id":"i1","title":"Caliper\t6 inch","categories":["Lab\r\nTools"],"description":"line one\nline two\t\tend"}"#;
+    let (item, normalized) = decode_normalized::<Item>(item).unwrap();
+    assert!(normalized);
+    assert_eq!(item.title, "Caliper 6 inch");
+    assert_eq!(item.categories, vec!["Lab Tools".to_owned()]);
+    assert_eq!(item.description.as_deref(), Some("line one line two end"));
+    let clean = br#"{"item_id":"i1","title":"Caliper 6 inch"}"#;
+    assert!(!decode_normalized::<Item>(clean).unwrap().1);
+    // A trailing tab leaves no trailing space; a space next to a tab stays one.
+    let item = decode::<Item>(br#"{"item_id":"i1","title":"a \tb\t"}"#).unwrap();
+    assert_eq!(item.title, "a b");
+
+    let review = br#"{"event_id":"e","user_id":"u","kind":"review","item_id":"i1","text":"great\n\nwould buy","ts":1}"#;
+    assert_eq!(
+        decode::<Event>(review).unwrap().text.as_deref(),
+        Some("great would buy")
+    );
+    let request = br#"{"request_id":"r","user_id":"u","query":"lab\tgloves","ts":1}"#;
+    assert_eq!(
+        decode::<Request>(request).unwrap().query.as_deref(),
+        Some("lab gloves")
+    );
+
+    // NUL and other non-space controls are still broken input.
+    let nul = br#"{"item_id":"i1","title":"a\u0000b"}"#;
+    assert!(rejects::<Item>(nul).to_string().contains("title"));
+    let bell = br#"{"item_id":"i1","title":"a\u0007b"}"#;
+    assert!(rejects::<Item>(bell).to_string().contains("control"));
+    let nul_text = br#"{"item_id":"i1","title":"a","description":"x\u0000"}"#;
+    assert!(rejects::<Item>(nul_text).to_string().contains("NUL"));
+    // Ids are never rewritten: a tab in one is refused.
+    let id = br#"{"item_id":"i\t1","title":"a"}"#;
+    assert!(rejects::<Item>(id).to_string().contains("item_id"));
+}

@@ -34,7 +34,47 @@ pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<(), MessageEr
             format!("{} bytes, over the {max}-byte limit", value.len()),
         ));
     }
+    if value.contains('\0') {
+        return Err(MessageError::invalid(field, "contains a NUL character"));
+    }
     Ok(())
+}
+
+/// Whether `c` is white space written as a control character (tab, line
+/// feed, carriage return, vertical tab, form feed, next line): real catalog
+/// text carries these, and they mean a space.
+fn is_control_space(c: char) -> bool {
+    c.is_control() && c.is_whitespace()
+}
+
+/// Replaces each run of control white space in `value` by one space (a run
+/// already next to a space folds into it). Returns whether anything changed.
+/// Other control characters (NUL among them) are left for validation to
+/// refuse.
+pub(crate) fn normalize_space(value: &mut String) -> bool {
+    if !value.chars().any(is_control_space) {
+        return false;
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut pending = false;
+    for c in value.chars() {
+        if is_control_space(c) {
+            pending = true;
+            continue;
+        }
+        if pending && c != ' ' && !out.ends_with(' ') && !out.is_empty() {
+            out.push(' ');
+        }
+        pending = false;
+        out.push(c);
+    }
+    *value = out;
+    true
+}
+
+/// [`normalize_space`] on an optional field.
+pub(crate) fn normalize_opt(value: &mut Option<String>) -> bool {
+    value.as_mut().is_some_and(normalize_space)
 }
 
 pub(crate) fn label(field: &str, value: &str) -> Result<(), MessageError> {

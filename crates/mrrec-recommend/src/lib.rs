@@ -37,6 +37,8 @@ pub struct RecommendSettings {
     pub agent: AgentSettings,
     /// Trajectories sampled per request (G).
     pub group_size: usize,
+    /// `agent.use_memory`: false hides all memory from the policy.
+    pub use_memory: bool,
     pub timeout: Duration,
     pub concurrency: usize,
     pub candidates: usize,
@@ -66,6 +68,7 @@ impl RecommendSettings {
                 },
             },
             group_size: a.group_size as usize,
+            use_memory: a.use_memory,
             timeout: Duration::from_millis(r.timeout_ms),
             concurrency: r.concurrency as usize,
             candidates: r.candidates as usize,

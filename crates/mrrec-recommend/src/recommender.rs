@@ -6,7 +6,9 @@ use crate::shard::MemoryShard;
 use crate::tokens::Tokenizers;
 use crate::RecommendSettings;
 use async_trait::async_trait;
-use mrrec_agent::{run_group, AgentInput, AgentOutcome, GroupOutcome, MemoryHit, MemorySource};
+use mrrec_agent::{
+    run_agent, run_group, AgentInput, AgentOutcome, GroupOutcome, MemoryHit, MemorySource,
+};
 use mrrec_index::{ItemIndex, MemoryIndex};
 use mrrec_llm::Llm;
 use mrrec_memory::{fingerprint, Keyspace, Level, MemoryStore, UserState};
@@ -69,14 +71,19 @@ impl From<Arc<MemoryShard>> for MemorySearch {
 }
 
 /// Retrieve steps search the user's local memory (behavior records and
-/// preference patterns) in the memory index.
+/// preference patterns) in the memory index; with `agent.use_memory =
+/// false` they find nothing.
 struct IndexMemory<'a> {
     search: &'a MemorySearch,
+    enabled: bool,
 }
 
 #[async_trait]
 impl MemorySource for IndexMemory<'_> {
     async fn search(&self, user: &str, query: &str, k: usize) -> Result<Vec<MemoryHit>, String> {
+        if !self.enabled {
+            return Ok(Vec::new());
+        }
         let levels = [Level::Behavior, Level::Preference];
         match self.search {
             MemorySearch::Shared(index) => index.search(user, query, &levels, None, k),
@@ -263,13 +270,16 @@ impl<S: KvStore> Recommender<S> {
     ) -> Result<Answer, StoreError> {
         let user = self.user_view(&request.user_id).await?;
         let facts = self.ranker.facts().await?;
-        let global = self
-            .global_memory(
+        let global = if self.settings.use_memory {
+            self.global_memory(
                 request.query.as_deref(),
                 user.state.as_ref(),
                 &facts.categories,
             )
-            .await?;
+            .await?
+        } else {
+            Vec::new()
+        };
         let input = AgentInput {
             user_id: request.user_id.clone(),
             query: request.query.clone(),
@@ -278,6 +288,7 @@ impl<S: KvStore> Recommender<S> {
         };
         let memory = IndexMemory {
             search: &self.memory_index,
+            enabled: self.settings.use_memory,
         };
         let run = run_group(
             self.llm.as_ref(),
@@ -303,26 +314,22 @@ impl<S: KvStore> Recommender<S> {
             llm_time,
         }) = group
         else {
-            // The policy was never (fully) heard: the fallback answers.
-            let profile = mrrec_agent::fallback_profile(&input, &self.settings.agent);
+            // The policy was never (fully) heard: the rule answers.
+            let reason = failure.unwrap_or_default();
+            let (profile, memory_ids, steps) = self.rule_answer(&input, &reason, &memory).await;
             let items = self
                 .ranker
                 .rank(&profile, user.state.as_ref(), request.exclude_seen, k)
                 .await?;
-            let reason = failure.unwrap_or_default();
-            tracing::warn!(reason = %reason, "request answered by the fallback");
+            tracing::warn!(reason = %reason, "request answered by the rule (fallback)");
             return Ok(Answer {
                 response: Response {
                     request_id: request.request_id.clone(),
                     user_id: request.user_id.clone(),
                     items,
-                    profile: profile.clone(),
-                    memory_ids: Vec::new(),
-                    steps: vec![Step {
-                        kind: StepKind::Fallback,
-                        text: format!("{reason}; answered with the request and the profile"),
-                        memory_ids: Vec::new(),
-                    }],
+                    profile,
+                    memory_ids,
+                    steps,
                     policy_version: self.llm.serving_version().unwrap_or(0),
                     latency_ms: elapsed_ms(started),
                     error: None,
@@ -338,24 +345,31 @@ impl<S: KvStore> Recommender<S> {
             .position(|t| t.format_ok)
             .unwrap_or_default();
         let chosen = &trajectories[served];
+        let fallback = !chosen.format_ok;
+        // No trajectory followed the protocol: the rule answers (every
+        // trajectory is still logged, as written, for the trainer).
+        let (profile, memory_ids, steps) = if fallback {
+            self.rule_answer(&input, "no sampled answer followed the protocol", &memory)
+                .await
+        } else {
+            (
+                chosen.profile.clone(),
+                chosen.memory_ids.clone(),
+                chosen.steps.clone(),
+            )
+        };
         let items = self
             .ranker
-            .rank(
-                &chosen.profile,
-                user.state.as_ref(),
-                request.exclude_seen,
-                k,
-            )
+            .rank(&profile, user.state.as_ref(), request.exclude_seen, k)
             .await?;
-        let fallback = !chosen.format_ok;
         let ts = mrrec_stream::now_ms();
         let response = Response {
             request_id: request.request_id.clone(),
             user_id: request.user_id.clone(),
             items,
-            profile: chosen.profile.clone(),
-            memory_ids: chosen.memory_ids.clone(),
-            steps: chosen.steps.clone(),
+            profile,
+            memory_ids,
+            steps,
             policy_version: chosen.policy_version,
             latency_ms: elapsed_ms(started),
             error: None,
@@ -382,6 +396,33 @@ impl<S: KvStore> Recommender<S> {
             llm_time,
             fallback,
         })
+    }
+
+    /// The `rule` policy's answer to `input` (DESIGN §4: the fallback), run
+    /// through the same loop and memory; its trace ends with a fallback step
+    /// that says why the rule answered.
+    async fn rule_answer(
+        &self,
+        input: &AgentInput,
+        reason: &str,
+        memory: &IndexMemory<'_>,
+    ) -> (String, Vec<String>, Vec<Step>) {
+        let rule = mrrec_llm::RuleLlm::default();
+        let (profile, memory_ids, mut steps) =
+            match run_agent(&rule, memory, input, &self.settings.agent).await {
+                Ok(outcome) => (outcome.profile, outcome.memory_ids, outcome.steps),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the rule failed; answering with the request");
+                    let profile = mrrec_agent::fallback_profile(input, &self.settings.agent);
+                    (profile, Vec::new(), Vec::new())
+                }
+            };
+        steps.push(Step {
+            kind: StepKind::Fallback,
+            text: format!("{reason}; answered by the rule policy"),
+            memory_ids: Vec::new(),
+        });
+        (profile, memory_ids, steps)
     }
 
     fn trajectory(

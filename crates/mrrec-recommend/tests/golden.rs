@@ -5,10 +5,10 @@
 //! (regenerate with `MRREC_UPDATE_GOLDEN=1` after an intended change, and
 //! review the diff). The other tests give hostile and empty inputs.
 
-use mrrec_agent::teacher::TeacherLlm;
 use mrrec_config::Config;
 use mrrec_distill::{Distill, Indexes, Input};
 use mrrec_index::{ItemIndex, MemoryIndex};
+use mrrec_llm::RuleLlm;
 use mrrec_llm::{Generation, GenerationRequest, Llm, LlmError};
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{Event, EventKind, Item, Request, Response, StepKind, Trajectory};
@@ -126,7 +126,7 @@ fn recommender(dir: &Path, memory: MemoryStore<EmbeddedStore>) -> Recommender<Em
     recommender_with(
         dir,
         memory,
-        Arc::new(TeacherLlm { version: 3 }),
+        Arc::new(RuleLlm { version: 3 }),
         RecommendSettings::from_config(&Config::defaults()),
     )
 }
@@ -207,14 +207,30 @@ async fn a_failing_or_slow_policy_leaves_the_fallback_to_answer() {
             .items
             .iter()
             .all(|i| !seen.contains(i.item_id.as_str())));
+        // The fallback is the rule policy (DESIGN §4): the same answer the
+        // `rule` backend gives, ranked the same way.
+        let rule = recommender_with(
+            tmp.path(),
+            memory.clone(),
+            Arc::new(RuleLlm::default()),
+            RecommendSettings::from_config(&Config::defaults()),
+        )
+        .answer(&request("u1", Some("a funny Comedy")))
+        .await
+        .unwrap();
         assert!(
-            response.profile.starts_with("a funny Comedy"),
-            "{}",
-            response.profile
+            !rule.fallback,
+            "the rule backend is a policy, not a fallback"
         );
+        assert_eq!(rule.response.policy_version, 0);
+        assert_eq!(response.profile, rule.response.profile);
+        assert_eq!(response.memory_ids, rule.response.memory_ids);
+        assert_eq!(response.items, rule.response.items);
+        assert!(response.steps.iter().any(|s| s.kind == StepKind::Retrieve));
         let last = response.steps.last().unwrap();
         assert_eq!(last.kind, StepKind::Fallback);
         assert!(last.text.contains(reason), "{}", last.text);
+        assert!(last.text.contains("rule"), "{}", last.text);
         assert!(answer.trajectories.is_empty(), "nothing to train on");
     }
 }

@@ -1,221 +1,42 @@
-//! `mrrec eval`: DESIGN §11's quality protocol end to end. The baselines are
-//! computed from the data (mrrec-eval); the pipeline's rows go through the
-//! topics. RL phase: the history before each user's validation target is
-//! distilled, training users' validation requests are answered (G sampled
-//! trajectories), their targets come back as outcomes, the reward stage
-//! scores them and each round's trainer may publish a version. Test phase:
-//! the history before each test target is distilled into a fresh store, and
-//! every version — untrained first — answers every test request greedily
-//! (G = 1, temperature 0) with its top 100, pinned by `llm.model_dir`. RL
-//! only ever sees validation targets.
+//! `mrrec eval`: DESIGN §11's and §13's quality protocol end to end. The
+//! baselines are computed from the data (mrrec-eval); every pipeline row
+//! goes through the topics, replayed strictly in time (§13): a fresh store
+//! and broker per run, distill running throughout, each request asked once
+//! every event before it is stored and before any event after it is sent.
+//!
+//! RL phase, per round: the timeline is replayed and the training users'
+//! validation requests are answered (G sampled trajectories); each target
+//! comes back as the request's outcome (in place of its event), the reward
+//! stage scores the trajectories and the trainer may publish a version. No
+//! test target reaches memory in this phase. Test phase: the timeline is
+//! replayed once per row — every version (untrained first), the `rule`
+//! policy, and the last version without memory (`pipeline_no_memory`) —
+//! and each test request is answered greedily (G = 1) with its own `k` and
+//! `exclude_seen`. Each `pipeline_*` row is compared with `rule` on the
+//! same users (paired bootstrap, `vs_rule`).
 
 use super::inprocess::{ensure_policy, means, InProcess};
 use crate::cli::EvalArgs;
 use anyhow::{bail, Context, Result};
-use mrrec_config::Config;
-use mrrec_datasets::{Target, UserTargets};
-use mrrec_eval::{Baselines, Case, Metrics, Rating, Row};
-use mrrec_messages::{Event, EventKind, Item};
+use mrrec_config::{Config, LlmBackend};
+use mrrec_eval::{
+    bootstrap, ndcg_at_10, Baselines, EvalData, EvalRequest, Interval, Metrics, Row, Split, VsRule,
+};
+use mrrec_messages::{Event, EventKind, Outcome, Response, StepKind};
 use mrrec_train::Decision;
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// One split's requests and the history they are answered on.
-struct SplitData {
-    /// One per user: `valid` is this split's target.
-    users: Vec<UserTargets>,
-    queries: HashMap<String, String>,
-    history: Vec<Event>,
-}
-
-struct EvalData {
-    name: String,
-    items: Vec<Item>,
-    ratings: Vec<Rating>,
-    valid: SplitData,
-    test: SplitData,
-}
-
-/// MovieLens-100K under DESIGN §11: per user the events before the target
-/// (in the dataset's order), the target, and the query for its genres.
-fn ml100k(dir: &std::path::Path) -> Result<EvalData> {
-    let dataset = mrrec_datasets::ml100k(dir)?;
-    let split = mrrec_datasets::split(&dataset);
-    let genres: HashMap<&str, &[String]> = dataset
-        .items
-        .iter()
-        .map(|i| (i.item_id.as_str(), i.categories.as_slice()))
-        .collect();
-    let query = |user: &str, t: &Target| {
-        mrrec_datasets::query_for(user, genres.get(t.item_id.as_str()).copied().unwrap_or(&[]))
-    };
-    // The test history: every event before the user's test target.
-    let tests: HashMap<&str, &Target> = split
-        .users
-        .iter()
-        .map(|u| (u.user_id.as_str(), &u.test))
-        .collect();
-    let mut reached: std::collections::HashSet<&str> = Default::default();
-    let mut test_history = Vec::new();
-    for e in &dataset.events {
-        if reached.contains(e.user_id.as_str()) {
-            continue;
-        }
-        if let Some(t) = tests.get(e.user_id.as_str()) {
-            if e.kind == EventKind::Rate
-                && e.item_id.as_deref() == Some(t.item_id.as_str())
-                && e.ts == t.ts
-            {
-                reached.insert(e.user_id.as_str());
-                continue;
-            }
-        }
-        test_history.push(e.clone());
-    }
-    let per_split = |pick: fn(&UserTargets) -> &Target, history: Vec<Event>| SplitData {
-        users: split
-            .users
-            .iter()
-            .map(|u| UserTargets {
-                user_id: u.user_id.clone(),
-                valid: pick(u).clone(),
-                test: pick(u).clone(),
-            })
-            .collect(),
-        queries: split
-            .users
-            .iter()
-            .map(|u| (u.user_id.clone(), query(&u.user_id, pick(u))))
-            .collect(),
-        history,
-    };
-    Ok(EvalData {
-        name: "ml-100k".into(),
-        ratings: Rating::from_events(&dataset.events),
-        valid: per_split(|u| &u.valid, split.valid_history.clone()),
-        test: per_split(|u| &u.test, test_history),
-        items: dataset.items,
-    })
-}
-
-/// DESIGN §13's JSON lines: a split's history is, per user with a request
-/// in it, the events before the request's `ts` (all events of other users).
-fn jsonl(
-    items: &std::path::Path,
-    events: &std::path::Path,
-    requests: &std::path::Path,
-) -> Result<EvalData> {
-    let mut dataset = mrrec_datasets::jsonl(items, events)?;
-    dataset.events.sort_by_key(|e| e.ts);
-    let text = std::fs::read_to_string(requests)
-        .with_context(|| format!("reading {}", requests.display()))?;
-    let mut valid = Vec::new();
-    let mut test = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", requests.display(), n + 1);
-        let value: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
-        let request: mrrec_messages::Request = serde_json::from_value(value.clone())
-            .with_context(|| format!("{}: not a request", at()))?;
-        let target = value["target_item_id"]
-            .as_str()
-            .with_context(|| format!("{}: no target_item_id", at()))?
-            .to_owned();
-        let entry = (request, target);
-        match value["split"].as_str() {
-            Some("valid") => valid.push(entry),
-            Some("test") => test.push(entry),
-            other => bail!(
-                "{}: split must be \"valid\" or \"test\", not {other:?}",
-                at()
-            ),
-        }
-    }
-    if test.is_empty() {
-        bail!("{}: no test requests", requests.display());
-    }
-    let split = |requests: Vec<(mrrec_messages::Request, String)>| {
-        let cutoff: HashMap<String, i64> = requests
-            .iter()
-            .map(|(r, _)| (r.user_id.clone(), r.ts))
-            .collect();
-        SplitData {
-            history: dataset
-                .events
-                .iter()
-                .filter(|e| cutoff.get(&e.user_id).is_none_or(|ts| e.ts < *ts))
-                .cloned()
-                .collect(),
-            queries: requests
-                .iter()
-                .map(|(r, _)| (r.user_id.clone(), r.query.clone().unwrap_or_default()))
-                .collect(),
-            users: requests
-                .iter()
-                .map(|(r, target)| {
-                    let t = Target {
-                        item_id: target.clone(),
-                        rating: 5.0,
-                        ts: r.ts,
-                    };
-                    UserTargets {
-                        user_id: r.user_id.clone(),
-                        valid: t.clone(),
-                        test: t,
-                    }
-                })
-                .collect(),
-        }
-    };
-    Ok(EvalData {
-        name: requests.display().to_string(),
-        ratings: Rating::from_events(&dataset.events),
-        valid: split(valid),
-        test: split(test),
-        items: dataset.items,
-    })
-}
-
-/// Baseline cases for the test split: each user's rated items before the target.
-fn test_cases(data: &EvalData) -> Vec<Case> {
-    let mut histories: HashMap<&str, Vec<String>> = HashMap::new();
-    for e in &data.test.history {
-        if let (EventKind::Rate, Some(item)) = (e.kind, &e.item_id) {
-            histories
-                .entry(e.user_id.as_str())
-                .or_default()
-                .push(item.clone());
-        }
-    }
-    data.test
-        .users
-        .iter()
-        .map(|u| Case {
-            user: u.user_id.clone(),
-            query: data
-                .test
-                .queries
-                .get(&u.user_id)
-                .cloned()
-                .unwrap_or_default(),
-            history: histories.remove(u.user_id.as_str()).unwrap_or_default(),
-            target: u.valid.item_id.clone(),
-            target_ts: u.valid.ts,
-        })
-        .collect()
-}
-
-fn eval_config(config: &Config, dir: &std::path::Path) -> Result<Config> {
+/// The configuration every run of the replay starts from: eval's own
+/// policy directory, sampling for RL, and a broker path fast enough for a
+/// replay that waits for distill between requests.
+fn eval_config(config: &Config, dir: &Path) -> Result<Config> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut config = config.clone();
-    config.store.path = dir.join("valid-store");
-    config.index.path = dir.join("valid-index");
     config.policy.dir = dir.join("policy");
     if config.agent.group_size < 2 {
         config.agent.group_size = 4;
@@ -224,11 +45,296 @@ fn eval_config(config: &Config, dir: &std::path::Path) -> Result<Config> {
         config.agent.temperature = 1.0;
     }
     config.recommend.timeout_ms = config.recommend.timeout_ms.max(30_000);
+    // Each phase of the replay waits for distill: fetches that return within
+    // a few ms and batches that close at once (a user's own values win).
+    config
+        .kafka
+        .properties
+        .entry("fetch.wait.max.ms".into())
+        .or_insert_with(|| "5".into());
+    config.distill.batch_max_ms = config.distill.batch_max_ms.min(10);
     Ok(config)
 }
 
-pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
-    // Fail before the long run, not after it, on a place nothing can be written.
+/// `base` with a fresh store and index of its own under `dir/name`.
+fn run_config(base: &Config, dir: &Path, name: &str) -> Result<(Config, PathBuf)> {
+    let root = dir.join(name);
+    if root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("clearing {}", root.display()))?;
+    }
+    let mut config = base.clone();
+    config.store.path = root.join("store");
+    config.index.path = root.join("index");
+    Ok((config, root))
+}
+
+/// What the replay leaves out of the events it feeds, and what it sends
+/// as outcomes instead.
+struct Replay<'a> {
+    data: &'a EvalData,
+    /// Requests asked (ids of the data set), in replay order.
+    asked: Vec<&'a EvalRequest>,
+    /// Prefix of the ids the requests are sent under (`{tag}-{id}`).
+    tag: String,
+    /// Validation: targets come back as outcomes.
+    outcomes: bool,
+}
+
+impl<'a> Replay<'a> {
+    fn new(
+        data: &'a EvalData,
+        split: Split,
+        keep: impl Fn(&EvalRequest) -> bool,
+        tag: &str,
+        outcomes: bool,
+    ) -> Self {
+        Self {
+            data,
+            asked: data.of(split).filter(|r| keep(r)).collect(),
+            tag: tag.to_owned(),
+            outcomes,
+        }
+    }
+
+    /// Index of the event that is `r`'s target (the user's first event about
+    /// the target at or after the request), if the data has one.
+    fn target_event(&self, r: &EvalRequest) -> Option<usize> {
+        self.data.events[r.at.min(self.data.events.len())..]
+            .iter()
+            .position(|e| {
+                e.user_id == r.request.user_id && e.item_id.as_deref() == Some(r.target.as_str())
+            })
+            .map(|i| r.at + i)
+    }
+
+    /// Events never fed: with outcomes, each asked request's target event
+    /// (its outcome stands in for it) and every test target (RL never sees
+    /// one).
+    fn withheld(&self) -> HashSet<usize> {
+        if !self.outcomes {
+            return HashSet::new();
+        }
+        self.asked
+            .iter()
+            .copied()
+            .chain(self.data.of(Split::Test))
+            .filter_map(|r| self.target_event(r))
+            .collect()
+    }
+
+    /// The outcome that reports `r`'s target: its event as it happened,
+    /// observed now.
+    fn outcome(&self, r: &EvalRequest, request_id: &str) -> Outcome {
+        let event = match self.target_event(r) {
+            Some(i) => self.data.events[i].clone(),
+            None => Event {
+                event_id: format!("{request_id}-target"),
+                user_id: r.request.user_id.clone(),
+                kind: EventKind::Purchase,
+                item_id: Some(r.target.clone()),
+                value: None,
+                text: None,
+                attrs: None,
+                ts: r.request.ts,
+            },
+        };
+        Outcome {
+            request_id: request_id.to_owned(),
+            event: Event {
+                // The reward stage joins by processing time: the outcome
+                // arrives now, right after its response.
+                ts: mrrec_stream::now_ms(),
+                ..event
+            },
+        }
+    }
+
+    /// Feeds the timeline into `pipeline` and asks every request in turn;
+    /// returns the responses by the data set's request id.
+    async fn run(&self, pipeline: &mut InProcess) -> Result<HashMap<String, Response>> {
+        let withheld = self.withheld();
+        let bar = super::load::progress_bar(self.asked.len() as u64, &self.tag);
+        let mut fed = 0;
+        let mut answers = HashMap::with_capacity(self.asked.len());
+        let mut i = 0;
+        while i < self.asked.len() {
+            // Requests with no event between them are asked together.
+            let at = self.asked[i].at;
+            let group: Vec<&EvalRequest> = self.asked[i..]
+                .iter()
+                .copied()
+                .take_while(|r| r.at == at)
+                .collect();
+            i += group.len();
+            let events: Vec<Event> = (fed..at.min(self.data.events.len()))
+                .filter(|i| !withheld.contains(i))
+                .map(|i| self.data.events[i].clone())
+                .collect();
+            pipeline.feed(&events).await?;
+            fed = fed.max(at);
+            let requests: Vec<mrrec_messages::Request> = group
+                .iter()
+                .map(|r| mrrec_messages::Request {
+                    request_id: format!("{}-{}", self.tag, r.request.request_id),
+                    ..r.request.clone()
+                })
+                .collect();
+            let responses = pipeline.ask_requests(&requests).await?;
+            let mut outcomes = Vec::new();
+            for ((r, sent), response) in group.iter().zip(&requests).zip(responses) {
+                if self.outcomes && response.error.is_none() {
+                    outcomes.push(self.outcome(r, &sent.request_id));
+                }
+                answers.insert(r.request.request_id.clone(), response);
+                bar.inc(1);
+            }
+            if !outcomes.is_empty() {
+                pipeline.send_outcomes(&outcomes).await?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(answers)
+    }
+}
+
+/// One test run's answers and the row it becomes.
+struct Scored {
+    name: String,
+    version: Option<u32>,
+    /// Rank of each test request's target (data set id → rank).
+    ranks: HashMap<String, Option<usize>>,
+    answers: HashMap<String, Response>,
+}
+
+/// Ranks of the targets in `answers` (an error or a missing answer is a miss).
+fn score(
+    data: &EvalData,
+    name: &str,
+    version: Option<u32>,
+    answers: HashMap<String, Response>,
+) -> Scored {
+    let ranks = data
+        .of(Split::Test)
+        .map(|r| {
+            let rank = answers.get(&r.request.request_id).and_then(|response| {
+                response
+                    .items
+                    .iter()
+                    .position(|s| s.item_id == r.target)
+                    .map(|p| p + 1)
+            });
+            (r.request.request_id.clone(), rank)
+        })
+        .collect();
+    Scored {
+        name: name.to_owned(),
+        version,
+        ranks,
+        answers,
+    }
+}
+
+/// Mean NDCG@10 per user of a scored run (users with several test requests
+/// count once), in `users` order.
+fn per_user_ndcg(data: &EvalData, run: &Scored, users: &[String]) -> Vec<f64> {
+    let mut sums: HashMap<&str, (f64, usize)> = HashMap::new();
+    for r in data.of(Split::Test) {
+        let rank = run.ranks.get(&r.request.request_id).copied().flatten();
+        let entry = sums.entry(r.request.user_id.as_str()).or_default();
+        entry.0 += ndcg_at_10(rank);
+        entry.1 += 1;
+    }
+    users
+        .iter()
+        .map(|u| sums.get(u.as_str()).map_or(0.0, |(s, n)| s / *n as f64))
+        .collect()
+}
+
+/// What a policy did on the test requests, next to the rule.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Behaviour {
+    /// Answers whose profile differs from the rule's for the same request.
+    share_differs_from_rule: Option<f64>,
+    /// Answers that cite at least one memory entry.
+    share_cites_memory: f64,
+    /// Retrieve steps per answer.
+    mean_retrieve_steps: f64,
+    /// Answers the rule gave because the policy could not (fallbacks).
+    share_fallback: f64,
+}
+
+fn behaviour(run: &Scored, rule: Option<&Scored>) -> Behaviour {
+    let n = run.answers.len().max(1) as f64;
+    let count =
+        |f: &dyn Fn(&Response) -> bool| run.answers.values().filter(|r| f(r)).count() as f64 / n;
+    let differs = rule.map(|rule| {
+        run.answers
+            .iter()
+            .filter(|(id, r)| rule.answers.get(*id).is_none_or(|x| x.profile != r.profile))
+            .count() as f64
+            / n
+    });
+    Behaviour {
+        share_differs_from_rule: differs,
+        share_cites_memory: count(&|r: &Response| !r.memory_ids.is_empty()),
+        mean_retrieve_steps: run
+            .answers
+            .values()
+            .map(|r| {
+                r.steps
+                    .iter()
+                    .filter(|s| s.kind == StepKind::Retrieve)
+                    .count() as f64
+            })
+            .sum::<f64>()
+            / n,
+        share_fallback: count(&|r: &Response| r.steps.iter().any(|s| s.kind == StepKind::Fallback)),
+    }
+}
+
+/// One version's figures on the learning curve.
+#[derive(Debug, Default)]
+struct VersionFigures {
+    version: u32,
+    validation_reward: Option<f64>,
+    validation_reward_all: Option<f64>,
+    test_ndcg_at_10: Option<f64>,
+    test_interval: Option<Interval>,
+    vs_rule: Option<VsRule>,
+    behaviour: Option<Behaviour>,
+}
+
+fn curve_point(curve: &mut BTreeMap<u32, VersionFigures>, version: u32) -> &mut VersionFigures {
+    curve.entry(version).or_insert_with(|| VersionFigures {
+        version,
+        ..Default::default()
+    })
+}
+
+fn load(args: &EvalArgs) -> Result<EvalData> {
+    let data = match (&args.data_dir, &args.items, &args.events, &args.requests) {
+        (Some(dir), None, None, None) => EvalData::ml100k(dir)?,
+        (None, Some(items), Some(events), Some(requests)) => {
+            EvalData::jsonl(items, events, requests)?
+        }
+        _ => bail!(
+            "give either --data-dir D (MovieLens-100K) or all of --items F --events F --requests F"
+        ),
+    };
+    super::print_read_report(&data.report);
+    eprintln!(
+        "{}: {} items, {} events, {} validation and {} test requests",
+        data.name,
+        data.items.len(),
+        data.events.len(),
+        data.of(Split::Valid).count(),
+        data.of(Split::Test).count()
+    );
+    Ok(data)
+}
+
+/// Fails before the long run, not after it, on a place nothing can be written.
+fn check_outputs(args: &EvalArgs) -> Result<()> {
     for path in [&args.out, &args.plot].into_iter().flatten() {
         let parent = path
             .parent()
@@ -242,163 +348,229 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
             );
         }
     }
-    let started = Instant::now();
-    let data = match (&args.data_dir, &args.items, &args.events, &args.requests) {
-        (Some(dir), None, None, None) => ml100k(dir)?,
-        (None, Some(items), Some(events), Some(requests)) => jsonl(items, events, requests)?,
-        _ => bail!(
-            "give either --data-dir D (MovieLens-100K) or all of --items F --events F --requests F"
-        ),
-    };
-    eprintln!(
-        "{}: {} items, {} ratings, {} validation and {} test requests",
-        data.name,
-        data.items.len(),
-        data.ratings.len(),
-        data.valid.users.len(),
-        data.test.users.len()
-    );
-    let cases = test_cases(&data);
-    let baselines = Baselines::new(&data.items, &data.ratings)?;
-    let mut rows: Vec<Row> = baselines.evaluate(&cases)?;
-    eprintln!("baselines done ({:.0} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
 
-    // RL on validation targets.
-    let config = eval_config(config, &args.dir)?;
-    let sft = (args.sft > 0).then_some((args.sft, args.sft_epochs.max(1)));
-    let first = ensure_policy(&config, &data.items, sft).await?;
+/// Replays the test timeline under `config` and scores it as `name`.
+async fn test_run(
+    data: &EvalData,
+    config: &Config,
+    dir: &Path,
+    name: &str,
+    version: Option<u32>,
+) -> Result<Scored> {
+    let (config, root) = run_config(config, dir, name)?;
+    let started = Instant::now();
+    let mut pipeline = InProcess::start_live(&config, &data.items).await?;
+    let answers = Replay::new(data, Split::Test, |_| true, name, false)
+        .run(&mut pipeline)
+        .await?;
+    pipeline.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    let errors = answers.values().filter(|r| r.error.is_some()).count();
+    eprintln!(
+        "{name}: {} test requests answered ({errors} with an error) in {:.0} s",
+        answers.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(score(data, name, version, answers))
+}
+
+/// RL on validation targets: one replay per round, a training round after
+/// each but the last. Returns the versions published, first included.
+async fn learn(
+    data: &EvalData,
+    config: &Config,
+    args: &EvalArgs,
+    first: u32,
+    curve: &mut BTreeMap<u32, VersionFigures>,
+) -> Result<Vec<u32>> {
     let mut versions = vec![first];
-    let mut curve: BTreeMap<u32, VersionFigures> = BTreeMap::new();
-    if args.rounds > 0 && !data.valid.users.is_empty() {
-        let pipeline = InProcess::start(&config, &data.items, &data.valid.history).await?;
-        let training: Vec<&UserTargets> = data.valid.users.iter().take(args.train_users).collect();
-        let query = |u: &UserTargets| {
-            data.valid
-                .queries
-                .get(&u.user_id)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let mut version = first;
-        for round in 0..=args.rounds {
-            let tag = format!("eval-r{round}");
-            let answered = pipeline.ask(&training, query, &tag, true).await?;
-            let rewards = pipeline.rewards(&tag, answered.len()).await;
-            let (served, all) = means(&rewards);
-            eprintln!(
-                "v{version:04}: validation reward {served:.4} (served), {all:.4} (all {})",
-                rewards.len()
-            );
-            let point = curve_point(&mut curve, version);
-            point.validation_reward = Some(served);
-            point.validation_reward_all = Some(all);
-            // The last pass only measures the last version.
-            if round == args.rounds {
-                break;
-            }
+    // The training users' validation requests: the first `train_users`
+    // users by id, every validation request of theirs.
+    let mut users: Vec<&str> = data
+        .of(Split::Valid)
+        .map(|r| r.request.user_id.as_str())
+        .collect();
+    users.sort_by(|a, b| mrrec_eval::metrics::id_order(a, b));
+    users.dedup();
+    let training: HashSet<&str> = users.into_iter().take(args.train_users).collect();
+    if args.rounds == 0 || training.is_empty() {
+        return Ok(versions);
+    }
+    let mut version = first;
+    for round in 0..=args.rounds {
+        let tag = format!("eval-r{round}");
+        let (run, root) = run_config(config, &args.dir, &tag)?;
+        let mut pipeline = InProcess::start_live(&run, &data.items).await?;
+        let replay = Replay::new(
+            data,
+            Split::Valid,
+            |r| training.contains(r.request.user_id.as_str()),
+            &tag,
+            true,
+        );
+        let answers = replay.run(&mut pipeline).await?;
+        let answered = answers.values().filter(|r| r.error.is_none()).count();
+        let rewards = pipeline.rewards(&tag, answered).await;
+        let (served, all) = means(&rewards);
+        eprintln!(
+            "v{version:04}: validation reward {served:.4} (served), {all:.4} (all {})",
+            rewards.len()
+        );
+        let point = curve_point(curve, version);
+        point.validation_reward = Some(served);
+        point.validation_reward_all = Some(all);
+        // The last pass only measures the last version.
+        let last = round == args.rounds;
+        let mut stop = last;
+        if !last {
             let report = pipeline.trainer.round(&rewards).await?;
             match report.decision {
                 Decision::Published(v) => {
                     eprintln!("round {round}: published v{:04}", v.version);
                     version = v.version;
                     versions.push(version);
-                    pipeline
-                        .wait_for_version(&training[0].user_id, version)
-                        .await?;
                 }
                 Decision::Rejected(reason) | Decision::NothingToLearn(reason) => {
                     eprintln!("round {round}: nothing published: {reason}");
                     // The version is unchanged: measuring it again adds nothing.
-                    if round + 1 == args.rounds {
-                        break;
-                    }
+                    stop = round + 1 == args.rounds;
                 }
             }
         }
         pipeline.stop().await?;
+        let _ = std::fs::remove_dir_all(&root);
+        if stop {
+            break;
+        }
+    }
+    Ok(versions)
+}
+
+pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
+    check_outputs(args)?;
+    let started = Instant::now();
+    let data = load(args)?;
+
+    let cases = data.cases(Split::Test);
+    let baselines = Baselines::new(&data.items, &data.interactions(), data.category_row)?;
+    let (_, omitted) = baselines.names(&cases);
+    for reason in &omitted {
+        eprintln!("row left out: {reason}");
+    }
+    let mut rows: Vec<Row> = baselines.evaluate(&cases, &data.histories())?;
+    let best_baseline = rows
+        .iter()
+        .max_by(|a, b| a.ndcg_at_10.total_cmp(&b.ndcg_at_10))
+        .cloned();
+    eprintln!(
+        "baselines done ({:.0} s): interactions are purchases, clicks and ratings of any value",
+        started.elapsed().as_secs_f64()
+    );
+
+    let base = eval_config(config, &args.dir)?;
+    let mut curve: BTreeMap<u32, VersionFigures> = BTreeMap::new();
+    let mut runs: Vec<Scored> = Vec::new();
+    if base.llm.backend != LlmBackend::Rule {
+        let sft = (args.sft > 0).then_some((args.sft, args.sft_epochs.max(1)));
+        let first = ensure_policy(&base, &data.items, sft).await?;
+        let versions = learn(&data, &base, args, first, &mut curve).await?;
+        let registry = mrrec_policy::PolicyRegistry::new(&base.policy.dir);
+        let mut greedy = base.clone();
+        greedy.agent.group_size = 1;
+        greedy.agent.temperature = 0.0;
+        for (i, version) in versions.iter().enumerate() {
+            let mut pinned = greedy.clone();
+            pinned.llm.model_dir = registry.path(*version).display().to_string();
+            let name = if i == 0 {
+                "pipeline_untrained".to_owned()
+            } else {
+                format!("pipeline_v{version}")
+            };
+            runs.push(test_run(&data, &pinned, &args.dir, &name, Some(*version)).await?);
+        }
+        let last = *versions.last().unwrap_or(&first);
+        let mut blind = greedy.clone();
+        blind.llm.model_dir = registry.path(last).display().to_string();
+        blind.agent.use_memory = false;
+        runs.push(test_run(&data, &blind, &args.dir, "pipeline_no_memory", Some(last)).await?);
+    }
+    let mut rule = base.clone();
+    rule.llm.backend = LlmBackend::Rule;
+    rule.agent.group_size = 1;
+    rule.agent.temperature = 0.0;
+    let rule_run = test_run(&data, &rule, &args.dir, "rule", None).await?;
+
+    // Rows, the paired comparison with the rule, and what each policy did.
+    let mut users: Vec<String> = data
+        .of(Split::Test)
+        .map(|r| r.request.user_id.clone())
+        .collect();
+    users.sort();
+    users.dedup();
+    let rule_ndcg = per_user_ndcg(&data, &rule_run, &users);
+    let row_of = |run: &Scored| {
+        let mut metrics = Metrics::default();
+        for r in data.of(Split::Test) {
+            metrics.add(run.ranks.get(&r.request.request_id).copied().flatten());
+        }
+        metrics.row(&run.name)
+    };
+    let rule_row = row_of(&rule_run);
+    rows.push(rule_row.clone());
+    for run in &runs {
+        let mut row = row_of(run);
+        let ndcg = per_user_ndcg(&data, run, &users);
+        let diffs: Vec<f64> = ndcg.iter().zip(&rule_ndcg).map(|(a, b)| a - b).collect();
+        let vs = VsRule::from_diffs(&diffs);
+        row.vs_rule = Some(vs);
+        if let (Some(version), true) = (run.version, run.name != "pipeline_no_memory") {
+            let point = curve_point(&mut curve, version);
+            point.test_ndcg_at_10 = Some(row.ndcg_at_10);
+            point.test_interval = Some(bootstrap(
+                &ndcg,
+                mrrec_eval::metrics::RESAMPLES,
+                mrrec_eval::metrics::BOOTSTRAP_SEED,
+            ));
+            point.vs_rule = Some(vs);
+            point.behaviour = Some(behaviour(run, Some(&rule_run)));
+        }
+        rows.push(row);
     }
 
-    // Every version on the test requests, greedily, against the test history.
-    let registry = mrrec_policy::PolicyRegistry::new(&config.policy.dir);
-    let test_users: Vec<&UserTargets> = data.test.users.iter().collect();
-    let targets: HashMap<&str, &str> = data
-        .test
-        .users
-        .iter()
-        .map(|u| (u.user_id.as_str(), u.valid.item_id.as_str()))
-        .collect();
-    for (i, version) in versions.iter().enumerate() {
-        let mut pinned = config.clone();
-        pinned.store.path = args.dir.join("test-store");
-        pinned.index.path = args.dir.join("test-index");
-        pinned.llm.model_dir = registry.path(*version).display().to_string();
-        pinned.agent.group_size = 1;
-        pinned.agent.temperature = 0.0;
-        let (items, history): (&[Item], &[Event]) = if i == 0 {
-            (&data.items, &data.test.history)
+    print_table(&rows);
+    for (row, vs) in rows.iter().filter_map(|r| Some((r, r.vs_rule?))) {
+        let verdict = if vs.above_zero() {
+            "above the rule"
+        } else if vs.hi < 0.0 {
+            "below the rule"
         } else {
-            (&[], &[])
-        };
-        let pipeline = InProcess::start(&pinned, items, history).await?;
-        let query = |u: &UserTargets| {
-            data.test
-                .queries
-                .get(&u.user_id)
-                .cloned()
-                .unwrap_or_default()
-        };
-        let tag = format!("eval-test-v{version}");
-        let answers = pipeline.ask_k(&test_users, query, &tag, false, 100).await?;
-        pipeline.stop().await?;
-        let mut metrics = Metrics::default();
-        for response in &answers {
-            let target = targets
-                .get(response.user_id.as_str())
-                .copied()
-                .unwrap_or_default();
-            metrics.add(
-                response
-                    .items
-                    .iter()
-                    .position(|s| s.item_id == target)
-                    .map(|p| p + 1),
-            );
-        }
-        // Unanswered requests count as misses.
-        for _ in answers.len()..test_users.len() {
-            metrics.add(None);
-        }
-        let name = if i == 0 {
-            "pipeline_untrained".to_owned()
-        } else {
-            format!("pipeline_v{version}")
+            "no difference from the rule (the interval holds 0)"
         };
         eprintln!(
-            "{name}: {} of {} test requests answered",
-            answers.len(),
-            test_users.len()
-        );
-        rows.push(metrics.row(&name));
-        curve_point(&mut curve, *version).test_ndcg_at_10 = rows.last().map(|r| r.ndcg_at_10);
-    }
-
-    println!("| row | Recall@10 | NDCG@10 | Recall@100 | NDCG@100 |");
-    println!("|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.4} |",
-            r.name, r.recall_at_10, r.ndcg_at_10, r.recall_at_100, r.ndcg_at_100
+            "{}: NDCG@10 {:+.4} vs rule, 95% interval [{:+.4}, {:+.4}]: {verdict}",
+            row.name, vs.diff, vs.lo, vs.hi
         );
     }
     let report = serde_json::json!({
         "dataset": data.name,
-        "users": data.test.users.len(),
+        "users": users.len(),
+        "requests": data.of(Split::Test).count(),
         "rows": rows,
+        "omitted_rows": omitted,
+        "interactions": "purchase, click and rate events (any value) count for popularity and item_knn; every event with an item marks it seen",
+        "skipped_lines": data.report.skipped.len(),
+        "normalized_lines": data.report.normalized,
+        "rule_behaviour": behaviour(&rule_run, None),
         "curve": curve.values().map(|p| serde_json::json!({
             "version": p.version,
             "validation_reward": p.validation_reward,
             "validation_reward_all": p.validation_reward_all,
             "test_ndcg@10": p.test_ndcg_at_10,
+            "test_ndcg@10_interval": p.test_interval.map(|i| [i.lo, i.hi]),
+            "vs_rule": p.vs_rule,
+            "behaviour": p.behaviour,
         })).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -413,27 +585,54 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
                 version: p.version,
                 validation_reward: p.validation_reward,
                 test_ndcg_at_10: p.test_ndcg_at_10,
+                test_ndcg_interval: p.test_interval.map(|i| (i.lo, i.hi)),
             })
             .collect();
-        mrrec_eval::plot::write_png(&points, &format!("mrrec eval: {}", data.name), plot)?;
-        eprintln!("learning curve written to {}", plot.display());
+        let mut references = vec![mrrec_eval::Reference {
+            label: "rule".into(),
+            ndcg_at_10: rule_row.ndcg_at_10,
+        }];
+        if let Some(best) = &best_baseline {
+            references.push(mrrec_eval::Reference {
+                label: format!("best baseline ({})", best.name),
+                ndcg_at_10: best.ndcg_at_10,
+            });
+        }
+        let name = Path::new(&data.name)
+            .file_name()
+            .map_or(data.name.clone(), |n| n.to_string_lossy().into_owned());
+        if points
+            .iter()
+            .any(|p| p.test_ndcg_at_10.is_some() || p.validation_reward.is_some())
+        {
+            mrrec_eval::plot::write_png(
+                &points,
+                &references,
+                &format!("mrrec eval: {name}"),
+                plot,
+            )?;
+            eprintln!("learning curve written to {}", plot.display());
+        } else {
+            eprintln!(
+                "no policy version to draw (llm.backend = rule): {} not written",
+                plot.display()
+            );
+        }
     }
     eprintln!("eval done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// One version's figures on the learning curve.
-#[derive(Debug, Default)]
-struct VersionFigures {
-    version: u32,
-    validation_reward: Option<f64>,
-    validation_reward_all: Option<f64>,
-    test_ndcg_at_10: Option<f64>,
-}
-
-fn curve_point(curve: &mut BTreeMap<u32, VersionFigures>, version: u32) -> &mut VersionFigures {
-    curve.entry(version).or_insert_with(|| VersionFigures {
-        version,
-        ..Default::default()
-    })
+fn print_table(rows: &[Row]) {
+    println!("| row | Recall@10 | NDCG@10 | Recall@100 | NDCG@100 | NDCG@10 vs rule [95% CI] |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        let vs = r.vs_rule.map_or(String::new(), |v| {
+            format!("{:+.4} [{:+.4}, {:+.4}]", v.diff, v.lo, v.hi)
+        });
+        println!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {vs} |",
+            r.name, r.recall_at_10, r.ndcg_at_10, r.recall_at_100, r.ndcg_at_100
+        );
+    }
 }

@@ -3,6 +3,12 @@
 //! outcomes never leak into memory), the recommend and reward stages run,
 //! rewards are collected from `mrrec.rewards`, and the trainer's rounds are
 //! driven by the caller. `bench learn` and `demo` are built on it.
+//!
+//! [`InProcess::start_live`] keeps distill running instead, for a replay in
+//! time (`mrrec eval`, DESIGN §13): the caller feeds events
+//! ([`InProcess::feed`]), asks requests between them
+//! ([`InProcess::ask_requests`]) and sends outcomes, and each feed returns
+//! once distill has stored everything sent so far.
 
 use super::train::{Buffered, Trainer};
 use anyhow::{bail, Context, Result};
@@ -56,6 +62,8 @@ pub(super) struct InProcess {
     pub distilled: usize,
     pub distill_seconds: f64,
     collected: Collected,
+    /// A distill stage that keeps running (live mode only).
+    live: Option<LiveDistill>,
     recommend: super::recommend::RunningStage,
     rewarding: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
     stop: Shutdown,
@@ -129,11 +137,132 @@ impl InProcess {
             distilled: total as usize,
             distill_seconds,
             collected,
+            live: None,
             recommend,
             rewarding,
             stop,
             bootstrap,
         })
+    }
+
+    /// Produces `items` and starts every stage, distill included, which
+    /// keeps running: memory then grows only by what [`Self::feed`] and
+    /// [`Self::send_outcomes`] send, and each returns once it is stored.
+    pub async fn start_live(config: &Config, items: &[Item]) -> Result<Self> {
+        let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+        let clients = KafkaClients::from_config(config, &bootstrap);
+        if !config.kafka.is_embedded() {
+            super::topics::create(config).await?;
+        }
+        let prefix = config.topics.prefix.clone();
+        let memory = super::store::open(config).await?;
+        let publisher = Publisher::new(&clients, "in-process")?;
+        let distill = super::run::distill_stage(config, memory.clone()).await?;
+        let runner = StageRunner::new(
+            clients.clone(),
+            mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
+            distill,
+        );
+        let progress = runner.progress();
+        let stop_distill = Shutdown::new();
+        let task = tokio::spawn(runner.run(stop_distill.clone()));
+        let mut live = LiveDistill {
+            progress,
+            stop: stop_distill,
+            task,
+            sent: 0,
+        };
+        let started = Instant::now();
+        let records = super::load::records(&prefix, items, &[])?;
+        live.sent += records.len() as u64;
+        super::load::publish_with_progress(&publisher, records, "producing the catalog").await?;
+        live.wait().await?;
+        let distill_seconds = started.elapsed().as_secs_f64();
+
+        let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
+        let reward_stage = mrrec_reward::open_stage(config, &clients, memory)?;
+        let stop = Shutdown::new();
+        let rewarding = tokio::spawn(
+            StageRunner::new(
+                clients.clone(),
+                mrrec_reward::runner_settings(config),
+                reward_stage,
+            )
+            .run(stop.clone()),
+        );
+        let collected = collect_rewards(&clients, &prefix, stop.clone())?;
+        let client = RecommendClient::connect(&clients, &prefix).await?;
+        let trainer = Trainer::new(config, &clients)?;
+        Ok(Self {
+            prefix,
+            publisher,
+            client,
+            trainer,
+            distilled: items.len(),
+            distill_seconds,
+            collected,
+            live: Some(live),
+            recommend,
+            rewarding,
+            stop,
+            bootstrap,
+        })
+    }
+
+    /// Live mode: produces `events` and returns once distill has stored
+    /// them (and everything sent before).
+    pub async fn feed(&mut self, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let records = super::load::records(&self.prefix, &[], events)?;
+        self.distilled += events.len();
+        self.send_to_distill(records).await
+    }
+
+    /// Live mode: produces `outcomes` (which distill stores as the user's
+    /// events and the reward stage joins with their requests) and returns
+    /// once distill has stored them.
+    pub async fn send_outcomes(&mut self, outcomes: &[Outcome]) -> Result<()> {
+        let mut records = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            records.push(OutgoingRecord {
+                topic: Topic::Outcomes.name(&self.prefix),
+                key: Some(outcome.event.user_id.clone().into_bytes()),
+                payload: encode(outcome)?,
+            });
+        }
+        self.send_to_distill(records).await
+    }
+
+    async fn send_to_distill(&mut self, records: Vec<OutgoingRecord>) -> Result<()> {
+        let live = self
+            .live
+            .as_mut()
+            .context("feeding needs an InProcess started live")?;
+        live.sent += records.len() as u64;
+        if let Err((e, _)) = self.publisher.publish_all(records).await {
+            bail!("publishing to distill: {e}");
+        }
+        live.wait().await
+    }
+
+    /// Sends `requests` as they are (ids, `k`, `exclude_seen`, `ts`) and
+    /// returns every response, in the requests' order, errors included.
+    pub async fn ask_requests(&self, requests: &[Request]) -> Result<Vec<Response>> {
+        let mut waiting = Vec::with_capacity(requests.len());
+        for request in requests {
+            waiting.push((request, self.client.send(request).await?));
+        }
+        let mut responses = Vec::with_capacity(waiting.len());
+        for (request, rx) in waiting {
+            let received = tokio::time::timeout(Duration::from_secs(600), rx)
+                .await
+                .with_context(|| format!("no response to {}", request.request_id))?
+                .context("the response channel closed")?;
+            responses.push(received.response);
+        }
+        Ok(responses)
     }
 
     /// Sends one request per user (ids `{tag}-{user}`, query from `query`),
@@ -270,6 +399,10 @@ impl InProcess {
         self.stop.trigger();
         self.rewarding.await??;
         self.recommend.stop().await?;
+        if let Some(live) = self.live {
+            live.stop.trigger();
+            live.task.await??;
+        }
         drop(self.client);
         drop(self.trainer);
         drop(self.publisher);
@@ -277,6 +410,44 @@ impl InProcess {
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(self.bootstrap);
         Ok(())
+    }
+}
+
+/// A distill stage that keeps running, and how much was sent to it.
+struct LiveDistill {
+    progress: Arc<mrrec_stream::Progress>,
+    stop: Shutdown,
+    task: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
+    /// Records produced to its topics so far.
+    sent: u64,
+}
+
+impl LiveDistill {
+    /// Returns once distill has stored (or dead-lettered) every record sent.
+    async fn wait(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let p = &self.progress;
+            let done = p.processed.load(Ordering::Relaxed)
+                + p.dead_lettered.load(Ordering::Relaxed)
+                + p.skipped.load(Ordering::Relaxed);
+            if done >= self.sent {
+                return Ok(());
+            }
+            if self.task.is_finished() {
+                bail!(
+                    "the distill stage stopped after {done} of {} records",
+                    self.sent
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "distill stored {done} of {} records in ten minutes",
+                    self.sent
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }
 

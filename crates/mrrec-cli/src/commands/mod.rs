@@ -50,7 +50,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             load::produce(&config, &mrrec_datasets::ml100k(&data_dir)?).await
         }
         Command::Load(LoadCommand::Jsonl { items, events }) => {
-            load::produce(&config, &mrrec_datasets::jsonl(&items, &events)?).await
+            let (dataset, report) = mrrec_datasets::jsonl(&items, &events)?;
+            print_read_report(&report);
+            load::produce(&config, &dataset).await
         }
         Command::Memory(MemoryCommand::Show { user }) => memory::show(&config, &user).await,
         Command::Memory(MemoryCommand::Search { user, query, k }) => {
@@ -135,5 +137,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .await
             }
         },
+    }
+}
+
+/// What reading JSON lines skipped or normalised, on stderr.
+pub(crate) fn print_read_report(report: &mrrec_datasets::ReadReport) {
+    for line in report.summary() {
+        eprintln!("{line}");
     }
 }

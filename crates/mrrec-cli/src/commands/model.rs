@@ -39,7 +39,11 @@ pub async fn init(config: &mrrec_config::Config, args: &ModelInitArgs) -> Result
         }
     }
     let items: Vec<Item> = match (&args.catalog, &args.data_dir) {
-        (Some(path), _) => mrrec_datasets::read_jsonl(path)?,
+        (Some(path), _) => {
+            let (items, report) = mrrec_datasets::read_jsonl(path)?;
+            super::print_read_report(&report);
+            items
+        }
         (None, Some(dir)) => mrrec_datasets::ml100k(dir)?.items,
         (None, None) => Vec::new(),
     };
@@ -107,7 +111,8 @@ pub(crate) async fn warm_start(
     epochs: usize,
     meta: &PolicyMeta,
 ) -> Result<()> {
-    use mrrec_agent::{run_agent, teacher::TeacherLlm, AgentInput, MemoryHit};
+    use mrrec_agent::{run_agent, AgentInput, MemoryHit};
+    use mrrec_llm::RuleLlm;
     let mut by_category: std::collections::BTreeMap<&str, Vec<&Item>> = Default::default();
     for item in items {
         for c in &item.categories {
@@ -120,7 +125,7 @@ pub(crate) async fn warm_start(
     }
     let categories: Vec<(&str, Vec<&Item>)> = by_category.into_iter().collect();
     let settings = mrrec_recommend::RecommendSettings::from_config(config).agent;
-    let teacher = TeacherLlm { version: 0 };
+    let teacher = RuleLlm { version: 0 };
     let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let shape = mrrec_train::LlamaShape::read(out)?;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use mrrec_config::{Config, LlmBackend};
-use mrrec_llm::{EmbeddedLlm, EngineOptions, HttpLlm, Llm, PolicyTarget};
+use mrrec_llm::{EmbeddedLlm, EngineOptions, HttpLlm, Llm, PolicyTarget, RuleLlm};
 use mrrec_memory::MemoryStore;
 use mrrec_messages::{Request, Response};
 use mrrec_recommend::RecommendClient;
@@ -29,6 +29,8 @@ pub async fn open_llm(config: &Config) -> Result<(Arc<dyn Llm>, Option<Arc<dyn P
             Ok((llm.clone(), Some(llm)))
         }
         LlmBackend::Http => Ok((Arc::new(HttpLlm::new(&config.llm.url)?), None)),
+        // The rule has no versions to follow.
+        LlmBackend::Rule => Ok((Arc::new(RuleLlm::default()), None)),
     }
 }
 

@@ -1,25 +1,44 @@
-//! The teacher: a deterministic policy that follows the protocol. When the
-//! prompt shows global memory, it retrieves the category that memory was
-//! chosen for (the request's, else the user's favourite) and answers with
-//! it, citing nothing; otherwise it thinks, retrieves the request's words
-//! and answers with them plus the first memory entry it got, citing what it
-//! retrieved. Golden tests use it to pin the loop; the trainer's SFT warm
-//! start imitates it.
+//! The `rule` policy (DESIGN §4, `llm.backend = "rule"`): a deterministic
+//! policy with no model that answers through the same agent loop, grammar,
+//! ranker, trajectories and responses as a trained one. It is at once
+//!
+//! - a production mode: mrrec without an LLM to run;
+//! - the fallback: when the policy fails or runs out of time, the
+//!   recommender answers with this rule;
+//! - the teacher: `model init --sft` warm-starts a policy on its turns;
+//! - the baseline every trained policy must beat (`mrrec eval`'s `rule` row
+//!   and each `pipeline_*` row's `vs_rule`).
+//!
+//! The rule, in full (this is the one place it is written down):
+//!
+//! 1. First turn. When the prompt shows global memory, the rule retrieves the
+//!    category that memory was chosen for (the category the request names,
+//!    else the user's strongest one). Otherwise it thinks `find what they
+//!    liked about {query}` and retrieves the request's words (its first six
+//!    words, letters, digits and spaces only; `anything` without a request).
+//! 2. Second turn, the answer. With global memory, the profile is that
+//!    category and the answer cites nothing. Without, the profile is the
+//!    request's words plus the first eight words of the first memory entry
+//!    retrieved, and the answer cites up to three retrieved entries.
+//!
+//! The rule never retrieves more than once and never fails the grammar.
 
-use crate::{parse_turn, Action};
+use crate::{Completion, Generation, GenerationRequest, Llm, LlmError, Role};
 use async_trait::async_trait;
-use mrrec_llm::{Completion, Generation, GenerationRequest, Llm, LlmError, Role};
 use mrrec_policy::protocol::{MEMORY_CLOSE, MEMORY_OPEN};
+use mrrec_policy::turn::{parse_turn, Action};
 use std::time::Duration;
 
-/// The teacher as an [`Llm`] (policy version `version`).
-#[derive(Debug, Clone)]
-pub struct TeacherLlm {
+/// The rule as an [`Llm`]. `version` is the policy version its answers
+/// carry: 0 when it serves (`llm.backend = "rule"`), the version being
+/// warm-started when it teaches.
+#[derive(Debug, Clone, Default)]
+pub struct RuleLlm {
     pub version: u32,
 }
 
 /// The request's query, from the first user turn the agent writes.
-fn request_query(messages: &[mrrec_llm::ChatMessage]) -> String {
+fn request_query(messages: &[crate::ChatMessage]) -> String {
     messages
         .iter()
         .find(|m| m.role == Role::User)
@@ -37,7 +56,7 @@ fn request_query(messages: &[mrrec_llm::ChatMessage]) -> String {
 
 /// The category of the first global memory line of the prompt
 /// (`- {category} across users: …`).
-fn global_category(messages: &[mrrec_llm::ChatMessage]) -> Option<String> {
+fn global_category(messages: &[crate::ChatMessage]) -> Option<String> {
     let first = messages.iter().find(|m| m.role == Role::User)?;
     first
         .content
@@ -64,8 +83,8 @@ fn memory_entries(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The teacher's next turn for a chat.
-pub fn teacher_turn(messages: &[mrrec_llm::ChatMessage]) -> String {
+/// The rule's next turn for a chat.
+pub fn rule_turn(messages: &[crate::ChatMessage]) -> String {
     let query = request_query(messages);
     let retrieved = messages
         .iter()
@@ -125,9 +144,10 @@ pub fn teacher_turn(messages: &[mrrec_llm::ChatMessage]) -> String {
 }
 
 #[async_trait]
-impl Llm for TeacherLlm {
+impl Llm for RuleLlm {
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
-        let text = teacher_turn(&request.messages);
+        crate::validate_request(&request)?;
+        let text = rule_turn(&request.messages);
         Ok(Generation {
             completions: vec![
                 Completion {
@@ -137,7 +157,7 @@ impl Llm for TeacherLlm {
                 request.n
             ],
             policy_version: self.version,
-            model: "teacher".into(),
+            model: "rule".into(),
             prompt_tokens: 0,
             completion_tokens: 0,
             elapsed: Duration::ZERO,
@@ -145,7 +165,7 @@ impl Llm for TeacherLlm {
     }
 
     fn backend(&self) -> &'static str {
-        "teacher"
+        "rule"
     }
 
     fn serving_version(&self) -> Option<u32> {
