@@ -77,8 +77,9 @@ pub struct Case {
     pub query: String,
     /// The user's interactions before the request, oldest first.
     pub history: Vec<String>,
-    /// Every item the user had any event about before the request: not a
-    /// candidate (the same set the pipeline excludes).
+    /// Items that are not candidates: every item the user had any event
+    /// about before the request (the set the pipeline excludes), or none
+    /// when the request sets `exclude_seen: false`.
     pub seen: HashSet<String>,
     pub target: String,
     /// The request's timestamp: popularity counts interactions before it.

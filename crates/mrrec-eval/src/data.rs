@@ -69,8 +69,12 @@ impl EvalData {
     /// request (ids `v-{user}`, `t-{user}`, top 100, §11's query), each
     /// right before its target rating.
     pub fn ml100k(dir: &Path) -> Result<Self, DataError> {
-        let dataset =
+        let mut dataset =
             mrrec_datasets::ml100k(dir).map_err(|e| DataError::Dataset(format!("{e:#}")))?;
+        // The loader puts every profile first; in time each belongs right
+        // before its user's first rating (stable: ties keep the loader's
+        // (timestamp, item, user) order, profiles first).
+        dataset.events.sort_by_key(|e| e.ts);
         let split = mrrec_datasets::split(&dataset);
         let genres: HashMap<&str, &[String]> = dataset
             .items
@@ -196,7 +200,8 @@ impl EvalData {
 
     /// The baselines' case of each request of `split`, in replay order:
     /// the user's interactions and every item they had an event about,
-    /// before the request.
+    /// before the request (none when the request sets `exclude_seen: false`:
+    /// then, as for the pipeline, every item is a candidate).
     pub fn cases(&self, split: Split) -> Vec<Case> {
         let mut history: HashMap<&str, Vec<String>> = HashMap::new();
         let mut seen: HashMap<&str, HashSet<String>> = HashMap::new();
@@ -223,7 +228,11 @@ impl EvalData {
                 user: user.to_owned(),
                 query: r.request.query.clone().unwrap_or_default(),
                 history: history.get(user).cloned().unwrap_or_default(),
-                seen: seen.get(user).cloned().unwrap_or_default(),
+                seen: if r.request.exclude_seen {
+                    seen.get(user).cloned().unwrap_or_default()
+                } else {
+                    HashSet::new()
+                },
                 target: r.target.clone(),
                 target_ts: r.request.ts,
             });
@@ -231,14 +240,15 @@ impl EvalData {
         cases
     }
 
-    /// Each user's interactions, oldest first, up to the user's last test
+    /// Each user's interactions, oldest first, up to the user's first test
     /// request (all of them for users without one): what item-kNN's
-    /// co-occurrences are counted over. No test target is in them.
+    /// co-occurrences are counted over. No test target is in them (a target
+    /// comes at or after its request).
     pub fn histories(&self) -> Vec<Vec<String>> {
         let mut cut: HashMap<&str, usize> = HashMap::new();
         for r in self.of(Split::Test) {
             let at = cut.entry(r.request.user_id.as_str()).or_insert(r.at);
-            *at = (*at).max(r.at);
+            *at = (*at).min(r.at);
         }
         let mut histories: HashMap<&str, Vec<String>> = HashMap::new();
         for (i, e) in self.events.iter().enumerate() {

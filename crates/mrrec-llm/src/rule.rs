@@ -15,7 +15,8 @@
 //!    category that memory was chosen for (the category the request names,
 //!    else the user's strongest one). Otherwise it thinks `find what they
 //!    liked about {query}` and retrieves the request's words (its first six
-//!    words, letters, digits and spaces only; `anything` without a request).
+//!    words, letters, digits and spaces only; `anything` without a request
+//!    or when nothing is left).
 //! 2. Second turn, the answer. With global memory, the profile is that
 //!    category and the answer cites nothing. Without, the profile is the
 //!    request's words plus the first eight words of the first memory entry
@@ -39,7 +40,7 @@ pub struct RuleLlm {
 
 /// The request's query, from the first user turn the agent writes.
 fn request_query(messages: &[crate::ChatMessage]) -> String {
-    messages
+    let words = messages
         .iter()
         .find(|m| m.role == Role::User)
         .and_then(|m| m.content.lines().next())
@@ -51,7 +52,14 @@ fn request_query(messages: &[crate::ChatMessage]) -> String {
         .split_whitespace()
         .take(6)
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    // A request of punctuation or emoji only leaves nothing to retrieve
+    // with, and an empty retrieve breaks the protocol.
+    if words.is_empty() {
+        "anything".to_owned()
+    } else {
+        words
+    }
 }
 
 /// The category of the first global memory line of the prompt
@@ -170,5 +178,28 @@ impl Llm for RuleLlm {
 
     fn serving_version(&self) -> Option<u32> {
         Some(self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ChatMessage;
+
+    /// A request of punctuation or emoji still gets a turn that follows
+    /// the protocol.
+    #[test]
+    fn a_request_without_words_still_follows_the_protocol() {
+        for query in ["???", "🙂🙂", "   "] {
+            let messages = vec![
+                ChatMessage::system("s"),
+                ChatMessage::user(format!(
+                    "Request: {query}\nGlobal memory:\nnone\nProfile: p"
+                )),
+            ];
+            let turn = rule_turn(&messages);
+            assert!(parse_turn(&turn).is_some(), "{query:?} gave {turn:?}");
+            assert!(turn.contains("<retrieve>anything</retrieve>"), "{turn}");
+        }
     }
 }

@@ -53,6 +53,10 @@ fn eval_config(config: &Config, dir: &Path) -> Result<Config> {
         .entry("fetch.wait.max.ms".into())
         .or_insert_with(|| "5".into());
     config.distill.batch_max_ms = config.distill.batch_max_ms.min(10);
+    // Every request reads the catalog facts (popularity, categories) as
+    // they are when it is asked, not a snapshot up to 10 s old: in a fast
+    // replay that snapshot would miss events stored before the request.
+    config.recommend.refresh_ms = 1;
     Ok(config)
 }
 
@@ -96,13 +100,16 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// Index of the event that is `r`'s target (the user's first event about
-    /// the target at or after the request), if the data has one.
+    /// Index of the event that is `r`'s target (the user's first positive
+    /// event — click, purchase, rating ≥ 4 — about the target at or after
+    /// the request), if the data has one.
     fn target_event(&self, r: &EvalRequest) -> Option<usize> {
         self.data.events[r.at.min(self.data.events.len())..]
             .iter()
             .position(|e| {
-                e.user_id == r.request.user_id && e.item_id.as_deref() == Some(r.target.as_str())
+                e.user_id == r.request.user_id
+                    && e.item_id.as_deref() == Some(r.target.as_str())
+                    && e.is_positive()
             })
             .map(|i| r.at + i)
     }
@@ -150,11 +157,18 @@ impl<'a> Replay<'a> {
     }
 
     /// Feeds the timeline into `pipeline` and asks every request in turn;
-    /// returns the responses by the data set's request id.
+    /// returns the responses by the data set's request id. Requests go out
+    /// as `{tag}-{n}` (n: their place in the replay), so any id of the data
+    /// set fits the id limit. An outcome is sent where its target event
+    /// stands in time (right after the response when the target is the next
+    /// event, as in DESIGN §11 and §14).
     async fn run(&self, pipeline: &mut InProcess) -> Result<HashMap<String, Response>> {
-        let withheld = self.withheld();
+        let mut timeline = Timeline {
+            withheld: self.withheld(),
+            fed: 0,
+            pending: BTreeMap::new(),
+        };
         let bar = super::load::progress_bar(self.asked.len() as u64, &self.tag);
-        let mut fed = 0;
         let mut answers = HashMap::with_capacity(self.asked.len());
         let mut i = 0;
         while i < self.asked.len() {
@@ -165,35 +179,85 @@ impl<'a> Replay<'a> {
                 .copied()
                 .take_while(|r| r.at == at)
                 .collect();
-            i += group.len();
-            let events: Vec<Event> = (fed..at.min(self.data.events.len()))
-                .filter(|i| !withheld.contains(i))
-                .map(|i| self.data.events[i].clone())
-                .collect();
-            pipeline.feed(&events).await?;
-            fed = fed.max(at);
+            timeline.feed_until(self.data, pipeline, at).await?;
             let requests: Vec<mrrec_messages::Request> = group
                 .iter()
-                .map(|r| mrrec_messages::Request {
-                    request_id: format!("{}-{}", self.tag, r.request.request_id),
+                .enumerate()
+                .map(|(j, r)| mrrec_messages::Request {
+                    request_id: format!("{}-{}", self.tag, i + j),
                     ..r.request.clone()
                 })
                 .collect();
+            i += group.len();
             let responses = pipeline.ask_requests(&requests).await?;
-            let mut outcomes = Vec::new();
+            let mut now = Vec::new();
             for ((r, sent), response) in group.iter().zip(&requests).zip(responses) {
-                if self.outcomes && response.error.is_none() {
-                    outcomes.push(self.outcome(r, &sent.request_id));
+                if self.outcomes {
+                    // Sent even when the answer failed: the target still
+                    // happened, and memory must hold it from then on.
+                    let outcome = self.outcome(r, &sent.request_id);
+                    match self.target_event(r) {
+                        Some(index) => timeline.pending.entry(index).or_default().push(outcome),
+                        None => now.push(outcome),
+                    }
                 }
                 answers.insert(r.request.request_id.clone(), response);
                 bar.inc(1);
             }
-            if !outcomes.is_empty() {
-                pipeline.send_outcomes(&outcomes).await?;
+            if !now.is_empty() {
+                pipeline.send_outcomes(&now).await?;
             }
+        }
+        // Nothing more is asked: the outcomes still waiting go out now.
+        let rest: Vec<Outcome> = std::mem::take(&mut timeline.pending)
+            .into_values()
+            .flatten()
+            .collect();
+        if !rest.is_empty() {
+            pipeline.send_outcomes(&rest).await?;
         }
         bar.finish_and_clear();
         Ok(answers)
+    }
+}
+
+/// How far a replay has fed the events, and the outcomes waiting for
+/// their target event's place in time.
+struct Timeline {
+    /// Events never fed (see [`Replay::withheld`]).
+    withheld: HashSet<usize>,
+    /// Events before this index have been fed (or stood in for).
+    fed: usize,
+    /// Outcomes by the index of the event they stand in for.
+    pending: BTreeMap<usize, Vec<Outcome>>,
+}
+
+impl Timeline {
+    /// Feeds every event before `until`, sending each waiting outcome in
+    /// its target event's place.
+    async fn feed_until(
+        &mut self,
+        data: &EvalData,
+        pipeline: &mut InProcess,
+        until: usize,
+    ) -> Result<()> {
+        let until = until.min(data.events.len());
+        loop {
+            let next = self.pending.keys().next().copied().filter(|k| *k < until);
+            let stop = next.unwrap_or(until).max(self.fed);
+            let events: Vec<Event> = (self.fed..stop)
+                .filter(|i| !self.withheld.contains(i))
+                .map(|i| data.events[i].clone())
+                .collect();
+            pipeline.feed(&events).await?;
+            self.fed = stop;
+            let Some(index) = next else {
+                return Ok(());
+            };
+            let outcomes = self.pending.remove(&index).unwrap_or_default();
+            pipeline.send_outcomes(&outcomes).await?;
+            self.fed = self.fed.max(index + 1);
+        }
     }
 }
 

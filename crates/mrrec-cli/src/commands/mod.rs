@@ -142,6 +142,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
 
 /// What reading JSON lines skipped or normalised, on stderr.
 pub(crate) fn print_read_report(report: &mrrec_datasets::ReadReport) {
+    if report.read == 0 && report.skipped.is_empty() {
+        return;
+    }
     for line in report.summary() {
         eprintln!("{line}");
     }
