@@ -75,23 +75,11 @@ impl InProcess {
     /// Produces `items` and `history`, distills them, then starts the
     /// recommend and reward stages, the reward collector and the trainer.
     pub async fn start(config: &Config, items: &[Item], history: &[Event]) -> Result<Self> {
-        let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
-        let clients = KafkaClients::from_config(config, &bootstrap);
-        if !config.kafka.is_embedded() {
-            super::topics::create(config).await?;
-        }
-        let prefix = config.topics.prefix.clone();
-        let memory = super::store::open(config).await?;
-        let publisher = Publisher::new(&clients, "in-process")?;
-        let records = super::load::records(&prefix, items, history)?;
+        let opened = Opened::open(config).await?;
+        let records = super::load::records(&opened.prefix, items, history)?;
         let total = records.len() as u64;
-        super::load::publish_with_progress(&publisher, records, "producing history").await?;
-        let distill = super::run::distill_stage(config, memory.clone()).await?;
-        let runner = StageRunner::new(
-            clients.clone(),
-            mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
-            distill,
-        );
+        super::load::publish_with_progress(&opened.publisher, records, "producing history").await?;
+        let runner = opened.distill_runner(config).await?;
         let progress = runner.progress();
         let stop_distill = Shutdown::new();
         let started = Instant::now();
@@ -115,54 +103,17 @@ impl InProcess {
         stop_distill.trigger();
         distilling.await??;
 
-        let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
-        let reward_stage = mrrec_reward::open_stage(config, &clients, memory)?;
-        let stop = Shutdown::new();
-        let rewarding = tokio::spawn(
-            StageRunner::new(
-                clients.clone(),
-                mrrec_reward::runner_settings(config),
-                reward_stage,
-            )
-            .run(stop.clone()),
-        );
-        let collected = collect_rewards(&clients, &prefix, stop.clone())?;
-        let client = RecommendClient::connect(&clients, &prefix).await?;
-        let trainer = Trainer::new(config, &clients)?;
-        Ok(Self {
-            prefix,
-            publisher,
-            client,
-            trainer,
-            distilled: total as usize,
-            distill_seconds,
-            collected,
-            live: None,
-            recommend,
-            rewarding,
-            stop,
-            bootstrap,
-        })
+        opened
+            .serve(config, total as usize, distill_seconds, None)
+            .await
     }
 
     /// Produces `items` and starts every stage, distill included, which
     /// keeps running: memory then grows only by what [`Self::feed`] and
     /// [`Self::send_outcomes`] send, and each returns once it is stored.
     pub async fn start_live(config: &Config, items: &[Item]) -> Result<Self> {
-        let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
-        let clients = KafkaClients::from_config(config, &bootstrap);
-        if !config.kafka.is_embedded() {
-            super::topics::create(config).await?;
-        }
-        let prefix = config.topics.prefix.clone();
-        let memory = super::store::open(config).await?;
-        let publisher = Publisher::new(&clients, "in-process")?;
-        let distill = super::run::distill_stage(config, memory.clone()).await?;
-        let runner = StageRunner::new(
-            clients.clone(),
-            mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
-            distill,
-        );
+        let opened = Opened::open(config).await?;
+        let runner = opened.distill_runner(config).await?;
         let progress = runner.progress();
         let stop_distill = Shutdown::new();
         let task = tokio::spawn(runner.run(stop_distill.clone()));
@@ -173,40 +124,15 @@ impl InProcess {
             sent: 0,
         };
         let started = Instant::now();
-        let records = super::load::records(&prefix, items, &[])?;
+        let records = super::load::records(&opened.prefix, items, &[])?;
         live.sent += records.len() as u64;
-        super::load::publish_with_progress(&publisher, records, "producing the catalog").await?;
+        super::load::publish_with_progress(&opened.publisher, records, "producing the catalog")
+            .await?;
         live.wait().await?;
         let distill_seconds = started.elapsed().as_secs_f64();
-
-        let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
-        let reward_stage = mrrec_reward::open_stage(config, &clients, memory)?;
-        let stop = Shutdown::new();
-        let rewarding = tokio::spawn(
-            StageRunner::new(
-                clients.clone(),
-                mrrec_reward::runner_settings(config),
-                reward_stage,
-            )
-            .run(stop.clone()),
-        );
-        let collected = collect_rewards(&clients, &prefix, stop.clone())?;
-        let client = RecommendClient::connect(&clients, &prefix).await?;
-        let trainer = Trainer::new(config, &clients)?;
-        Ok(Self {
-            prefix,
-            publisher,
-            client,
-            trainer,
-            distilled: items.len(),
-            distill_seconds,
-            collected,
-            live: Some(live),
-            recommend,
-            rewarding,
-            stop,
-            bootstrap,
-        })
+        opened
+            .serve(config, items.len(), distill_seconds, Some(live))
+            .await
     }
 
     /// Live mode: produces `events` and returns once distill has stored
@@ -410,6 +336,92 @@ impl InProcess {
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(self.bootstrap);
         Ok(())
+    }
+}
+
+/// What both ways of starting open first: the broker connection (with the
+/// topics on a real cluster), the store and a producer.
+struct Opened {
+    bootstrap: Bootstrap,
+    clients: KafkaClients,
+    prefix: String,
+    memory: mrrec_memory::MemoryStore<mrrec_store::AnyStore>,
+    publisher: Publisher,
+}
+
+impl Opened {
+    async fn open(config: &Config) -> Result<Self> {
+        let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+        let clients = KafkaClients::from_config(config, &bootstrap);
+        if !config.kafka.is_embedded() {
+            super::topics::create(config).await?;
+        }
+        Ok(Self {
+            prefix: config.topics.prefix.clone(),
+            memory: super::store::open(config).await?,
+            publisher: Publisher::new(&clients, "in-process")?,
+            clients,
+            bootstrap,
+        })
+    }
+
+    /// A distill stage over the store, not yet running.
+    async fn distill_runner(
+        &self,
+        config: &Config,
+    ) -> Result<StageRunner<mrrec_distill::Distill<mrrec_store::AnyStore>>> {
+        let distill = super::run::distill_stage(config, self.memory.clone()).await?;
+        Ok(StageRunner::new(
+            self.clients.clone(),
+            mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
+            distill,
+        ))
+    }
+
+    /// Starts the recommend and reward stages, the reward collector, the
+    /// client and the trainer.
+    async fn serve(
+        self,
+        config: &Config,
+        distilled: usize,
+        distill_seconds: f64,
+        live: Option<LiveDistill>,
+    ) -> Result<InProcess> {
+        let Self {
+            bootstrap,
+            clients,
+            prefix,
+            memory,
+            publisher,
+        } = self;
+        let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
+        let reward_stage = mrrec_reward::open_stage(config, &clients, memory)?;
+        let stop = Shutdown::new();
+        let rewarding = tokio::spawn(
+            StageRunner::new(
+                clients.clone(),
+                mrrec_reward::runner_settings(config),
+                reward_stage,
+            )
+            .run(stop.clone()),
+        );
+        let collected = collect_rewards(&clients, &prefix, stop.clone())?;
+        let client = RecommendClient::connect(&clients, &prefix).await?;
+        let trainer = Trainer::new(config, &clients)?;
+        Ok(InProcess {
+            prefix,
+            publisher,
+            client,
+            trainer,
+            distilled,
+            distill_seconds,
+            collected,
+            live,
+            recommend,
+            rewarding,
+            stop,
+            bootstrap,
+        })
     }
 }
 
