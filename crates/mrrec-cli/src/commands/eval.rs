@@ -662,9 +662,14 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
                 ndcg_at_10: best.ndcg_at_10,
             });
         }
-        let name = Path::new(&data.name)
-            .file_name()
-            .map_or(data.name.clone(), |n| n.to_string_lossy().into_owned());
+        // The file and its folder name a dataset best (`amazon-scientific/requests.jsonl`).
+        let path = Path::new(&data.name);
+        let name = match (path.parent().and_then(Path::file_name), path.file_name()) {
+            (Some(dir), Some(file)) => {
+                format!("{}/{}", dir.to_string_lossy(), file.to_string_lossy())
+            }
+            _ => data.name.clone(),
+        };
         if points
             .iter()
             .any(|p| p.test_ndcg_at_10.is_some() || p.validation_reward.is_some())
