@@ -86,9 +86,7 @@ impl InProcess {
         let distilling = tokio::spawn(runner.run(stop_distill.clone()));
         let bar = super::load::progress_bar(total, "distilling");
         loop {
-            let done = progress.processed.load(Ordering::Relaxed)
-                + progress.dead_lettered.load(Ordering::Relaxed)
-                + progress.skipped.load(Ordering::Relaxed);
+            let done = settled(&progress);
             bar.set_position(done);
             if done >= total {
                 break;
@@ -425,6 +423,13 @@ impl Opened {
     }
 }
 
+/// Records a stage is done with: stored, dead-lettered or skipped.
+fn settled(progress: &mrrec_stream::Progress) -> u64 {
+    progress.processed.load(Ordering::Relaxed)
+        + progress.dead_lettered.load(Ordering::Relaxed)
+        + progress.skipped.load(Ordering::Relaxed)
+}
+
 /// A distill stage that keeps running, and how much was sent to it.
 struct LiveDistill {
     progress: Arc<mrrec_stream::Progress>,
@@ -439,10 +444,7 @@ impl LiveDistill {
     async fn wait(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let p = &self.progress;
-            let done = p.processed.load(Ordering::Relaxed)
-                + p.dead_lettered.load(Ordering::Relaxed)
-                + p.skipped.load(Ordering::Relaxed);
+            let done = settled(&self.progress);
             if done >= self.sent {
                 return Ok(());
             }

@@ -1,6 +1,8 @@
 //! `mrrec load ml-100k` and `mrrec load jsonl`: datasets into the input topics.
-//! Everything is read and validated before anything is produced, so bad input
-//! fails the command without leaving half a dataset behind.
+//! Everything is read and validated before anything is produced. A bad
+//! JSON line is skipped and reported (file, line, reason) and the rest is
+//! loaded; a file that cannot be read, or holds no good line, fails the
+//! command without leaving half a dataset behind.
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
