@@ -272,3 +272,176 @@ fn model_init_with_a_warm_start_imitates_the_teacher_and_still_serves() {
         ));
     });
 }
+
+/// Issue 19, points 1 and 2: `llm serve` mounts chat, models, health and
+/// `/mrrec/policy` only — mistral.rs's admin routes answer 404 — sends no
+/// CORS headers, and with `MRREC__LLM__API_KEY` set refuses calls without
+/// the bearer token (401) while the http backend, given the key, is served.
+/// Pinned to v0000 (`llm.model_dir`, a rollback), it stays there although
+/// v0001 is announced on a real broker before it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_serve_is_closed_checks_its_bearer_token_and_stays_pinned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy");
+    init(&policy.join("v0000"), 0);
+    init(&policy.join("v0001"), 1);
+    let tansu = Tansu::start().unwrap();
+    let port = free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let key = "k3y-only-the-test-knows";
+    let env = vec![
+        ("MRREC__KAFKA__BROKERS", tansu.bootstrap()),
+        ("MRREC__POLICY__DIR", policy.display().to_string()),
+        ("MRREC__METRICS__LISTEN", String::new()),
+        ("MRREC__LLM__API_KEY", key.to_owned()),
+        (
+            "MRREC__LLM__MODEL_DIR",
+            policy.join("v0000").display().to_string(),
+        ),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    ok(mrrec(&["topics", "create"], &env).output().unwrap());
+    let clients = mrrec_stream::KafkaClients::new(&tansu.bootstrap(), &Default::default());
+    let registry = mrrec_policy::PolicyRegistry::new(&policy);
+    let v1 = registry.latest().unwrap().unwrap();
+    assert_eq!(v1.version, 1);
+    mrrec_stream::Publisher::new(&clients, "test")
+        .unwrap()
+        .publish_all(vec![mrrec_stream::OutgoingRecord {
+            topic: "mrrec.policy".into(),
+            key: None,
+            payload: mrrec_messages::encode(&registry.announcement(
+                &v1,
+                Some(0),
+                Default::default(),
+            ))
+            .unwrap(),
+        }])
+        .await
+        .unwrap();
+    let log_path = tmp.path().join("serve.log");
+    let _server = Server(
+        mrrec(&["llm", "serve", "--listen", &listen], &env)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let client = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    let mut up = false;
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            up = r.status() == 200;
+            if up {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "llm serve did not come up:\n{}", log());
+
+    // The admin routes of mistral.rs's router are not there, token or not.
+    for path in [
+        "/v1/models/unload",
+        "/v1/models/reload",
+        "/re_isq",
+        "/v1/models/tune",
+    ] {
+        let status = client
+            .post(format!("{base}{path}"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({ "model_id": "default" }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 404, "{path}");
+    }
+    // No token, a wrong one: 401. The right one: served.
+    let chat = serde_json::json!({
+        "model": "default",
+        "messages": [{ "role": "user", "content": "hello" }],
+        "max_tokens": 4,
+        "top_k": 1,
+    });
+    let no_token = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 401);
+    let wrong = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("k3y-only-the-test-know")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    for path in ["/v1/models", "/mrrec/policy"] {
+        let status = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401, "{path}");
+    }
+    let served = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("origin", "https://evil.example")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200, "{}", log());
+    assert!(
+        served
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "no CORS: {:?}",
+        served.headers()
+    );
+    let models: serde_json::Value = client
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "default", "{models}");
+
+    // The http backend sends the key it is given, and is refused without it.
+    let with_key = HttpLlm::new(&format!("{base}/v1"))
+        .unwrap()
+        .with_api_key(key);
+    let generation = with_key.generate(greedy()).await.unwrap();
+    assert_eq!(generation.policy_version, 0);
+    let without = HttpLlm::new(&format!("{base}/v1")).unwrap();
+    assert!(matches!(
+        without.generate(greedy()).await,
+        Err(mrrec_llm::LlmError::Status { status: 401, .. })
+    ));
+    assert!(!log().contains(key), "the key must never be logged");
+
+    // Pinned: v0001 was announced, and v0000 still serves a while later.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let policy_now: serde_json::Value = client
+        .get(format!("{base}/mrrec/policy"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(policy_now["version"], 0, "{policy_now}\n{}", log());
+    assert!(log().contains("not following mrrec.policy"), "{}", log());
+}

@@ -161,7 +161,7 @@ pub enum LlmBackend {
 }
 
 /// The policy LLM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LlmConfig {
     pub backend: LlmBackend,
     /// Model directory; empty means the newest version under `policy.dir`.
@@ -173,6 +173,23 @@ pub struct LlmConfig {
     /// KV cache grew past 512 tokens with one whose did not, so the default
     /// is 1; on CPU batching measured no faster anyway.
     pub max_batch_sequences: u32,
+    /// Bearer token `llm serve` requires and the http backend sends (DESIGN
+    /// §9); empty: none. A secret: never logged or shown.
+    #[serde(default)]
+    pub api_key: String,
+}
+
+impl fmt::Debug for LlmConfig {
+    /// The API key is a secret: only whether one is set is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("backend", &self.backend)
+            .field("model_dir", &self.model_dir)
+            .field("url", &self.url)
+            .field("max_batch_sequences", &self.max_batch_sequences)
+            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
+            .finish()
+    }
 }
 
 /// The recommendation agent.

@@ -364,3 +364,14 @@ fn redis_tls_without_certificate_checks_is_refused() {
     assert!(e.contains("store.ca_file"), "{e}");
     load("rediss://:pw@host:6380/0", "/etc/ca.pem").unwrap();
 }
+
+#[test]
+fn the_llm_api_key_comes_from_the_environment_and_is_never_shown() {
+    let config =
+        Config::load_with_env(None, env(&[("MRREC__LLM__API_KEY", "s3cret-token")])).unwrap();
+    assert_eq!(config.llm.api_key, "s3cret-token");
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cret-token"), "{shown}");
+    assert!(shown.contains("api_key: \"***\""), "{shown}");
+    assert!(Config::defaults().llm.api_key.is_empty());
+}

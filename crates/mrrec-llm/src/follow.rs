@@ -11,7 +11,7 @@ use mrrec_messages::{DeadLetter, PolicyAnnouncement, Topic};
 use mrrec_stream::{KafkaClients, OutgoingRecord, Publisher, Shutdown};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Something that serves a policy and can switch versions.
@@ -31,11 +31,55 @@ impl PolicyTarget for EmbeddedLlm {
     }
 }
 
-/// Applies one announcement: switches if it is newer than what `target` serves.
+/// Why an announcement was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The announcement is not to be trusted (permanent: dead-lettered).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A trusted version failed to load (the serving version stays).
+    #[error(transparent)]
+    Load(#[from] LlmError),
+}
+
+/// The directory an announcement may be loaded from: its path resolved,
+/// when that is `policy_dir/vNNNN` for the announced version and passes the
+/// model checks. The error says why not.
+pub fn trusted_dir(
+    announcement: &PolicyAnnouncement,
+    policy_dir: &Path,
+) -> Result<PathBuf, String> {
+    let expected = mrrec_policy::PolicyRegistry::new(policy_dir).path(announcement.version);
+    let announced = Path::new(&announcement.path);
+    let resolved = std::fs::canonicalize(announced)
+        .map_err(|e| format!("path {} cannot be resolved: {e}", announced.display()))?;
+    let own = std::fs::canonicalize(&expected).map_err(|e| {
+        format!(
+            "version {} has no directory {} in policy.dir: {e}",
+            announcement.version,
+            expected.display()
+        )
+    })?;
+    if resolved != own {
+        return Err(format!(
+            "path {} is not policy.dir's directory for version {} ({})",
+            resolved.display(),
+            announcement.version,
+            own.display()
+        ));
+    }
+    mrrec_policy::check_model_dir(&resolved)
+        .map_err(|e| format!("{} is not a usable model: {e}", resolved.display()))?;
+    Ok(resolved)
+}
+
+/// Applies one announcement: switches if it is newer than what `target`
+/// serves and trusted ([`trusted_dir`]).
 pub async fn apply_announcement(
     target: &dyn PolicyTarget,
     announcement: &PolicyAnnouncement,
-) -> Result<bool, LlmError> {
+    policy_dir: &Path,
+) -> Result<bool, FollowError> {
     let serving = target.serving_version();
     if announcement.version <= serving {
         tracing::debug!(
@@ -45,17 +89,19 @@ pub async fn apply_announcement(
         );
         return Ok(false);
     }
-    target.switch_to(Path::new(&announcement.path)).await?;
+    let dir = trusted_dir(announcement, policy_dir).map_err(FollowError::Refused)?;
+    target.switch_to(&dir).await?;
     Ok(true)
 }
 
 /// Reads `mrrec.policy` from the beginning until `shutdown`, switching
-/// `target` to each newer announced version. `stage` names this process in
-/// DLQ records.
+/// `target` to each newer announced version found under `policy_dir`.
+/// `stage` names this process in DLQ records.
 pub async fn follow_policy_topic(
     clients: &KafkaClients,
     prefix: &str,
     stage: &str,
+    policy_dir: &Path,
     target: Arc<dyn PolicyTarget>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -74,6 +120,14 @@ pub async fn follow_policy_topic(
     consumer.assign(&assignment)?;
     let publisher = Publisher::new(clients, stage)?;
     let dlq = Topic::Dlq.name(prefix);
+    metrics::describe_counter!(
+        "mrrec_policy_announcements_refused_total",
+        "Policy announcements refused: path not policy.dir/vNNNN for their version, or not a usable model."
+    );
+    metrics::describe_counter!(
+        "mrrec_policy_load_failures_total",
+        "Trusted policy versions that failed to load; the serving version stays."
+    );
     tracing::info!(%topic, "following policy announcements");
     loop {
         let message = tokio::select! {
@@ -89,38 +143,59 @@ pub async fn follow_policy_topic(
             }
         };
         let payload = message.payload().unwrap_or_default();
-        match mrrec_messages::decode_record::<PolicyAnnouncement>(message.key(), payload) {
+        let refusal = match mrrec_messages::decode_record::<PolicyAnnouncement>(
+            message.key(),
+            payload,
+        ) {
             Ok(announcement) => {
-                if let Err(e) = apply_announcement(target.as_ref(), &announcement).await {
-                    metrics::counter!("mrrec_policy_load_failures_total").increment(1);
-                    tracing::error!(
-                        version = announcement.version,
-                        path = %announcement.path,
-                        error = %e,
-                        "announced policy failed to load; still serving version {}",
-                        target.serving_version()
-                    );
+                match apply_announcement(target.as_ref(), &announcement, policy_dir).await {
+                    Ok(_) => None,
+                    Err(FollowError::Load(e)) => {
+                        metrics::counter!("mrrec_policy_load_failures_total").increment(1);
+                        tracing::error!(
+                            version = announcement.version,
+                            path = %announcement.path,
+                            error = %e,
+                            "announced policy failed to load; still serving version {}",
+                            target.serving_version()
+                        );
+                        None
+                    }
+                    Err(refused @ FollowError::Refused(_)) => {
+                        metrics::counter!("mrrec_policy_announcements_refused_total").increment(1);
+                        tracing::warn!(
+                            version = announcement.version,
+                            path = %announcement.path,
+                            reason = %refused,
+                            "policy announcement refused; still serving version {}",
+                            target.serving_version()
+                        );
+                        Some(refused.to_string())
+                    }
                 }
             }
             Err(e) => {
-                let letter = DeadLetter::new(
-                    stage,
-                    &topic,
-                    message.partition(),
-                    message.offset(),
-                    &e.to_string(),
-                    payload,
-                    mrrec_stream::now_ms(),
-                );
                 tracing::warn!(offset = message.offset(), error = %e, "bad policy announcement sent to the DLQ");
-                let record = OutgoingRecord {
-                    topic: dlq.clone(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: mrrec_messages::encode(&letter)?,
-                };
-                if let Err((e, _)) = publisher.publish_all(vec![record]).await {
-                    tracing::error!(error = %e, "could not write the DLQ record");
-                }
+                Some(e.to_string())
+            }
+        };
+        if let Some(reason) = refusal {
+            let letter = DeadLetter::new(
+                stage,
+                &topic,
+                message.partition(),
+                message.offset(),
+                &reason,
+                payload,
+                mrrec_stream::now_ms(),
+            );
+            let record = OutgoingRecord {
+                topic: dlq.clone(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: mrrec_messages::encode(&letter)?,
+            };
+            if let Err((e, _)) = publisher.publish_all(vec![record]).await {
+                tracing::error!(error = %e, "could not write the DLQ record");
             }
         }
     }

@@ -12,10 +12,21 @@ use serde::Deserialize;
 use std::time::{Duration, Instant};
 
 /// A client of one server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpLlm {
     client: reqwest::Client,
     endpoint: String,
+    /// Sent as `Authorization: Bearer …` (`llm.api_key`); never shown.
+    api_key: Option<String>,
+}
+
+impl std::fmt::Debug for HttpLlm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpLlm")
+            .field("endpoint", &self.endpoint)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -61,7 +72,15 @@ impl HttpLlm {
         Ok(Self {
             client,
             endpoint: format!("{base}/chat/completions"),
+            api_key: None,
         })
+    }
+
+    /// Sends `key` as a bearer token on every call (`llm.api_key`; empty:
+    /// none).
+    pub fn with_api_key(mut self, key: &str) -> Self {
+        self.api_key = (!key.is_empty()).then(|| key.to_owned());
+        self
     }
 
     fn body(request: &GenerationRequest) -> serde_json::Value {
@@ -96,10 +115,11 @@ impl Llm for HttpLlm {
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
         validate_request(&request)?;
         let started = Instant::now();
-        let response = self
-            .client
-            .post(&self.endpoint)
-            .json(&Self::body(&request))
+        let mut call = self.client.post(&self.endpoint).json(&Self::body(&request));
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let response = call
             .send()
             .await
             .map_err(|e| LlmError::Transport(e.to_string()))?;
@@ -110,7 +130,7 @@ impl Llm for HttpLlm {
             .map_err(|e| LlmError::Transport(e.to_string()))?;
         if !status.is_success() {
             let mut body = text;
-            body.truncate(2000);
+            mrrec_messages::truncate_at_char(&mut body, 2000);
             return Err(LlmError::Status {
                 status: status.as_u16(),
                 body,
@@ -138,5 +158,65 @@ impl Llm for HttpLlm {
 
     fn backend(&self) -> &'static str {
         "http"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChatMessage, Role, Sampling};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every connection with `status` and `body`, and
+    /// hands back the request it read.
+    async fn answering(status: &str, body: String) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let status = status.to_owned();
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 64 * 1024];
+            let n = socket.read(&mut request).await.unwrap();
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&request[..n]).into_owned()
+        });
+        (url, served)
+    }
+
+    fn request() -> GenerationRequest {
+        GenerationRequest {
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "hello".into(),
+            }],
+            sampling: Sampling {
+                temperature: 0.0,
+                top_p: 1.0,
+                max_tokens: 8,
+            },
+            n: 1,
+            grammar: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_body_of_multibyte_text_is_cut_between_characters() {
+        // 3,000 bytes of three-byte characters: byte 2,000 is inside one.
+        let (url, served) = answering("500 Internal Server Error", "€".repeat(1000)).await;
+        let llm = HttpLlm::new(&url).unwrap().with_api_key("token-1");
+        match llm.generate(request()).await {
+            Err(LlmError::Status { status, body }) => {
+                assert_eq!(status, 500);
+                assert_eq!(body, "€".repeat(666));
+            }
+            other => panic!("expected a status error, got {other:?}"),
+        }
+        let sent = served.await.unwrap().to_ascii_lowercase();
+        assert!(sent.contains("authorization: bearer token-1"), "{sent}");
+        assert!(!format!("{llm:?}").contains("token-1"));
     }
 }

@@ -14,7 +14,7 @@ pub mod rule;
 pub mod serve;
 
 pub use embedded::{EmbeddedLlm, EngineOptions};
-pub use follow::{follow_policy_topic, PolicyTarget};
+pub use follow::{follow_policy_topic, trusted_dir, FollowError, PolicyTarget};
 pub use http::HttpLlm;
 pub use mrrec_policy::protocol::{ChatMessage, Role};
 pub use rule::RuleLlm;
@@ -173,7 +173,9 @@ pub async fn from_config(config: &mrrec_config::Config) -> Result<Arc<dyn Llm>, 
                 EmbeddedLlm::open(&dir, EngineOptions::from_config(config)).await?,
             ))
         }
-        mrrec_config::LlmBackend::Http => Ok(Arc::new(HttpLlm::new(&config.llm.url)?)),
+        mrrec_config::LlmBackend::Http => Ok(Arc::new(
+            HttpLlm::new(&config.llm.url)?.with_api_key(&config.llm.api_key),
+        )),
         mrrec_config::LlmBackend::Rule => Ok(Arc::new(RuleLlm::default())),
     }
 }

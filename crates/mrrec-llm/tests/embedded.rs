@@ -189,9 +189,10 @@ async fn announcements_on_the_policy_topic_are_followed() {
     let shutdown = mrrec_stream::Shutdown::new();
     let follower = {
         let (clients, shutdown) = (clients.clone(), shutdown.clone());
+        let dir = registry.dir().to_owned();
         let target: Arc<dyn PolicyTarget> = llm.clone();
         tokio::spawn(async move {
-            mrrec_llm::follow_policy_topic(&clients, "mrrec.", "test", target, shutdown).await
+            mrrec_llm::follow_policy_topic(&clients, "mrrec.", "test", &dir, target, shutdown).await
         })
     };
     let publisher = mrrec_stream::Publisher::new(&clients, "test").unwrap();
@@ -216,8 +217,29 @@ async fn announcements_on_the_policy_topic_are_followed() {
         metrics: Default::default(),
         ts: 1,
     };
+    // Forged announcements (issue 19): another version's directory, a copy
+    // of a real model outside policy.dir, a version with no directory.
+    let outside = tmp.path().join("elsewhere/v0002");
+    std::fs::create_dir_all(&outside).unwrap();
+    for entry in std::fs::read_dir(&paths[2]).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), outside.join(entry.file_name())).unwrap();
+    }
+    let forged = |version: u32, path: &Path| {
+        mrrec_messages::encode(&PolicyAnnouncement {
+            version,
+            path: path.display().to_string(),
+            parent: Some(0),
+            metrics: Default::default(),
+            ts: 1,
+        })
+        .unwrap()
+    };
     publisher
         .publish_all(vec![
+            announce(forged(2, &paths[1])),
+            announce(forged(2, &outside)),
+            announce(forged(7, &registry.dir().join("v0007"))),
             announce(announcement(2)),
             announce(b"{not json".to_vec()),
             announce(mrrec_messages::encode(&stale).unwrap()),
@@ -248,17 +270,49 @@ async fn announcements_on_the_policy_topic_are_followed() {
     let generation = llm.generate(greedy_request()).await.unwrap();
     assert_eq!(generation.policy_version, 2);
 
-    // The unreadable announcement is in the DLQ with its reason.
+    // The forged and the unreadable announcements are in the DLQ with
+    // their reasons; nothing else is.
     let reader: StreamConsumer = clients.reader("dlq-check").create().unwrap();
     reader.subscribe(&[&Topic::Dlq.name("mrrec.")]).unwrap();
-    let record = tokio::time::timeout(Duration::from_secs(20), reader.recv())
-        .await
-        .expect("a DLQ record")
-        .unwrap();
-    let letter: DeadLetter = mrrec_messages::decode(record.payload().unwrap()).unwrap();
-    assert_eq!(letter.source_topic, "mrrec.policy");
-    assert_eq!(letter.payload, "{not json");
-    assert_eq!(letter.offset, 1);
+    let mut letters = Vec::new();
+    for _ in 0..4 {
+        let record = tokio::time::timeout(Duration::from_secs(20), reader.recv())
+            .await
+            .expect("a DLQ record")
+            .unwrap();
+        let letter: DeadLetter = mrrec_messages::decode(record.payload().unwrap()).unwrap();
+        assert_eq!(letter.source_topic, "mrrec.policy");
+        letters.push(letter);
+    }
+    letters.sort_by_key(|l| l.offset);
+    let offsets: Vec<i64> = letters.iter().map(|l| l.offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 4]);
+    assert!(
+        letters[0]
+            .error
+            .contains("not policy.dir's directory for version 2"),
+        "{}",
+        letters[0].error
+    );
+    assert!(
+        letters[1]
+            .error
+            .contains("not policy.dir's directory for version 2"),
+        "{}",
+        letters[1].error
+    );
+    assert!(
+        letters[2].error.contains("v0007 cannot be resolved"),
+        "{}",
+        letters[2].error
+    );
+    assert_eq!(letters[4 - 1].payload, "{not json");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), reader.recv())
+            .await
+            .is_err(),
+        "only the refused and unreadable announcements are dead-lettered"
+    );
 
     shutdown.trigger();
     follower.await.unwrap().unwrap();

@@ -164,9 +164,10 @@ pub fn aspects_of(item: &Item, category: &str) -> Vec<String> {
     if let Some(attrs) = &item.attrs {
         for (key, value) in attrs {
             let aspect = match value {
-                serde_json::Value::Number(n) if key == "year" => {
-                    n.as_i64().map(|y| format!("{}s", y - y.rem_euclid(10)))
-                }
+                serde_json::Value::Number(n) if key == "year" => n
+                    .as_i64()
+                    .and_then(|y| y.checked_sub(y.rem_euclid(10)))
+                    .map(|decade| format!("{decade}s")),
                 serde_json::Value::String(s) if !s.is_empty() && s.len() <= 40 => {
                     Some(format!("{key}: {s}"))
                 }
@@ -298,7 +299,10 @@ impl UserState {
             stats.last_ts = stats.last_ts.max(record.ts);
             if let (EventKind::Rate, Some(value)) = (record.kind, record.value) {
                 stats.ratings += 1;
-                stats.rating_sum_milli += (value * 1000.0).round() as i64;
+                // `as` saturates; the sum must not overflow either.
+                stats.rating_sum_milli = stats
+                    .rating_sum_milli
+                    .saturating_add((value * 1000.0).round() as i64);
             }
             insert_capped(
                 &mut stats.recent,

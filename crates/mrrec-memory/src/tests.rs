@@ -250,3 +250,27 @@ proptest! {
         prop_assert_eq!(serde_json::to_string(&entries_a).unwrap(), serde_json::to_string(&entries_b).unwrap());
     }
 }
+
+/// Issue 19, point 5: numbers from outside never overflow — an item year of
+/// i64::MIN has no decade (it used to panic computing one), and huge
+/// ratings saturate the category's sum instead of wrapping it.
+#[test]
+fn extreme_years_and_ratings_do_not_overflow() {
+    let extreme = item("9", "Odd", &["Drama"], i64::MIN);
+    assert!(aspects_of(&extreme, "Drama")
+        .iter()
+        .all(|a| !a.ends_with('s')));
+    let max = item("8", "Odder", &["Drama"], i64::MAX);
+    assert_eq!(
+        aspects_of(&max, "Drama"),
+        vec!["9223372036854775800s".to_owned()]
+    );
+
+    let mut state = UserState::new("u");
+    let mut delta = GlobalDelta::default();
+    for i in 0..3 {
+        let record = rate(&format!("e{i}"), "9", 1e300, i);
+        state.apply(&record, None, Some(&extreme), &mut delta);
+    }
+    assert_eq!(state.categories["Drama"].rating_sum_milli, i64::MAX);
+}

@@ -59,13 +59,7 @@ impl DeadLetter {
             ),
         };
         let mut error = error.to_owned();
-        if error.len() > limits::MAX_LABEL_BYTES * 4 {
-            let mut cut = limits::MAX_LABEL_BYTES * 4;
-            while !error.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            error.truncate(cut);
-        }
+        crate::truncate_at_char(&mut error, limits::MAX_LABEL_BYTES * 4);
         Self {
             stage: stage.to_owned(),
             source_topic: source_topic.to_owned(),

@@ -30,6 +30,20 @@ pub use reward::{Reward, RewardComponents};
 pub use topic::Topic;
 pub use trajectory::{Segment, SegmentSource, Trajectory};
 
+/// Cuts `text` to at most `max_bytes` bytes, at the last character boundary
+/// at or below it: `String::truncate` at a byte inside a multi-byte
+/// character panics, and on text from outside that is a panic on user data.
+pub fn truncate_at_char(text: &mut String, max_bytes: usize) {
+    if text.len() <= max_bytes {
+        return;
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+}
+
 use serde::{de::DeserializeOwned, Serialize};
 
 /// A message that travels on one mrrec topic.

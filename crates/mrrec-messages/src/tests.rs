@@ -373,3 +373,16 @@ fn tabs_and_newlines_in_catalog_text_are_spaces_and_nul_is_still_refused() {
     let id = br#"{"item_id":"i\t1","title":"a"}"#;
     assert!(rejects::<Item>(id).to_string().contains("item_id"));
 }
+
+#[test]
+fn text_is_cut_between_characters() {
+    let mut text = "ab€".to_owned(); // '€' is bytes 2..5
+    crate::truncate_at_char(&mut text, 3);
+    assert_eq!(text, "ab");
+    let mut text = "ab€".to_owned();
+    crate::truncate_at_char(&mut text, 5);
+    assert_eq!(text, "ab€");
+    let mut text = "€".repeat(1000);
+    crate::truncate_at_char(&mut text, 2000);
+    assert_eq!(text.chars().count(), 666);
+}

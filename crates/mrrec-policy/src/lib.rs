@@ -85,6 +85,12 @@ pub struct PolicyMeta {
     pub created_ts: i64,
     #[serde(default)]
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The trainer's round that made this version: every buffered reward at
+    /// or below these `topic:partition` offsets went into it. A trainer that
+    /// restarts (or retries) after publishing finds its round done here and
+    /// re-announces instead of training the same rewards again.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trained_on: std::collections::BTreeMap<String, i64>,
 }
 
 impl PolicyMeta {
@@ -96,6 +102,7 @@ impl PolicyMeta {
             origin: origin.to_owned(),
             created_ts: now_ms(),
             metrics: Default::default(),
+            trained_on: Default::default(),
         }
     }
 }

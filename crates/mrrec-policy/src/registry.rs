@@ -90,6 +90,12 @@ impl PolicyRegistry {
         Ok(PolicyVersion { version, path })
     }
 
+    /// The metadata (`policy.json`) of a published version; `None` when it
+    /// has none.
+    pub fn meta(&self, version: &PolicyVersion) -> Result<Option<crate::PolicyMeta>, PolicyError> {
+        Ok(crate::check_model_dir(&version.path)?.meta)
+    }
+
     /// The `mrrec.policy` message announcing `version`.
     pub fn announcement(
         &self,

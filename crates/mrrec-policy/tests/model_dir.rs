@@ -23,6 +23,7 @@ fn meta() -> PolicyMeta {
         origin: "init".into(),
         created_ts: 0,
         metrics: Default::default(),
+        trained_on: Default::default(),
     }
 }
 

@@ -17,6 +17,19 @@
 //! - entries expire by event time: once the largest `ts` seen passes an
 //!   entry's first `ts` by two windows, it is dropped, without a record.
 //!
+//! Time cannot be forged: a record whose `ts` is beyond the stage's clock
+//! plus one window is dead-lettered (`ts_in_future`) before it can move
+//! anything. Watermarks are kept per input partition
+//! (`reward:watermarks`, field `topic:partition`), each written under a
+//! guard by the one instance that owns the partition, so concurrent reward
+//! instances never contend on one key; expiry reads the largest of them,
+//! which the clock bound keeps within a window of real time.
+//!
+//! Replays of the recommend stage sample again (mistral.rs takes no seed
+//! per request), so a replayed batch may log different trajectories under
+//! the same ids: the join keeps the first one in topic order — what was
+//! served — and ignores the rest (`known`).
+//!
 //! Rewards are published (and acknowledged) before the state is written:
 //! a crash in between replays the batch and publishes the same rewards
 //! again (same trajectory ids and values); consumers dedupe by trajectory id.
@@ -114,6 +127,7 @@ struct Keys {
     open: String,
     offsets: String,
     meta: String,
+    watermarks: String,
 }
 
 fn keys<S: KvStore>(memory: &MemoryStore<S>) -> Keys {
@@ -122,6 +136,7 @@ fn keys<S: KvStore>(memory: &MemoryStore<S>) -> Keys {
         open: format!("{prefix}reward:open"),
         offsets: format!("{prefix}reward:offsets"),
         meta: format!("{prefix}reward:meta"),
+        watermarks: format!("{prefix}reward:watermarks"),
     }
 }
 
@@ -269,6 +284,19 @@ fn join_record(
     }
 }
 
+/// Refuses a `ts` beyond `now + window_ms`: a record from the future would
+/// move the watermark past every open join and expire them all.
+fn check_time(ts: i64, now: i64, window_ms: i64) -> Result<(), Poison> {
+    let limit = now.saturating_add(window_ms);
+    if ts > limit {
+        return Err(Poison {
+            kind: "ts_in_future",
+            reason: format!("ts {ts} is beyond this stage's clock plus reward.window_ms ({limit})"),
+        });
+    }
+    Ok(())
+}
+
 fn count_outcomes(kind: &'static str, n: usize) {
     if n == 0 {
         return;
@@ -284,11 +312,13 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
     }
 
     fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Joined, Poison> {
-        if *record.topic == *self.trajectories_topic {
+        let joined = if *record.topic == *self.trajectories_topic {
             decode_message::<Trajectory>(record, payload).map(Joined::Trajectory)
         } else {
             decode_message::<Outcome>(record, payload).map(Joined::Outcome)
-        }
+        }?;
+        check_time(joined.ts(), mrrec_stream::now_ms(), self.window_ms)?;
+        Ok(joined)
     }
 
     async fn process(&mut self, batch: &Batch<Joined>) -> Result<(), StageError> {
@@ -319,14 +349,19 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
             .iter()
             .map(|f| (keys.offsets.clone(), f.clone()))
             .collect();
-        pairs.push((keys.meta.clone(), "watermark".into()));
         pairs.push((keys.meta.clone(), "oldest_bucket".into()));
         pairs.extend(ids.iter().map(|id| (keys.open.clone(), escape(id))));
         let values = memory.kv().get_fields(&pairs).await.map_err(store_error)?;
         let (offset_values, rest) = values.split_at(offset_fields.len());
-        let watermark_value = rest[0].clone();
-        let oldest_value = rest[1].clone();
-        let entry_values = &rest[2..];
+        let oldest_value = rest[0].clone();
+        let entry_values = &rest[1..];
+        // Every partition's watermark: this batch's are guarded and moved,
+        // the others (other instances') only read.
+        let watermarks_before = memory
+            .kv()
+            .get_all(&keys.watermarks)
+            .await
+            .map_err(store_error)?;
 
         let stored: HashMap<(String, i32), i64> = batch
             .ranges
@@ -347,10 +382,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
                 );
             }
         }
-        let mut watermark: i64 = watermark_value
-            .as_deref()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(i64::MIN);
+        let mut partition_marks: BTreeMap<String, i64> = BTreeMap::new();
 
         // The join, record by record in the batch's order.
         let mut due: Vec<(Trajectory, Positive)> = Vec::new();
@@ -367,7 +399,9 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
                 ..JoinEntry::default()
             });
             due.extend(join_record(entry, &record.message, self.window_ms));
-            watermark = watermark.max(record.message.ts());
+            let field = Keyspace::offset_field(&record.meta.topic, record.meta.partition);
+            let mark = partition_marks.entry(field).or_insert(i64::MIN);
+            *mark = (*mark).max(record.message.ts());
         }
 
         // Rewards first (acknowledged), then the state.
@@ -409,10 +443,25 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
                 }
             }
         }
-        // Expiry by event time: buckets two windows behind the watermark.
-        write.guard(keys.meta.clone(), "watermark", watermark_value.clone());
+        // This batch's partitions' watermarks, each under its own guard.
+        let parse = |v: &str| v.parse::<i64>().ok();
+        for (field, mark) in &partition_marks {
+            let before = watermarks_before.get(field);
+            let moved = before.and_then(|b| parse(b)).is_none_or(|b| b < *mark);
+            if moved {
+                write.guard(keys.watermarks.clone(), field.clone(), before.cloned());
+                write.set(keys.watermarks.clone(), field.clone(), mark.to_string());
+            }
+        }
+        // Expiry by event time: buckets two windows behind the largest
+        // partition watermark.
+        let watermark = watermarks_before
+            .values()
+            .filter_map(|v| parse(v))
+            .chain(partition_marks.values().copied())
+            .max()
+            .unwrap_or(i64::MIN);
         if watermark != i64::MIN {
-            write.set(keys.meta.clone(), "watermark", watermark.to_string());
             let last_expired = self.bucket(watermark) - 2;
             let oldest: i64 = oldest_value
                 .as_deref()
@@ -624,5 +673,129 @@ mod tests {
             let ids: std::collections::BTreeSet<_> = expected.iter().map(|(id, _)| id).collect();
             prop_assert_eq!(ids.len(), expected.len());
         }
+    }
+
+    /// Issue 19, point 9: a replayed recommend batch samples again and may
+    /// log a different trajectory under the same id; the join keeps the
+    /// first one (what the user was served), whichever side arrives first.
+    #[test]
+    fn a_replayed_trajectory_with_other_content_does_not_replace_the_first() {
+        let mut replayed = trajectory(0, 100);
+        if let Joined::Trajectory(t) = &mut replayed {
+            t.profile = "sampled again".into();
+        }
+        for records in [
+            vec![
+                trajectory(0, 100),
+                replayed.clone(),
+                outcome("hit", EventKind::Purchase, None, 150),
+            ],
+            vec![
+                trajectory(0, 100),
+                outcome("hit", EventKind::Purchase, None, 150),
+                replayed.clone(),
+            ],
+        ] {
+            let mut entry = JoinEntry::default();
+            let due: Vec<(Trajectory, Positive)> = records
+                .iter()
+                .flat_map(|r| join_record(&mut entry, r, WINDOW))
+                .collect();
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].0.profile, "x");
+        }
+    }
+
+    #[test]
+    fn a_ts_beyond_the_clock_plus_a_window_is_refused() {
+        assert!(check_time(1_000 + WINDOW, 1_000, WINDOW).is_ok());
+        assert!(check_time(i64::MIN, 1_000, WINDOW).is_ok());
+        let poison = check_time(1_001 + WINDOW, 1_000, WINDOW).unwrap_err();
+        assert_eq!(poison.kind, "ts_in_future");
+        // No overflow at the ends of time.
+        assert!(check_time(i64::MAX, i64::MAX, WINDOW).is_ok());
+    }
+
+    /// Issue 19, point 4, through the stage itself (embedded store, the
+    /// in-process broker): an outcome from year 9999 is refused at decode
+    /// (so the runner dead-letters it), the open join survives and gets its
+    /// reward, and watermarks are one guarded field per input partition —
+    /// no key that two instances would both guard.
+    #[tokio::test]
+    async fn an_outcome_from_the_far_future_is_refused_and_no_join_is_lost() {
+        use mrrec_stream::{Decoded, PartitionRange, RecordMeta};
+        use std::sync::Arc;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let store = mrrec_store::EmbeddedStore::open(&tmp.path().join("store")).unwrap();
+        let memory = MemoryStore::new(store, Keyspace::new("t:"));
+        let items = Arc::new(mrrec_index::ItemIndex::open(None).unwrap());
+        let config = Config::defaults();
+        let settings = mrrec_recommend::RecommendSettings::from_config(&config);
+        let ranker = Ranker::new(memory.clone(), items, &settings);
+        let broker = mrrec_stream::EmbeddedBroker::start("mrrec.", 1).unwrap();
+        let clients =
+            mrrec_stream::KafkaClients::new(broker.bootstrap_servers(), &Default::default());
+        let publisher = Publisher::new(&clients, STAGE).unwrap();
+        let window = 60_000u64;
+        let mut stage = RewardStage::new(ranker, publisher, window, "mrrec.");
+
+        let now = mrrec_stream::now_ms();
+        let meta = |topic: &str, offset: i64| RecordMeta {
+            topic: Arc::from(topic),
+            partition: 0,
+            offset,
+            key: None,
+            timestamp_ms: None,
+        };
+        let batch = |topic: &str, offset: i64, message: Joined| Batch {
+            records: vec![Decoded {
+                meta: meta(topic, offset),
+                message,
+            }],
+            ranges: vec![PartitionRange {
+                topic: Arc::from(topic),
+                partition: 0,
+                first_offset: offset,
+                last_offset: offset,
+            }],
+        };
+        let trajectories = "mrrec.trajectories";
+        let outcomes = "mrrec.outcomes";
+        stage
+            .process(&batch(trajectories, 0, trajectory(0, now)))
+            .await
+            .unwrap();
+
+        // Year 9999: refused before it can move any watermark.
+        let forged = outcome("x", EventKind::Purchase, None, 253_402_300_799_000);
+        let Joined::Outcome(forged) = forged else {
+            unreachable!()
+        };
+        let payload = mrrec_messages::encode(&forged).unwrap();
+        let poison = stage
+            .decode(&meta(outcomes, 0), Some(&payload))
+            .unwrap_err();
+        assert_eq!(poison.kind, "ts_in_future", "{}", poison.reason);
+        // An outcome of now is accepted, and joins the open request.
+        let honest = outcome("hit", EventKind::Purchase, None, now + 1);
+        let Joined::Outcome(honest) = honest else {
+            unreachable!()
+        };
+        let payload = mrrec_messages::encode(&honest).unwrap();
+        let decoded = stage.decode(&meta(outcomes, 1), Some(&payload)).unwrap();
+        stage.process(&batch(outcomes, 1, decoded)).await.unwrap();
+
+        let open = memory.kv().get_all("t:reward:open").await.unwrap();
+        let entry: JoinEntry = serde_json::from_str(&open["r1"]).unwrap();
+        assert_eq!(entry.target.map(|t| t.item_id).as_deref(), Some("hit"));
+        assert!(entry.known.contains(&"r1/0".to_owned()));
+
+        let marks = memory.kv().get_all("t:reward:watermarks").await.unwrap();
+        assert_eq!(marks.len(), 2, "{marks:?}");
+        assert_eq!(marks["mrrec.trajectories:0"], now.to_string());
+        assert_eq!(marks["mrrec.outcomes:0"], (now + 1).to_string());
+        let meta_fields = memory.kv().get_all("t:reward:meta").await.unwrap();
+        assert!(!meta_fields.contains_key("watermark"), "{meta_fields:?}");
     }
 }

@@ -241,6 +241,7 @@ pub fn update(
         ..UpdateReport::default()
     };
     let mut rng = settings.seed ^ 0x5DEE_CE66_D1CE_4E5B;
+    let threads = workers();
     let mut loss_sum = 0.0;
     let mut clipped = 0usize;
     let mut counted = 0usize;
@@ -248,16 +249,14 @@ pub fn update(
         shuffle(&mut teaching, &mut rng);
         for minibatch in teaching.chunks(settings.minibatch.max(1)) {
             let n = minibatch.len() as f64;
-            let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-            let mut step_loss = 0.0;
-            for chunk in chunks(samples, minibatch, settings.chunk_tokens) {
-                let (tokens, positions) = batch_of(samples, &chunk);
+            let loss_of = |chunk: &[usize]| -> Result<(Tensor, (f64, usize, usize)), TrainError> {
+                let (tokens, positions) = batch_of(samples, chunk);
                 let logp = model.token_logprobs(&tokens, &positions)?;
                 let mut old_values = Vec::with_capacity(positions.len());
                 let mut adv = Vec::with_capacity(positions.len());
                 let mut weight = Vec::with_capacity(positions.len());
                 let mut ref_values = Vec::new();
-                for &i in &chunk {
+                for &i in chunk {
                     let old_i = old.get(&i).ok_or_else(|| {
                         TrainError::Input(format!("no old log-probabilities for sample {i}"))
                     })?;
@@ -296,14 +295,26 @@ pub fn update(
                         "the loss became {loss_value}"
                     )));
                 }
-                step_loss += loss_value;
                 let ratios = ratio.detach().to_vec1::<f32>()?;
-                clipped += ratios
+                let outside = ratios
                     .iter()
                     .filter(|r| (f64::from(**r) - 1.0).abs() > eps)
                     .count();
-                counted += ratios.len();
-                accumulate(&mut grads, &vars, &loss)?;
+                Ok((loss, (loss_value, outside, ratios.len())))
+            };
+            let (grads, counts) = minibatch_grads(
+                samples,
+                minibatch,
+                settings.chunk_tokens,
+                threads,
+                &vars,
+                loss_of,
+            )?;
+            let mut step_loss = 0.0;
+            for (loss_value, outside, all) in counts {
+                step_loss += loss_value;
+                clipped += outside;
+                counted += all;
             }
             let norm = clipped_step(optimizer, &vars, grads, settings.max_grad_norm)?;
             report.grad_norm = report.grad_norm.max(norm);
@@ -323,6 +334,81 @@ pub fn update(
     };
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Threads a minibatch's forward and backward passes run on: the cores
+/// there are, at most 4. candle's CPU kernels outside matmul run on one
+/// thread, so chunks on separate threads are what uses a second core.
+pub(crate) fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// The summed gradients of one minibatch, computed on up to `workers`
+/// threads. The minibatch's samples are dealt out by length (each worker
+/// gets a similar share of long and short ones) and each worker cuts its
+/// share into chunks of `chunk_tokens / workers` padded tokens, so the
+/// tokens in flight stay within `chunk_tokens`. `loss_of` turns one chunk
+/// into a loss (and whatever the caller counts); the gradients are summed
+/// in worker order, so a run is repeatable for a given number of workers.
+/// The outputs come back in worker order, then chunk order.
+pub(crate) fn minibatch_grads<T: Send>(
+    samples: &[Sample],
+    minibatch: &[usize],
+    chunk_tokens: usize,
+    workers: usize,
+    vars: &[&Var],
+    loss_of: impl Fn(&[usize]) -> Result<(Tensor, T), TrainError> + Sync,
+) -> Result<(Vec<Option<Tensor>>, Vec<T>), TrainError> {
+    let workers = workers.clamp(1, minibatch.len().max(1));
+    let mut sorted = minibatch.to_vec();
+    sorted.sort_by_key(|&i| samples[i].tokens.len());
+    let shares: Vec<Vec<usize>> = (0..workers)
+        .map(|w| sorted.iter().skip(w).step_by(workers).copied().collect())
+        .collect();
+    let cap = (chunk_tokens / workers).max(1);
+    let work = |share: &[usize]| -> Result<(Vec<Option<Tensor>>, Vec<T>), TrainError> {
+        let mut grads = vec![None; vars.len()];
+        let mut outs = Vec::new();
+        for chunk in chunks(samples, share, cap) {
+            let (loss, out) = loss_of(&chunk)?;
+            accumulate(&mut grads, vars, &loss)?;
+            outs.push(out);
+        }
+        Ok((grads, outs))
+    };
+    let results: Vec<Result<(Vec<Option<Tensor>>, Vec<T>), TrainError>> = if workers == 1 {
+        vec![work(&shares[0])]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .iter()
+                .map(|share| scope.spawn(|| work(share)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(TrainError::Input("a training thread panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut outs = Vec::new();
+    for result in results {
+        let (grads, out) = result?;
+        for (slot, g) in sums.iter_mut().zip(grads) {
+            if let Some(g) = g {
+                *slot = Some(match slot.take() {
+                    Some(sum) => (sum + g)?,
+                    None => g,
+                });
+            }
+        }
+        outs.extend(out);
+    }
+    Ok((sums, outs))
 }
 
 /// Adds `loss`'s gradients to the running sums (one slot per variable).

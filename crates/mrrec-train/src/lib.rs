@@ -194,6 +194,19 @@ pub fn train_round(
     settings: &TrainSettings,
     verify: &dyn Fn(&Path) -> Result<(), String>,
 ) -> Result<RoundReport, TrainError> {
+    train_round_on(registry, rewarded, settings, verify, &BTreeMap::new())
+}
+
+/// [`train_round`], recording in the new version's metadata the input
+/// offsets its rewards came from (`PolicyMeta::trained_on`), so the round
+/// is never trained twice.
+pub fn train_round_on(
+    registry: &PolicyRegistry,
+    rewarded: &[Rewarded],
+    settings: &TrainSettings,
+    verify: &dyn Fn(&Path) -> Result<(), String>,
+    trained_on: &BTreeMap<String, i64>,
+) -> Result<RoundReport, TrainError> {
     let parent = registry.latest()?.ok_or_else(|| {
         TrainError::policy(
             registry.dir(),
@@ -313,9 +326,16 @@ pub fn train_round(
 
     let version = registry.next_version()?;
     let staging = registry.staging_dir(version)?;
-    let written = write_version(&model, &parent.path, &staging, version, &report.metrics)
-        .and_then(|()| verify_written(&model, &staging, training_samples))
-        .and_then(|()| verify(&staging).map_err(|e| TrainError::policy(&staging, e)));
+    let written = write_version(
+        &model,
+        &parent.path,
+        &staging,
+        version,
+        &report.metrics,
+        trained_on,
+    )
+    .and_then(|()| verify_written(&model, &staging, training_samples))
+    .and_then(|()| verify(&staging).map_err(|e| TrainError::policy(&staging, e)));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
         report.decision = Decision::Rejected(format!("the written version does not load: {e}"));
@@ -348,6 +368,7 @@ fn write_version(
     staging: &Path,
     version: u32,
     metrics: &BTreeMap<String, f64>,
+    trained_on: &BTreeMap<String, i64>,
 ) -> Result<(), TrainError> {
     for name in CARRIED_FILES {
         let from = parent_dir.join(name);
@@ -364,6 +385,7 @@ fn write_version(
         origin: "grpo".into(),
         created_ts: mrrec_policy::now_ms(),
         metrics: metrics.clone(),
+        trained_on: trained_on.clone(),
     };
     let text = serde_json::to_string_pretty(&meta)
         .map_err(|e| TrainError::policy(staging, e.to_string()))?;

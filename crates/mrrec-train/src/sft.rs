@@ -38,14 +38,14 @@ pub fn train(
     };
     let mut order: Vec<usize> = (0..samples.len()).collect();
     let mut state = 0x853C_49E6_748F_EA9Bu64;
+    let threads = crate::grpo::workers();
     for epoch in 0..epochs.max(1) {
         crate::grpo::shuffle(&mut order, &mut state);
         let (mut loss_sum, mut tokens) = (0.0, 0usize);
         for batch in order.chunks(minibatch.max(1)) {
             let n = batch.len() as f64;
-            let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-            for chunk in crate::grpo::chunks(samples, batch, chunk_tokens) {
-                let (ids, positions) = crate::grpo::batch_of(samples, &chunk);
+            let loss_of = |chunk: &[usize]| -> Result<(Tensor, (f64, usize)), TrainError> {
+                let (ids, positions) = crate::grpo::batch_of(samples, chunk);
                 let logp = model.token_logprobs(&ids, &positions)?;
                 let weights: Vec<f32> = chunk
                     .iter()
@@ -58,9 +58,20 @@ pub fn train(
                 let weights = Tensor::from_vec(weights, len, logp.device())?;
                 let loss = (logp.neg()? * &weights)?.sum_all()?;
                 let values = logp.detach().to_vec1::<f32>()?;
-                loss_sum -= values.iter().map(|v| f64::from(*v)).sum::<f64>();
-                tokens += values.len();
-                crate::grpo::accumulate(&mut grads, &vars, &loss)?;
+                let nll = -values.iter().map(|v| f64::from(*v)).sum::<f64>();
+                Ok((loss, (nll, values.len())))
+            };
+            let (grads, counts) = crate::grpo::minibatch_grads(
+                samples,
+                batch,
+                chunk_tokens,
+                threads,
+                &vars,
+                loss_of,
+            )?;
+            for (nll, n) in counts {
+                loss_sum += nll;
+                tokens += n;
             }
             crate::grpo::clipped_step(&mut optimizer, &vars, grads, 1.0)?;
             report.steps += 1;

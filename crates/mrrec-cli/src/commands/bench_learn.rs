@@ -85,7 +85,10 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
                 "v{version:04}: training mean reward {train_served:.4} (served), {train_all:.4} (all {}); training…",
                 rewards.len()
             );
-            let report = pipeline.trainer.round(&rewards).await?;
+            let report = pipeline
+                .trainer
+                .round(&rewards, &Default::default())
+                .await?;
             row["round_metrics"] = serde_json::json!(report.metrics);
             match &report.decision {
                 Decision::Published(v) => {

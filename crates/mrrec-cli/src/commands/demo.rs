@@ -106,7 +106,10 @@ pub async fn run(config: &Config, data_dir: Option<&Path>, dir: &Path, seed: u64
         rewards.len()
     );
     let round_started = Instant::now();
-    let report = pipeline.trainer.round(&rewards).await?;
+    let report = pipeline
+        .trainer
+        .round(&rewards, &Default::default())
+        .await?;
     let from = report.parent;
     let switched_to = match &report.decision {
         Decision::Published(v) => {

@@ -489,7 +489,10 @@ async fn learn(
         let last = round == args.rounds;
         let mut stop = last;
         if !last {
-            let report = pipeline.trainer.round(&rewards).await?;
+            let report = pipeline
+                .trainer
+                .round(&rewards, &Default::default())
+                .await?;
             match report.decision {
                 Decision::Published(v) => {
                     eprintln!("round {round}: published v{:04}", v.version);

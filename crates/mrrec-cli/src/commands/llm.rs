@@ -36,15 +36,28 @@ pub async fn serve(config: &Config, listen: Option<&str>, follow: bool) -> Resul
 
     // The in-process broker is private to one process: nothing could announce
     // to it, so only a real cluster is followed.
+    // A pinned version (llm.model_dir, a rollback) stays pinned.
     let mut follower = None;
-    if follow && !config.kafka.is_embedded() {
+    let pinned = !config.llm.model_dir.is_empty();
+    if follow && pinned {
+        tracing::info!(model_dir = %config.llm.model_dir, "llm.model_dir is pinned: not following mrrec.policy");
+    } else if follow && !config.kafka.is_embedded() {
         let bootstrap = Bootstrap::resolve(config)?;
         let clients = KafkaClients::from_config(config, &bootstrap);
         let target: Arc<dyn PolicyTarget> = llm.clone();
         let prefix = config.topics.prefix.clone();
         let stop = shutdown.clone();
+        let policy_dir = config.policy.dir.clone();
         follower = Some(tokio::spawn(async move {
-            mrrec_llm::follow_policy_topic(&clients, &prefix, "llm-serve", target, stop).await
+            mrrec_llm::follow_policy_topic(
+                &clients,
+                &prefix,
+                "llm-serve",
+                &policy_dir,
+                target,
+                stop,
+            )
+            .await
         }));
     } else if follow {
         tracing::info!("kafka.brokers is embedded: not following mrrec.policy");
@@ -55,7 +68,10 @@ pub async fn serve(config: &Config, listen: Option<&str>, follow: bool) -> Resul
         dir.display()
     );
     let stop = shutdown.clone();
-    mrrec_llm::serve::serve(llm, listener, async move { stop.wait().await }).await?;
+    mrrec_llm::serve::serve(llm, listener, &config.llm.api_key, async move {
+        stop.wait().await
+    })
+    .await?;
     shutdown.trigger();
     if let Some(follower) = follower {
         follower.await??;

@@ -65,6 +65,7 @@ pub async fn init(config: &mrrec_config::Config, args: &ModelInitArgs) -> Result
         origin: "init".into(),
         created_ts: mrrec_policy::now_ms(),
         metrics: Default::default(),
+        trained_on: Default::default(),
     };
     let report = init_model(&args.out, &spec, &texts, &meta)
         .with_context(|| format!("building the policy model in {}", args.out.display()))?;

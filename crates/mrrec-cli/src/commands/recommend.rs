@@ -28,7 +28,10 @@ pub async fn open_llm(config: &Config) -> Result<(Arc<dyn Llm>, Option<Arc<dyn P
             tracing::info!(version = llm.serving_version(), dir = %dir.display(), "policy loaded");
             Ok((llm.clone(), Some(llm)))
         }
-        LlmBackend::Http => Ok((Arc::new(HttpLlm::new(&config.llm.url)?), None)),
+        LlmBackend::Http => Ok((
+            Arc::new(HttpLlm::new(&config.llm.url)?.with_api_key(&config.llm.api_key)),
+            None,
+        )),
         // The rule has no versions to follow.
         LlmBackend::Rule => Ok((Arc::new(RuleLlm::default()), None)),
     }
@@ -92,16 +95,20 @@ pub async fn start<S: KvStore + 'static>(
     };
     let stage = mrrec_recommend::open_stage(config, &request_path, llm, memory).await?;
     let shutdown = Shutdown::new();
+    // A pinned version (llm.model_dir, a rollback) stays pinned.
+    let pinned = !config.llm.model_dir.is_empty();
     let follower = match target {
-        Some(target) if follow => {
+        Some(target) if follow && !pinned => {
             let clients = clients.clone();
             let prefix = config.topics.prefix.clone();
             let stop = shutdown.clone();
+            let policy_dir = config.policy.dir.clone();
             Some(tokio::spawn(async move {
                 mrrec_llm::follow_policy_topic(
                     &clients,
                     &prefix,
                     mrrec_recommend::STAGE,
+                    &policy_dir,
                     target,
                     stop,
                 )

@@ -9,6 +9,16 @@
 //! loads here in mistral.rs and does not regress; then it is announced on
 //! `mrrec.policy`. Every round is logged to `policy.dir/train-log.jsonl`;
 //! every reward left out goes to the DLQ with its reason.
+//!
+//! A round happens once. The version it publishes records the buffer
+//! offsets its rewards came from (`policy.json`'s `trained_on`). If the
+//! announcement then fails (a broker outage) or the process dies before
+//! the buffer is cleared, the next attempt finds the newest version trained
+//! on those rewards, announces it again (followers ignore a version they
+//! already serve) and drops the rewards from the buffer — it never trains
+//! them into a second version. A round that fails on its input (an error
+//! that would recur on every retry) is logged, its rewards dead-lettered
+//! with the reason and the buffer cleared, instead of being retried forever.
 
 use anyhow::{Context, Result};
 use mrrec_config::Config;
@@ -132,17 +142,34 @@ impl RewardBuffer {
     /// Empties the buffer, keeping its offsets (written as one fresh line,
     /// then renamed over the file).
     fn clear(&mut self) -> Result<()> {
+        self.retain(|_| false)
+    }
+
+    /// Keeps only the rewards `keep` accepts, and the offsets (written as
+    /// one fresh line, then renamed over the file).
+    fn retain(&mut self, keep: impl Fn(&Buffered) -> bool) -> Result<()> {
+        let mut kept = std::mem::take(&mut self.rewards);
+        kept.retain(|b| keep(b));
         let line = BufferLine {
             offsets: self.offsets.clone(),
-            rewards: Vec::new(),
+            rewards: kept,
         };
         let tmp = self.path.with_extension("jsonl.tmp");
         std::fs::write(&tmp, serde_json::to_string(&line)? + "\n")?;
         std::fs::rename(&tmp, &self.path)?;
-        self.rewards.clear();
-        self.first_at = None;
+        self.rewards = line.rewards;
+        if self.rewards.is_empty() {
+            self.first_at = None;
+        }
         Ok(())
     }
+}
+
+/// Whether `trained_on` (a version's `topic:partition` → offset) covers `b`.
+fn covered(trained_on: &BTreeMap<String, i64>, b: &Buffered) -> bool {
+    trained_on
+        .get(&format!("{}:{}", b.topic, b.partition))
+        .is_some_and(|o| b.offset <= *o)
 }
 
 /// What a round needs besides the rewards.
@@ -165,8 +192,14 @@ impl Trainer {
         })
     }
 
-    /// One round over `rewards`; publishes the announcement and the DLQ entries.
-    pub(crate) async fn round(&self, rewards: &[Buffered]) -> Result<RoundReport> {
+    /// One round over `rewards`; publishes the announcement and the DLQ
+    /// entries. `trained_on` (the buffer's offsets; empty outside the
+    /// stage) goes into the new version's metadata.
+    pub(crate) async fn round(
+        &self,
+        rewards: &[Buffered],
+        trained_on: &BTreeMap<String, i64>,
+    ) -> Result<RoundReport> {
         let mut rewarded = Vec::new();
         let mut dead = Vec::new();
         let mut origin: BTreeMap<String, &Buffered> = BTreeMap::new();
@@ -184,6 +217,7 @@ impl Trainer {
         }
         let registry = self.registry.clone();
         let settings = self.settings.clone();
+        let trained_on = trained_on.clone();
         let handle = tokio::runtime::Handle::current();
         let report = tokio::task::spawn_blocking(move || {
             let verify = |dir: &Path| -> Result<(), String> {
@@ -192,7 +226,7 @@ impl Trainer {
                     .map(drop)
                     .map_err(|e| format!("mistral.rs does not load it: {e}"))
             };
-            mrrec_train::train_round(&registry, &rewarded, &settings, &verify)
+            mrrec_train::train_round_on(&registry, &rewarded, &settings, &verify, &trained_on)
         })
         .await
         .context("the training round panicked")??;
@@ -252,6 +286,104 @@ impl Trainer {
         Ok(report)
     }
 
+    /// The newest version when its metadata says it was trained on rewards
+    /// in `rewards` (a round that published but was not finished).
+    fn finished_round(
+        &self,
+        rewards: &[Buffered],
+    ) -> Result<Option<(mrrec_policy::PolicyVersion, mrrec_policy::PolicyMeta)>> {
+        let Some(latest) = self.registry.latest()? else {
+            return Ok(None);
+        };
+        let Some(meta) = self.registry.meta(&latest)? else {
+            return Ok(None);
+        };
+        let done =
+            !meta.trained_on.is_empty() && rewards.iter().any(|b| covered(&meta.trained_on, b));
+        Ok(done.then_some((latest, meta)))
+    }
+
+    /// Announces `version` again (its round published it, and the
+    /// announcement may never have gone out).
+    async fn reannounce(
+        &self,
+        version: &mrrec_policy::PolicyVersion,
+        meta: &mrrec_policy::PolicyMeta,
+        dropped: usize,
+    ) -> Result<()> {
+        let announcement = self
+            .registry
+            .announcement(version, meta.parent, meta.metrics.clone());
+        let record = OutgoingRecord {
+            topic: Topic::Policy.name(&self.prefix),
+            key: None,
+            payload: encode(&announcement)?,
+        };
+        if let Err((e, _)) = self.publisher.publish_all(vec![record]).await {
+            anyhow::bail!("announcing v{:04} again: {e}", version.version);
+        }
+        tracing::warn!(
+            version = version.version,
+            dropped,
+            "the round that published this version had not finished: announced it again, and dropped the rewards it was trained on instead of training them twice"
+        );
+        metrics::counter!(ROUNDS, "decision" => "reannounced").increment(1);
+        let line = serde_json::json!({
+            "ts": mrrec_stream::now_ms(),
+            "decision": "reannounced",
+            "version": version.version,
+            "parent": meta.parent,
+            "rewards": dropped,
+        });
+        self.append_log(&line)
+    }
+
+    /// A round that failed on its input: every reward goes to the DLQ with
+    /// the reason, and the round is logged as failed.
+    async fn fail_round(&self, rewards: &[Buffered], reason: &str) -> Result<()> {
+        let mut records = Vec::new();
+        for b in rewards {
+            let letter = DeadLetter::new(
+                STAGE,
+                &b.topic,
+                b.partition,
+                b.offset,
+                &format!("training round failed on its input: {reason}"),
+                &serde_json::to_vec(&b.reward)?,
+                mrrec_stream::now_ms(),
+            );
+            records.push(OutgoingRecord {
+                topic: Topic::Dlq.name(&self.prefix),
+                key: Some(b.reward.request_id.clone().into_bytes()),
+                payload: encode(&letter)?,
+            });
+        }
+        if let Err((e, _)) = self.publisher.publish_all(records).await {
+            anyhow::bail!("dead-lettering a failed round's rewards: {e}");
+        }
+        tracing::error!(%reason, rewards = rewards.len(), "training round failed on its input; its rewards are in the DLQ");
+        metrics::counter!(ROUNDS, "decision" => "failed").increment(1);
+        metrics::counter!(SKIPPED).increment(rewards.len() as u64);
+        self.append_log(&serde_json::json!({
+            "ts": mrrec_stream::now_ms(),
+            "decision": "failed",
+            "reason": reason,
+            "rewards": rewards.len(),
+        }))
+    }
+
+    fn append_log(&self, line: &serde_json::Value) -> Result<()> {
+        if let Some(parent) = self.log_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        writeln!(file, "{line}")?;
+        Ok(())
+    }
+
     fn log(&self, report: &RoundReport, decision: &str, rewards: usize) -> Result<()> {
         let (version, reason) = match &report.decision {
             Decision::Published(v) => (Some(v.version), None),
@@ -267,16 +399,17 @@ impl Trainer {
             "skipped": report.skipped.len(),
             "metrics": report.metrics,
         });
-        if let Some(parent) = self.log_path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)?;
-        writeln!(file, "{line}")?;
-        Ok(())
+        self.append_log(&line)
     }
+}
+
+/// Whether a round's error comes from its input (the same rewards fail the
+/// same way on every retry) rather than from the disk or the broker.
+fn fails_on_its_input(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<mrrec_train::TrainError>(),
+        Some(mrrec_train::TrainError::Input(_) | mrrec_train::TrainError::Tensor(_))
+    )
 }
 
 /// The stage: buffer rewards, run a round when due.
@@ -288,6 +421,40 @@ pub(super) struct TrainStage {
     /// `train --once`: only buffer; the round runs after the stream drains.
     hold: bool,
     last_batch_ms: Arc<AtomicI64>,
+}
+
+impl TrainStage {
+    /// A round that published a version but did not finish (no
+    /// announcement, or the buffer not cleared): announce that version
+    /// again and drop the rewards it was trained on.
+    async fn settle_finished_round(&mut self) -> Result<(), StageError> {
+        let finished = self
+            .trainer
+            .finished_round(&self.buffer.rewards)
+            .map_err(|e| StageError::Retryable(format!("reading the policy registry: {e:#}")))?;
+        let Some((version, meta)) = finished else {
+            return Ok(());
+        };
+        let dropped = self
+            .buffer
+            .rewards
+            .iter()
+            .filter(|b| covered(&meta.trained_on, b))
+            .count();
+        self.trainer
+            .reannounce(&version, &meta, dropped)
+            .await
+            .map_err(|e| StageError::Retryable(format!("{e:#}")))?;
+        self.buffer
+            .retain(|b| !covered(&meta.trained_on, b))
+            .map_err(|e| StageError::Fatal(format!("rewriting the reward buffer: {e:#}")))
+    }
+
+    fn clear_buffer(&mut self) -> Result<(), StageError> {
+        self.buffer
+            .clear()
+            .map_err(|e| StageError::Fatal(format!("clearing the reward buffer: {e:#}")))
+    }
 }
 
 impl Stage for TrainStage {
@@ -339,12 +506,21 @@ impl Stage for TrainStage {
         if self.hold || !due {
             return Ok(());
         }
+        self.settle_finished_round().await?;
+        if self.buffer.rewards.is_empty() {
+            return Ok(());
+        }
         let rewards = self.buffer.rewards.clone();
-        match self.trainer.round(&rewards).await {
-            Ok(_) => self
-                .buffer
-                .clear()
-                .map_err(|e| StageError::Fatal(format!("clearing the reward buffer: {e:#}"))),
+        let trained_on = self.buffer.offsets.clone();
+        match self.trainer.round(&rewards, &trained_on).await {
+            Ok(_) => self.clear_buffer(),
+            Err(e) if fails_on_its_input(&e) => {
+                self.trainer
+                    .fail_round(&rewards, &format!("{e:#}"))
+                    .await
+                    .map_err(|e| StageError::Retryable(format!("{e:#}")))?;
+                self.clear_buffer()
+            }
             Err(e) => Err(StageError::Retryable(format!("training round: {e:#}"))),
         }
     }
@@ -439,7 +615,23 @@ pub async fn once(config: &Config) -> Result<()> {
     }
     eprintln!("training one round on {} rewards", buffer.rewards.len());
     let trainer = Trainer::new(config, &clients)?;
-    let report = trainer.round(&buffer.rewards).await?;
+    if let Some((version, meta)) = trainer.finished_round(&buffer.rewards)? {
+        let before = buffer.rewards.len();
+        buffer.retain(|b| !covered(&meta.trained_on, b))?;
+        trainer
+            .reannounce(&version, &meta, before - buffer.rewards.len())
+            .await?;
+        println!(
+            "v{:04} was already trained on {} of these rewards: announced it again",
+            version.version,
+            before - buffer.rewards.len()
+        );
+        if buffer.rewards.is_empty() {
+            return Ok(());
+        }
+    }
+    let trained_on = buffer.offsets.clone();
+    let report = trainer.round(&buffer.rewards, &trained_on).await?;
     buffer.clear()?;
     match &report.decision {
         Decision::Published(v) => println!(
@@ -514,5 +706,95 @@ mod tests {
         let cleared = RewardBuffer::open(path).unwrap();
         assert!(cleared.rewards.is_empty());
         assert_eq!(cleared.offsets["mrrec.rewards:0"], 1);
+    }
+
+    /// Issue 19, point 3: a round published v0001 (trained on offsets 0 and
+    /// 1) and died before announcing it and clearing the buffer. The next
+    /// batch announces v0001 again, drops those two rewards and trains only
+    /// what is new: no second version from the same rewards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_that_published_is_announced_again_never_trained_again() {
+        use mrrec_stream::{Decoded, PartitionRange};
+        use rdkafka::consumer::{Consumer, StreamConsumer};
+        use rdkafka::Message as _;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.policy.dir = tmp.path().join("policy");
+        config.train.every_rewards = 1;
+        let registry = PolicyRegistry::new(&config.policy.dir);
+        let catalog = vec!["Toy Story (1995) | Animation, Comedy".to_owned()];
+        for version in 0..2u32 {
+            let staging = registry.staging_dir(version).unwrap();
+            let mut meta =
+                mrrec_policy::PolicyMeta::new(Some(version), version.checked_sub(1), "test");
+            if version == 1 {
+                meta.trained_on = [("mrrec.rewards:0".to_owned(), 1)].into();
+            }
+            mrrec_policy::init_model(&staging, &mrrec_policy::ModelSpec::tiny(0), &catalog, &meta)
+                .unwrap();
+            registry.publish(&staging, version).unwrap();
+        }
+        // The unfinished round's buffer: rewards 0 and 1, offsets up to 1.
+        let mut buffer = RewardBuffer::open(config.policy.dir.join("train-buffer.jsonl")).unwrap();
+        buffer
+            .append(BufferLine {
+                offsets: [("mrrec.rewards:0".to_owned(), 1)].into(),
+                rewards: vec![buffered(0), buffered(1)],
+            })
+            .unwrap();
+
+        let broker = mrrec_stream::EmbeddedBroker::start("mrrec.", 1).unwrap();
+        let clients = KafkaClients::new(broker.bootstrap_servers(), &Default::default());
+        let mut stage = open_stage(&config, &clients, false).unwrap();
+        assert_eq!(stage.buffer.rewards.len(), 2);
+        let next = buffered(2);
+        let meta = RecordMeta {
+            topic: Arc::from("mrrec.rewards"),
+            partition: 0,
+            offset: 2,
+            key: None,
+            timestamp_ms: None,
+        };
+        let batch = Batch {
+            records: vec![Decoded {
+                meta,
+                message: next.reward.clone(),
+            }],
+            ranges: vec![PartitionRange {
+                topic: Arc::from("mrrec.rewards"),
+                partition: 0,
+                first_offset: 2,
+                last_offset: 2,
+            }],
+        };
+        stage.process(&batch).await.unwrap();
+
+        assert_eq!(
+            registry.latest().unwrap().unwrap().version,
+            1,
+            "no second version"
+        );
+        assert!(stage.buffer.rewards.is_empty());
+        let reader: StreamConsumer = clients.reader("policy-check").create().unwrap();
+        reader.subscribe(&["mrrec.policy"]).unwrap();
+        let record = tokio::time::timeout(Duration::from_secs(20), reader.recv())
+            .await
+            .expect("an announcement")
+            .unwrap();
+        let announced: mrrec_messages::PolicyAnnouncement =
+            mrrec_messages::decode(record.payload().unwrap()).unwrap();
+        assert_eq!(announced.version, 1);
+        let log = std::fs::read_to_string(config.policy.dir.join("train-log.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["decision"], "reannounced", "{log}");
+        assert_eq!(lines[0]["rewards"], 2, "{log}");
+        // Only the new reward went into a round (it has no trajectory:
+        // nothing to learn, and it is dead-lettered with that reason).
+        assert_eq!(lines[1]["rewards"], 1, "{log}");
+        assert_eq!(lines.len(), 2, "{log}");
     }
 }
