@@ -76,15 +76,25 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
     wait_until(&mut clean, ML100K_RECORDS, &mut child).await;
     child.terminate("stage");
 
-    // A run SIGKILLed at ten points and restarted each time. The points are
-    // drawn from a fixed seed (reproducible), sorted because progress only
-    // grows; set MRREC_CHAOS_SEED to try others.
+    // A run SIGKILLed at ten points and restarted each time, while the load
+    // is still producing (as an operator's crash would happen), on a broker
+    // that answers a fetch starting inside a record batch with the next
+    // batch — or nothing, at the end (tansu's memory engine): the runner
+    // must notice each gap and fetch again (issue 19). The points are drawn
+    // from a fixed seed (reproducible), sorted because progress only grows;
+    // set MRREC_CHAOS_SEED to try others.
+    let skipping = Tansu::start_with(mrrec_testkit::TansuStorage::Memory, None).unwrap();
     let mut killed = redis::Client::open(killed_redis.url())
         .unwrap()
         .get_connection_manager()
         .await
         .unwrap();
-    let killed_env = env(&tansu, &killed_redis, "killed");
+    let killed_env = env(&skipping, &killed_redis, "killed");
+    run_ok(&["topics", "create"], &killed_env);
+    let loading = Running::start(
+        &["load", "ml-100k", "--data-dir", data.to_str().unwrap()],
+        &killed_env,
+    );
     for fraction in kill_points(10) {
         let mut child = Running::stage("distill", &killed_env);
         wait_until(
@@ -101,6 +111,7 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
     }
     let mut child = Running::stage("distill", &killed_env);
     wait_until(&mut killed, ML100K_RECORDS, &mut child).await;
+    loading.finish("load", Duration::from_secs(60));
     // The last kill may have left everything stored already, so the wait
     // above can end before this process has even installed its signal
     // handlers (the first thing its stage does): give it a moment.

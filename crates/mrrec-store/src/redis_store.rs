@@ -65,8 +65,24 @@ pub struct RedisStore {
     apply: redis::Script,
 }
 
+/// Redis refused a write for want of memory (`maxmemory` reached): an
+/// outage to wait out (with an alert), not a reason to crash and restart.
+const OOM: &str = "mrrec_store_out_of_memory_total";
+
 fn classify(error: redis::RedisError) -> StoreError {
-    if error.is_io_error()
+    // OOM (maxmemory reached), READONLY / MASTERDOWN (a failover in
+    // progress): the server is there but cannot take the write now.
+    let busy = matches!(error.code(), Some("OOM" | "READONLY" | "MASTERDOWN"));
+    if error.code() == Some("OOM") {
+        metrics::describe_counter!(
+            OOM,
+            "Writes Redis refused because it reached maxmemory (retried; alert on any)"
+        );
+        metrics::counter!(OOM).increment(1);
+        tracing::error!(error = %error, "Redis is out of memory (maxmemory): writes are retried until it has room");
+    }
+    if busy
+        || error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()

@@ -196,6 +196,41 @@ async fn redis_down_is_retryable() {
     assert!(error.is_retryable(), "{error}");
 }
 
+/// Issue 19, point 6: Redis at `maxmemory` refuses writes with OOM; that is
+/// an outage to retry (and alert on), not a fatal error that crash-loops
+/// the stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_is_retryable() {
+    let redis = Redis::start().unwrap();
+    let store = RedisStore::connect(&redis.url(), None).await.unwrap();
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut batch = Batch::default();
+    batch.set("k".to_owned(), "f".to_owned(), "x".repeat(4096));
+    let error = store.apply(&batch).await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("OOM"), "{error}");
+    // Once Redis has room again, the same write goes through.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(store.apply(&batch).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_password_conforms() {
     let dir = std::env::temp_dir().join(format!("mrrec-redis-tls-{}", std::process::id()));

@@ -19,6 +19,7 @@ pub const CONSUMER_LAG: &str = "mrrec_consumer_lag";
 pub const BACKING_OFF: &str = "mrrec_backing_off";
 pub const ASSIGNED_PARTITIONS: &str = "mrrec_assigned_partitions";
 pub const REBALANCES: &str = "mrrec_rebalances_total";
+pub const OFFSET_GAPS: &str = "mrrec_stream_offset_gaps_total";
 
 /// Registers descriptions so the exporter prints HELP lines.
 pub fn describe() {
@@ -29,6 +30,10 @@ pub fn describe() {
         "Records skipped: at or below the offset stored with the stage's state"
     );
     describe_counter!(DEAD_LETTERED, "Records sent to the DLQ, by reason kind");
+    describe_counter!(
+        OFFSET_GAPS,
+        "Records the broker skipped (a fetch answered from further on than asked); each is fetched again from further back"
+    );
     describe_counter!(PRODUCED, "Records produced and acknowledged");
     describe_counter!(RETRIES, "Retryable failures, by phase");
     describe_counter!(KAFKA_ERRORS, "Errors reported by the Kafka client");

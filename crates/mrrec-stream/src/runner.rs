@@ -10,6 +10,19 @@
 //! for the acks → `Stage::process` → commit offsets. A retryable failure pauses
 //! the assignment, backs off, and retries the same step; nothing is committed
 //! until every step succeeded, so a crash at any point replays the batch.
+//!
+//! The runner never moves past a record it did not receive. When a partition
+//! is assigned it learns the stage's stored offset and seeks to the record
+//! after it (whatever the group's committed offset says), and from then on
+//! each record must be the one after the last: a record further on, on a
+//! topic that is not compacted, is a gap (tansu 0.6 answers a fetch that
+//! starts inside a record batch with the next batch). The record is dropped,
+//! the gap counted (`mrrec_stream_offset_gaps_total`) and the partition
+//! re-fetched from further and further back, skipping what it already has,
+//! until the missing records arrive. Records the broker deleted by retention
+//! (below its low watermark) are skipped with a warning; a gap that seeking
+//! back cannot close stops the stage loudly instead of storing offsets
+//! beyond it.
 
 use crate::metrics as m;
 use crate::record::{Batch, Decoded, PartitionRange, RecordMeta};
@@ -47,6 +60,8 @@ pub struct RunnerSettings {
     pub shutdown_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Topics whose offsets may have holes (compacted ones): no gap check.
+    pub compacted: Vec<String>,
 }
 
 impl RunnerSettings {
@@ -66,6 +81,11 @@ impl RunnerSettings {
             shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
             backoff_initial: Duration::from_millis(s.backoff_initial_ms),
             backoff_max: Duration::from_millis(s.backoff_max_ms),
+            compacted: topics
+                .iter()
+                .filter(|t| t.is_compacted())
+                .map(|t| t.name(&config.topics.prefix))
+                .collect(),
         }
     }
 }
@@ -114,6 +134,56 @@ pub struct StageRunner<S: Stage> {
 
 type PartitionKey = (Arc<str>, i32);
 
+/// Where a partition's next record must be.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    /// The offset the next record must carry (None: wherever it lands —
+    /// nothing is stored yet).
+    next: Option<i64>,
+    /// Seeks back since the last record that arrived in order.
+    attempts: u32,
+    /// When a record last arrived in order, or the partition was last
+    /// positioned or checked (None: not yet).
+    since: Option<Instant>,
+}
+
+impl Position {
+    /// Whether a record at `offset` is the next one; moves past it if so.
+    fn admit(&mut self, offset: i64, compacted: bool) -> Admit {
+        match self.next {
+            Some(next) if offset < next => Admit::Duplicate,
+            Some(next) if offset > next && !compacted => Admit::Gap { expected: next },
+            _ => {
+                self.next = Some(offset + 1);
+                self.attempts = 0;
+                self.since = Some(Instant::now());
+                Admit::Accept
+            }
+        }
+    }
+}
+
+/// What to do with a record that arrived.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Accept,
+    /// Already received (after a seek back): dropped.
+    Duplicate,
+    /// Records from `expected` on are missing.
+    Gap {
+        expected: i64,
+    },
+}
+
+/// Seeks back a gap may take before the stage stops: the distance doubles
+/// each time, so this reaches the start of any partition.
+const MAX_GAP_SEEKS: u32 = 64;
+
+/// A partition with records beyond its position and none arriving for this
+/// long is stalled (tansu 0.6 answers a fetch inside its last record batch
+/// with nothing): it is fetched again from further back.
+const STALL_AFTER: Duration = Duration::from_secs(5);
+
 struct RawRecord {
     meta: RecordMeta,
     payload: Option<Vec<u8>>,
@@ -149,6 +219,11 @@ struct LoopState<S: Stage> {
     stored: HashMap<PartitionKey, Option<i64>>,
     /// Next offset to commit per partition, kept until the partition is revoked.
     to_commit: HashMap<PartitionKey, i64>,
+    /// Where each positioned partition's next record must be.
+    positions: HashMap<PartitionKey, Position>,
+    /// Partitions assigned but not yet positioned at their stored offset.
+    to_position: Vec<PartitionKey>,
+    compacted: HashSet<String>,
     topics: HashMap<String, Arc<str>>,
     backoff: Backoff,
     paused: bool,
@@ -291,6 +366,9 @@ impl<S: Stage> StageRunner<S> {
                 in_flight: None,
                 stored: HashMap::new(),
                 to_commit: HashMap::new(),
+                positions: HashMap::new(),
+                to_position: Vec::new(),
+                compacted: settings.compacted.iter().cloned().collect(),
                 topics: HashMap::new(),
                 paused: false,
                 progress: self.progress.clone(),
@@ -389,6 +467,15 @@ fn poll_for<S: Stage>(
                     return;
                 }
                 let topic = state.intern(message.topic());
+                let key = (topic.clone(), message.partition());
+                match state.admit(&key, message.offset()) {
+                    Admit::Accept => {}
+                    Admit::Duplicate => continue,
+                    Admit::Gap { expected } => {
+                        state.recover_gap(consumer, &key, expected, message.offset());
+                        continue;
+                    }
+                }
                 state.push(RawRecord {
                     meta: RecordMeta {
                         topic,
@@ -424,6 +511,199 @@ impl<S: Stage> LoopState<S> {
         let name: Arc<str> = Arc::from(topic);
         self.topics.insert(topic.to_owned(), name.clone());
         name
+    }
+
+    /// Checks that a record is the next of its partition (see the module
+    /// comment), and moves the partition's position past it if so.
+    fn admit(&mut self, key: &PartitionKey, offset: i64) -> Admit {
+        let compacted = self.compacted.contains(&*key.0);
+        match self.positions.get_mut(key) {
+            Some(position) => position.admit(offset, compacted),
+            // Not positioned yet: checked when it is (`position_assigned`).
+            None => Admit::Accept,
+        }
+    }
+
+    /// Records from `expected` on did not arrive (`got` did): skip them if
+    /// the broker deleted them by retention, else fetch again from further
+    /// back, or stop the stage when seeking back cannot close the gap.
+    fn recover_gap(
+        &mut self,
+        consumer: &BaseConsumer<RunnerContext<S>>,
+        key: &PartitionKey,
+        expected: i64,
+        got: i64,
+    ) {
+        let (topic, partition) = (key.0.clone(), key.1);
+        metrics::counter!(m::OFFSET_GAPS, "stage" => self.name.clone(), "topic" => topic.to_string())
+            .increment(1);
+        if let Ok((low, _)) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
+            if got == low {
+                tracing::warn!(stage = %self.name, %topic, partition, expected, low, "records below the broker's low watermark were deleted by retention; going on from it");
+                if let Some(position) = self.positions.get_mut(key) {
+                    *position = Position {
+                        next: Some(got),
+                        attempts: 0,
+                        since: Some(Instant::now()),
+                    };
+                }
+                return;
+            }
+        }
+        let Some(position) = self.positions.get_mut(key) else {
+            return;
+        };
+        position.attempts += 1;
+        position.since = Some(Instant::now());
+        let attempts = position.attempts;
+        if attempts > MAX_GAP_SEEKS {
+            let message = format!(
+                "{topic}:{partition}: records from offset {expected} on never arrived (the broker sends {got} on); stopping before storing anything beyond them"
+            );
+            tracing::error!(stage = %self.name, "{message}");
+            self.abandon();
+            self.fatal = Some(message);
+            return;
+        }
+        // The records skipped are about one producer batch: step back by as
+        // much (a fetch inside the batch before returns the one that holds
+        // `expected`), doubling while it does not.
+        let step = got.saturating_sub(expected).max(1);
+        let back = step.saturating_mul(1i64 << (attempts - 1).min(40));
+        let from = expected.saturating_sub(back).max(0);
+        tracing::warn!(stage = %self.name, %topic, partition, expected, got, from, attempts, "gap in the offsets the broker returned; fetching again from further back");
+        if let Err(e) = consumer.seek(
+            &topic,
+            partition,
+            Offset::Offset(from),
+            Duration::from_secs(5),
+        ) {
+            tracing::warn!(stage = %self.name, %topic, partition, error = %e, "seek failed; the next record tries again");
+        }
+    }
+
+    /// Positions newly assigned partitions: learns each one's stored offset,
+    /// seeks to the record after it, and checks the records that arrived
+    /// before (in order) against that position.
+    fn position_assigned(
+        &mut self,
+        consumer: &BaseConsumer<RunnerContext<S>>,
+    ) -> Result<(), StageError> {
+        while let Some(key) = self.to_position.last().cloned() {
+            let stored = match self.stored.get(&key) {
+                Some(stored) => *stored,
+                None => {
+                    let stored = self
+                        .handle
+                        .block_on(self.stage.stored_offset(&key.0, key.1))?;
+                    self.stored.insert(key.clone(), stored);
+                    stored
+                }
+            };
+            self.to_position.pop();
+            let next = stored.map(|s| s + 1);
+            self.positions.insert(
+                key.clone(),
+                Position {
+                    next,
+                    attempts: 0,
+                    since: Some(Instant::now()),
+                },
+            );
+            if let Some(next) = next {
+                if let Err(e) =
+                    consumer.seek(&key.0, key.1, Offset::Offset(next), Duration::from_secs(5))
+                {
+                    tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, error = %e, "seek to the stored offset failed; the gap check covers it");
+                }
+            }
+            // Records of this partition that arrived before it was positioned.
+            let pending = self.take_pending();
+            for record in pending {
+                let mine = record.meta.topic == key.0 && record.meta.partition == key.1;
+                if !mine {
+                    self.repush(record);
+                    continue;
+                }
+                match self.admit(&key, record.meta.offset) {
+                    Admit::Accept => self.repush(record),
+                    Admit::Duplicate => {}
+                    Admit::Gap { expected } => {
+                        let got = record.meta.offset;
+                        // Everything after it in this partition goes too: it
+                        // comes again once the gap is closed.
+                        self.drop_pending_after(&key, got);
+                        self.recover_gap(consumer, &key, expected, got);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions whose next record has not come for [`STALL_AFTER`] while
+    /// the broker holds records beyond it are fetched again from further
+    /// back (counted as gaps).
+    fn check_stalls(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) {
+        if self.paused {
+            return;
+        }
+        let stalled: Vec<(PartitionKey, i64, u32)> = self
+            .positions
+            .iter()
+            .filter(|(_, p)| p.since.is_some_and(|t| t.elapsed() >= STALL_AFTER))
+            .filter_map(|(k, p)| p.next.map(|n| (k.clone(), n, p.attempts)))
+            .collect();
+        for (key, next, attempts) in stalled {
+            let high = consumer
+                .fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
+                .map(|(_, high)| high);
+            match high {
+                Ok(high) if high > next => {
+                    tracing::warn!(stage = %self.name, topic = %key.0, partition = key.1, next, high, "no record arrives although the broker holds more");
+                    self.recover_gap(consumer, &key, next, high);
+                }
+                Err(e) if attempts > 0 => {
+                    // Recovering a gap, and nothing came back: go further.
+                    tracing::warn!(stage = %self.name, topic = %key.0, partition = key.1, next, error = %e, "no record since the last seek back (watermarks unknown)");
+                    self.recover_gap(consumer, &key, next, next + 1);
+                }
+                other => {
+                    if let Err(e) = other {
+                        tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, error = %e, "watermarks unknown");
+                    }
+                    if let Some(p) = self.positions.get_mut(&key) {
+                        p.since = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a record back into `pending` (keys recounted, not re-counted as polled).
+    fn repush(&mut self, record: RawRecord) {
+        if self.settings.batch_max_keys > 0 {
+            match record.meta.key.as_deref() {
+                Some(key) => {
+                    self.pending_keys.insert(key.to_vec());
+                }
+                None => self.pending_keyless += 1,
+            }
+        }
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.pending.push(record);
+    }
+
+    /// Drops the pending records of `key` at or after `offset`.
+    fn drop_pending_after(&mut self, key: &PartitionKey, offset: i64) {
+        let pending = self.take_pending();
+        for record in pending {
+            let mine = record.meta.topic == key.0 && record.meta.partition == key.1;
+            if !(mine && record.meta.offset >= offset) {
+                self.repush(record);
+            }
+        }
     }
 
     fn push(&mut self, record: RawRecord) {
@@ -476,6 +756,8 @@ impl<S: Stage> LoopState<S> {
 
     /// Advances the in-flight batch, or seals and advances a due one.
     fn step(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) -> Result<(), StageError> {
+        self.position_assigned(consumer)?;
+        self.check_stalls(consumer);
         if self.in_flight.is_none() {
             if !self.batch_due() {
                 return Ok(());
@@ -641,6 +923,8 @@ impl<S: Stage> LoopState<S> {
             tracing::warn!(stage = %self.name, error = %e, "offset commit failed; the next commit covers it");
         }
 
+        // Time spent processing is not time the partitions were fetched.
+        self.restart_stall_clocks();
         let stage = self.name.clone();
         let processed = flight.batch.len() as u64;
         let dead = flight.dead_kinds.len() as u64;
@@ -749,6 +1033,8 @@ impl<S: Stage> LoopState<S> {
             let key: PartitionKey = (Arc::from(topic.as_str()), *partition);
             self.stored.remove(&key);
             self.to_commit.remove(&key);
+            self.positions.remove(&key);
+            self.to_position.retain(|k| *k != key);
         }
         self.paused = false;
         self.backoff.reset();
@@ -766,6 +1052,14 @@ impl<S: Stage> LoopState<S> {
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
             .collect();
+        for (topic, partition) in &assigned {
+            let key: PartitionKey = (self.intern(topic), *partition);
+            self.positions.remove(&key);
+            self.stored.remove(&key);
+            if !self.to_position.contains(&key) {
+                self.to_position.push(key);
+            }
+        }
         self.handle.block_on(self.stage.on_assign(&assigned));
     }
 
@@ -811,13 +1105,48 @@ impl<S: Stage> LoopState<S> {
         }
     }
 
+    fn restart_stall_clocks(&mut self) {
+        let now = Instant::now();
+        for position in self.positions.values_mut() {
+            position.since = Some(now);
+        }
+    }
+
     fn resume(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) {
         if !self.paused {
             return;
         }
+        self.restart_stall_clocks();
         if let Ok(assignment) = consumer.assignment() {
             let _ = consumer.resume(&assignment);
         }
         self.paused = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Admit, Position};
+
+    #[test]
+    fn records_must_come_in_order_after_the_stored_offset() {
+        let mut at = Position {
+            next: Some(10),
+            attempts: 3,
+            since: None,
+        };
+        assert_eq!(at.admit(9, false), Admit::Duplicate);
+        assert_eq!(at.admit(12, false), Admit::Gap { expected: 10 });
+        assert_eq!(at.next, Some(10), "a gap does not move the position");
+        assert_eq!(at.admit(10, false), Admit::Accept);
+        assert_eq!((at.next, at.attempts), (Some(11), 0));
+        assert_eq!(at.admit(11, false), Admit::Accept);
+        // Compacted topics have holes by design.
+        assert_eq!(at.admit(20, true), Admit::Accept);
+        assert_eq!(at.next, Some(21));
+        // Nothing stored: the first record sets the position.
+        let mut fresh = Position::default();
+        assert_eq!(fresh.admit(500, false), Admit::Accept);
+        assert_eq!(fresh.admit(502, false), Admit::Gap { expected: 501 });
     }
 }

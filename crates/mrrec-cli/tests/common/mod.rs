@@ -126,6 +126,26 @@ impl Running {
         let _ = self.child.wait();
     }
 
+    /// Waits (up to `limit`) for the process to exit by itself, which must
+    /// be a success; returns stderr.
+    pub fn finish(mut self, what: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not finish in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let stderr = self.stderr();
+        assert!(status.success(), "{what}: {status}\n{stderr}");
+        stderr
+    }
+
     /// SIGTERM, then the exit status must be success; returns stderr.
     pub fn terminate(mut self, what: &str) -> String {
         let status = Command::new("kill")
