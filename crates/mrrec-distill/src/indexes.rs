@@ -36,6 +36,7 @@ struct Job {
     added: Vec<MemoryEntry>,
     replaced: Vec<MemoryEntry>,
     items: Vec<Item>,
+    removed: Vec<String>,
 }
 
 /// The indexes themselves, owned by the worker.
@@ -54,6 +55,9 @@ impl Writer {
         self.memory.upsert(&job.replaced)?;
         if !job.items.is_empty() {
             self.items.upsert(&job.items)?;
+        }
+        if !job.removed.is_empty() {
+            self.items.remove(&job.removed)?;
         }
         self.dirty = true;
         Ok(())
@@ -204,6 +208,7 @@ impl Indexes {
         added: Vec<MemoryEntry>,
         replaced: Vec<MemoryEntry>,
         items: Vec<Item>,
+        removed: Vec<String>,
     ) -> Result<(), String> {
         let mut offsets = Vec::new();
         for op in &write.ops {
@@ -220,6 +225,7 @@ impl Indexes {
             added,
             replaced,
             items,
+            removed,
         };
         let sent = self
             .jobs

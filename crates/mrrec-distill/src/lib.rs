@@ -14,7 +14,13 @@
 //!
 //! Between batches the stage keeps the states it wrote (with their versions)
 //! and the catalog items it saw, so a batch reads only users and items it has
-//! not met yet. The caches are dropped when partitions are revoked and when a
+//! not met yet.
+//!
+//! A tombstone on the compacted items topic (a record with the item's id as
+//! key and no payload) removes the item: from the catalog, from the item
+//! index, and into `items:removed`, which the ranker leaves out of every
+//! answer. The user memory that mentions it stays (it is history). A later
+//! record for the same id brings the item back. The caches are dropped when partitions are revoked and when a
 //! guard fails (another writer got there first), and only ever hold what the
 //! store holds, so they change no result: a cold and a warm run write the same.
 
@@ -57,6 +63,8 @@ const CONFLICT_RETRIES: usize = 5;
 #[derive(Debug, Clone)]
 pub enum Input {
     Item(Item),
+    /// A tombstone on the items topic: this item id is removed.
+    ItemRemoved(String),
     Event(Event),
     Outcome(Outcome),
 }
@@ -137,6 +145,11 @@ impl Cache {
                 self.bytes -= replaced;
             }
         }
+        for id in &composed.removed {
+            if let Some((_, bytes)) = self.items.remove(id) {
+                self.bytes -= bytes;
+            }
+        }
         self.report();
     }
 }
@@ -149,6 +162,8 @@ struct Composed {
     /// Entries that replace earlier versions (preferences, profiles, linked records).
     replaced: Vec<MemoryEntry>,
     items: Vec<Item>,
+    /// Items removed by tombstones.
+    removed: Vec<String>,
     /// The users as written, with their new versions and JSON sizes.
     users: HashMap<String, LoadedUser>,
     state_bytes: HashMap<String, usize>,
@@ -199,6 +214,26 @@ fn store_error(e: StoreError) -> StageError {
     }
 }
 
+/// The item id a tombstone removes: its key, which must be a valid id.
+fn tombstone(record: &RecordMeta) -> Result<String, Poison> {
+    let invalid = |reason: &str| Poison {
+        kind: "tombstone",
+        reason: format!("a tombstone on the items topic {reason}"),
+    };
+    let key = record
+        .key
+        .as_deref()
+        .ok_or_else(|| invalid("has no key (the item id)"))?;
+    let id = std::str::from_utf8(key).map_err(|_| invalid("has a key that is not UTF-8"))?;
+    if id.is_empty()
+        || id.len() > mrrec_messages::limits::MAX_ID_BYTES
+        || id.chars().any(char::is_control)
+    {
+        return Err(invalid("has a key that is not an item id"));
+    }
+    Ok(id.to_owned())
+}
+
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("memory types serialise")
 }
@@ -212,6 +247,7 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
 
     fn decode(&self, record: &RecordMeta, payload: Option<&[u8]>) -> Result<Input, Poison> {
         match Topic::from_name(&self.prefix, &record.topic) {
+            Some(Topic::Items) if payload.is_none() => tombstone(record).map(Input::ItemRemoved),
             Some(Topic::Items) => decode_message(record, payload).map(Input::Item),
             Some(Topic::Events) => decode_message(record, payload).map(Input::Event),
             Some(Topic::Outcomes) => decode_message(record, payload).map(Input::Outcome),
@@ -242,6 +278,7 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
                             std::mem::take(&mut composed.added),
                             std::mem::take(&mut composed.replaced),
                             std::mem::take(&mut composed.items),
+                            composed.removed.clone(),
                         )
                         .map_err(|e| StageError::Fatal(format!("indexing: {e}")))?;
                 }
@@ -374,6 +411,7 @@ impl<S: KvStore> Distill<S> {
 
         // Items first (catalogued, then linked to events that waited for them).
         let mut new_items: BTreeMap<String, Item> = BTreeMap::new();
+        let mut removed: BTreeSet<String> = BTreeSet::new();
         let mut events: Vec<(Event, Option<String>)> = Vec::new();
         for record in &batch.records {
             if !fresh(&record.meta) {
@@ -381,7 +419,12 @@ impl<S: KvStore> Distill<S> {
             }
             match &record.message {
                 Input::Item(item) => {
+                    removed.remove(&item.item_id);
                     new_items.insert(item.item_id.clone(), item.clone());
+                }
+                Input::ItemRemoved(id) => {
+                    new_items.remove(id);
+                    removed.insert(id.clone());
                 }
                 Input::Event(event) => events.push((event.clone(), None)),
                 Input::Outcome(outcome) => {
@@ -418,7 +461,13 @@ impl<S: KvStore> Distill<S> {
         };
         for (id, item) in &new_items {
             write.set(keys.items(), id.clone(), json(item));
+            write.delete(keys.removed_items(), id.clone());
             catalog.items.insert(id.clone(), item.clone());
+        }
+        for id in &removed {
+            write.delete(keys.items(), id.clone());
+            write.set(keys.removed_items(), id.clone(), "1");
+            catalog.items.remove(id);
         }
 
         let mut global = GlobalDelta::default();
@@ -541,6 +590,7 @@ impl<S: KvStore> Distill<S> {
             added,
             replaced,
             items: new_items.into_values().collect(),
+            removed: removed.into_iter().collect(),
             users: loaded,
             state_bytes,
             catalog: catalog.items,

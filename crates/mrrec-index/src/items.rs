@@ -89,6 +89,15 @@ impl ItemIndex {
         Ok(())
     }
 
+    /// Removes items (by id). Visible after [`ItemIndex::commit`].
+    pub fn remove(&mut self, ids: &[String]) -> Result<(), IndexError> {
+        let writer = self.writer.as_mut().ok_or(IndexError::ReadOnly)?;
+        for id in ids {
+            writer.delete_term(Term::from_field_text(self.id, id));
+        }
+        Ok(())
+    }
+
     pub fn commit(&mut self) -> Result<(), IndexError> {
         self.writer.as_mut().ok_or(IndexError::ReadOnly)?.commit()?;
         self.reader.reload()?;

@@ -72,6 +72,12 @@ impl Keyspace {
         format!("{}items", self.prefix)
     }
 
+    /// Items removed by a tombstone on the items topic (field: item id):
+    /// never recommended while they are here.
+    pub fn removed_items(&self) -> String {
+        format!("{}items:removed", self.prefix)
+    }
+
     pub fn waiting(&self, item: &str) -> String {
         format!("{}waiting:{}", self.prefix, escape(item))
     }

@@ -21,6 +21,8 @@ pub struct Facts {
     pub popularity: HashMap<String, f64>,
     /// The same, most popular first (ties by id).
     pub popular: Vec<(String, f64)>,
+    /// Items removed by a tombstone: never recommended.
+    pub removed: std::collections::HashSet<String>,
 }
 
 /// The cached facts and when they were read.
@@ -90,11 +92,19 @@ impl CatalogFacts {
             popular.push((item, count));
         }
         popular.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let removed: std::collections::HashSet<String> = memory
+            .kv()
+            .get_all(&memory.keys().removed_items())
+            .await?
+            .into_keys()
+            .collect();
+        popular.retain(|(id, _)| !removed.contains(id));
         popular.truncate(MAX_POPULAR);
         Ok(Facts {
             categories,
             popularity: popular.iter().cloned().collect(),
             popular,
+            removed,
         })
     }
 }

@@ -139,6 +139,11 @@ impl<S: KvStore> Ranker<S> {
             }
         }
         signals.popularity = popularity;
-        Ok(fuse(&signals, self.weights, exclude, k))
+        if facts.removed.is_empty() {
+            return Ok(fuse(&signals, self.weights, exclude, k));
+        }
+        let mut without_removed = exclude.clone();
+        without_removed.extend(facts.removed.iter().cloned());
+        Ok(fuse(&signals, self.weights, &without_removed, k))
     }
 }

@@ -415,3 +415,100 @@ async fn the_reward_ranking_finds_a_target_the_user_has_since_seen() {
         );
     }
 }
+
+/// Issue 19, point 8: a tombstone on the compacted items topic removes the
+/// item — from the catalog, the item index and every answer — and a later
+/// record for the same id brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_removes_an_item_from_every_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let memory = distill_world(tmp.path()).await;
+    let profile = "Monty Python Holy Grail comedy";
+    let state = memory.user("u1").await.unwrap().state.unwrap();
+    let before = recommender(tmp.path(), memory.clone())
+        .ranker()
+        .rank(profile, Some(&state), true, 10)
+        .await
+        .unwrap();
+    assert_eq!(before[0].item_id, "i6");
+
+    let offset = CATALOG.len() as i64;
+    let mut tombstone = meta("mrrec.items", offset);
+    tombstone.key = Some(b"i6".to_vec());
+    let mut stage = distill_stage(tmp.path(), memory.clone()).await;
+    let removed = stage.decode(&tombstone, None).unwrap();
+    assert!(matches!(&removed, Input::ItemRemoved(id) if id == "i6"));
+    // A tombstone must name its item.
+    assert_eq!(
+        stage
+            .decode(&meta("mrrec.items", offset), None)
+            .unwrap_err()
+            .kind,
+        "tombstone"
+    );
+    stage
+        .process(&Batch {
+            records: vec![Decoded {
+                meta: tombstone,
+                message: removed,
+            }],
+            ranges: vec![PartitionRange {
+                topic: Arc::from("mrrec.items"),
+                partition: 0,
+                first_offset: offset,
+                last_offset: offset,
+            }],
+        })
+        .await
+        .unwrap();
+    drop(stage);
+    let dump = memory.dump().await.unwrap();
+    assert!(!dump["mrrec:items"].contains_key("i6"));
+    assert!(dump["mrrec:items:removed"].contains_key("i6"));
+    let recommender_now = recommender(tmp.path(), memory.clone());
+    let after = recommender_now
+        .ranker()
+        .rank(profile, Some(&state), true, 1000)
+        .await
+        .unwrap();
+    assert!(after.iter().all(|i| i.item_id != "i6"), "{after:?}");
+
+    // Published again: back in the catalog and the answers.
+    let mut stage = distill_stage(tmp.path(), memory.clone()).await;
+    stage
+        .process(&Batch {
+            records: vec![Decoded {
+                meta: meta("mrrec.items", offset + 1),
+                message: Input::Item(Item {
+                    item_id: "i6".into(),
+                    title: "Monty Python and the Holy Grail (1975)".into(),
+                    categories: vec!["Comedy".into()],
+                    description: None,
+                    attrs: None,
+                }),
+            }],
+            ranges: vec![PartitionRange {
+                topic: Arc::from("mrrec.items"),
+                partition: 0,
+                first_offset: offset + 1,
+                last_offset: offset + 1,
+            }],
+        })
+        .await
+        .unwrap();
+    drop(stage);
+    let again = recommender(tmp.path(), memory.clone())
+        .ranker()
+        .rank(profile, Some(&state), true, 10)
+        .await
+        .unwrap();
+    assert_eq!(again[0].item_id, "i6");
+}
+
+/// A distill stage on the world under `dir` (its store and indexes).
+async fn distill_stage(dir: &Path, memory: MemoryStore<EmbeddedStore>) -> Distill<EmbeddedStore> {
+    let indexes = Indexes::open(Some(&dir.join("index")), &memory)
+        .await
+        .unwrap();
+    Distill::new(memory, "mrrec.").with_indexes(indexes)
+}
