@@ -318,6 +318,10 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StreamConfig {
     pub batch_max_records: usize,
+    /// A batch also closes once its payloads and keys reach this many bytes
+    /// (the one record that crosses it stays in): what a batch holds in
+    /// memory is bounded however large its records are.
+    pub batch_max_bytes: usize,
     pub batch_max_ms: u64,
     pub shutdown_timeout_ms: u64,
     pub backoff_initial_ms: u64,

@@ -272,6 +272,15 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
             );
         }
     }
+    if !(1024..=(1usize << 32)).contains(&stream.batch_max_bytes) {
+        fail(
+            "stream.batch_max_bytes",
+            format!(
+                "{} is not between 1024 and 4294967296",
+                stream.batch_max_bytes
+            ),
+        );
+    }
     if !(1..=1_000_000).contains(&distill.batch_max_users) {
         fail(
             "distill.batch_max_users",

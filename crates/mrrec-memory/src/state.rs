@@ -183,6 +183,12 @@ pub fn aspects_of(item: &Item, category: &str) -> Vec<String> {
     aspects
 }
 
+/// Most profile attributes a user keeps (`profile` events add keys; once
+/// this many are kept, further new keys are dropped and known ones updated).
+pub const MAX_PROFILE_ATTRS: usize = 32;
+/// Longest profile attribute value kept, in bytes (cut at a character).
+pub const MAX_PROFILE_VALUE_BYTES: usize = 256;
+
 /// Everything distillation keeps about one user.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
@@ -227,11 +233,16 @@ impl UserState {
         self.last_ts = self.last_ts.max(record.ts);
         if record.kind == EventKind::Profile {
             for (key, value) in attrs.into_iter().flatten() {
-                let text = match value {
+                let mut text = match value {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                self.attrs.insert(key.clone(), text);
+                mrrec_messages::truncate_at_char(&mut text, MAX_PROFILE_VALUE_BYTES);
+                // Bounded: keys already kept are updated; new ones only while
+                // there is room (the same events always keep the same keys).
+                if self.attrs.contains_key(key) || self.attrs.len() < MAX_PROFILE_ATTRS {
+                    self.attrs.insert(key.clone(), text);
+                }
             }
         }
         let Some(item_id) = record.item_id.as_deref() else {

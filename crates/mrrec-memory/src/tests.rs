@@ -274,3 +274,34 @@ fn extreme_years_and_ratings_do_not_overflow() {
     }
     assert_eq!(state.categories["Drama"].rating_sum_milli, i64::MAX);
 }
+
+/// Issue 19, point 6: profile attributes are bounded — at most
+/// MAX_PROFILE_ATTRS keys per user whatever number of profile events
+/// arrive, values cut at MAX_PROFILE_VALUE_BYTES (between characters);
+/// known keys still take the latest value.
+#[test]
+fn profile_attributes_are_bounded() {
+    use crate::state::{MAX_PROFILE_ATTRS, MAX_PROFILE_VALUE_BYTES};
+    let mut state = UserState::new("u");
+    let mut delta = GlobalDelta::default();
+    let profile = |i: i64| BehaviorRecord {
+        kind: EventKind::Profile,
+        item_id: None,
+        value: None,
+        ..rate(&format!("p{i}"), "", 0.0, i)
+    };
+    for i in 0..10i64 {
+        let attrs: serde_json::Map<String, serde_json::Value> = (0..20)
+            .map(|k| (format!("k{i}-{k}"), serde_json::json!("v")))
+            .chain([("age".to_owned(), serde_json::json!(20 + i))])
+            .collect();
+        state.apply(&profile(i), Some(&attrs), None, &mut delta);
+    }
+    assert_eq!(state.attrs.len(), MAX_PROFILE_ATTRS);
+    assert_eq!(state.attrs["age"], "29", "a known key takes the latest value");
+    let long: serde_json::Map<String, serde_json::Value> =
+        [("age".to_owned(), serde_json::json!("é".repeat(1000)))].into_iter().collect();
+    state.apply(&profile(11), Some(&long), None, &mut delta);
+    assert!(state.attrs["age"].len() <= MAX_PROFILE_VALUE_BYTES);
+    assert_eq!(state.attrs["age"].chars().count(), MAX_PROFILE_VALUE_BYTES / 2);
+}

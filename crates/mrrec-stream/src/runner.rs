@@ -56,6 +56,8 @@ pub struct RunnerSettings {
     /// What a stage holds per key (distill: a user's state) then bounds a
     /// batch's memory, however many records it has.
     pub batch_max_keys: usize,
+    /// A batch also closes once its payloads and keys reach this many bytes.
+    pub batch_max_bytes: usize,
     pub batch_max_wait: Duration,
     pub shutdown_timeout: Duration,
     pub backoff_initial: Duration,
@@ -77,6 +79,7 @@ impl RunnerSettings {
             dlq_topic: Topic::Dlq.name(&config.topics.prefix),
             batch_max_records: s.batch_max_records,
             batch_max_keys: 0,
+            batch_max_bytes: s.batch_max_bytes,
             batch_max_wait: Duration::from_millis(s.batch_max_ms),
             shutdown_timeout: Duration::from_millis(s.shutdown_timeout_ms),
             backoff_initial: Duration::from_millis(s.backoff_initial_ms),
@@ -175,6 +178,11 @@ enum Admit {
     },
 }
 
+/// What a record weighs in a batch: its payload and key.
+fn record_bytes(record: &RawRecord) -> usize {
+    record.payload.as_ref().map_or(0, Vec::len) + record.meta.key.as_ref().map_or(0, Vec::len)
+}
+
 /// Seeks back a gap may take before the stage stops: the distance doubles
 /// each time, so this reaches the start of any partition.
 const MAX_GAP_SEEKS: u32 = 64;
@@ -213,6 +221,8 @@ struct LoopState<S: Stage> {
     pending_keys: HashSet<Vec<u8>>,
     /// Records of `pending` without a key (each counts as a key).
     pending_keyless: usize,
+    /// Payload and key bytes of `pending`.
+    pending_bytes: usize,
     batch_started: Option<Instant>,
     in_flight: Option<InFlight<S::Message>>,
     /// Last offset known to be in the stage's state (None: nothing stored).
@@ -362,6 +372,7 @@ impl<S: Stage> StageRunner<S> {
                 pending: Vec::new(),
                 pending_keys: HashSet::new(),
                 pending_keyless: 0,
+                pending_bytes: 0,
                 batch_started: None,
                 in_flight: None,
                 stored: HashMap::new(),
@@ -683,6 +694,7 @@ impl<S: Stage> LoopState<S> {
 
     /// Puts a record back into `pending` (keys recounted, not re-counted as polled).
     fn repush(&mut self, record: RawRecord) {
+        self.pending_bytes += record_bytes(&record);
         if self.settings.batch_max_keys > 0 {
             match record.meta.key.as_deref() {
                 Some(key) => {
@@ -708,6 +720,7 @@ impl<S: Stage> LoopState<S> {
 
     fn push(&mut self, record: RawRecord) {
         self.progress.polled.fetch_add(1, Ordering::Relaxed);
+        self.pending_bytes += record_bytes(&record);
         self.batch_started.get_or_insert_with(Instant::now);
         if self.settings.batch_max_keys > 0 {
             match record.meta.key.as_deref() {
@@ -725,11 +738,13 @@ impl<S: Stage> LoopState<S> {
     fn take_pending(&mut self) -> Vec<RawRecord> {
         self.pending_keys.clear();
         self.pending_keyless = 0;
+        self.pending_bytes = 0;
         std::mem::take(&mut self.pending)
     }
 
     fn batch_full(&self) -> bool {
         self.pending.len() >= self.settings.batch_max_records
+            || self.pending_bytes >= self.settings.batch_max_bytes
             || (self.settings.batch_max_keys > 0
                 && self.pending_keys.len() + self.pending_keyless >= self.settings.batch_max_keys)
     }

@@ -23,6 +23,8 @@ struct MemoryStage {
     seen: Arc<Mutex<Vec<String>>>,
     /// Distinct users of each processed batch.
     users_per_batch: Arc<Mutex<Vec<usize>>>,
+    /// Records of each processed batch.
+    records_per_batch: Arc<Mutex<Vec<usize>>>,
     /// Calls of `process` (counting from 1) that fail as retryable.
     fail_calls: Vec<usize>,
     calls: usize,
@@ -34,6 +36,7 @@ impl MemoryStage {
             name,
             seen: Arc::default(),
             users_per_batch: Arc::default(),
+            records_per_batch: Arc::default(),
             fail_calls: Vec::new(),
             calls: 0,
         }
@@ -62,6 +65,10 @@ impl Stage for MemoryStage {
             .map(|r| r.message.user_id.as_str())
             .collect();
         self.users_per_batch.lock().unwrap().push(users.len());
+        self.records_per_batch
+            .lock()
+            .unwrap()
+            .push(batch.records.len());
         let mut seen = self.seen.lock().unwrap();
         seen.extend(batch.records.iter().map(|r| r.message.event_id.clone()));
         Ok(())
@@ -352,6 +359,33 @@ async fn batches_under_a_key_limit(
     max_keys: usize,
     records: Vec<OutgoingRecord>,
 ) -> Vec<usize> {
+    batches_under_limits(prefix, max_keys, usize::MAX, records).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_closes_at_its_byte_limit() {
+    // 100 events of about 100 bytes each (payload and key), all there
+    // before the runner starts; batches close at 1,000 bytes.
+    let records: Vec<OutgoingRecord> = (0..100).map(event).collect();
+    let size = records[50].payload.len() + 2;
+    let (_, records_per_batch) = batches_under_limits("bytes.", 0, 1000, records).await;
+    let most = 1000usize.div_ceil(size);
+    assert!(
+        records_per_batch.iter().all(|n| *n <= most),
+        "records per batch: {records_per_batch:?} (at most {most} of {size} bytes)"
+    );
+    assert!(records_per_batch.len() >= 100 / most, "{records_per_batch:?}");
+}
+
+/// Runs `records` through a runner whose batches close at `max_keys` keys
+/// or `max_bytes` bytes; returns the distinct users and the records of each
+/// batch.
+async fn batches_under_limits(
+    prefix: &'static str,
+    max_keys: usize,
+    max_bytes: usize,
+    records: Vec<OutgoingRecord>,
+) -> (Vec<usize>, Vec<usize>) {
     let total = records.len() as u64;
     let config = config(prefix, 50);
     let broker = EmbeddedBroker::start(&config.topics.prefix, config.topics.partitions).unwrap();
@@ -361,8 +395,10 @@ async fn batches_under_a_key_limit(
 
     let mut settings = RunnerSettings::from_config(&config, prefix, &[Topic::Events]);
     settings.batch_max_keys = max_keys;
+    settings.batch_max_bytes = max_bytes;
     let stage = MemoryStage::named(prefix);
     let (seen, users_per_batch) = (stage.seen.clone(), stage.users_per_batch.clone());
+    let records_per_batch = stage.records_per_batch.clone();
     let runner = StageRunner::new(clients.clone(), settings, stage);
     let progress = runner.progress();
     let shutdown = Shutdown::new();
@@ -377,6 +413,7 @@ async fn batches_under_a_key_limit(
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len() as u64, total);
-    let batches = users_per_batch.lock().unwrap().clone();
-    batches
+    let users = users_per_batch.lock().unwrap().clone();
+    let records = records_per_batch.lock().unwrap().clone();
+    (users, records)
 }
