@@ -579,11 +579,17 @@ impl<S: KvStore> Distill<S> {
         for ((item, other), n) in global.co_occurrence {
             write.increment(keys.co_occurrence(&item), other, n);
         }
+        let mut categories: BTreeSet<String> = BTreeSet::new();
         for ((category, aspect), n) in global.chosen {
             write.increment(keys.global(&category), format!("c:{aspect}"), n);
+            categories.insert(category);
         }
         for ((category, aspect), n) in global.unchosen {
             write.increment(keys.global(&category), format!("u:{aspect}"), n);
+            categories.insert(category);
+        }
+        for category in categories {
+            write.set(keys.categories(), category, "1");
         }
         Ok(Composed {
             write,

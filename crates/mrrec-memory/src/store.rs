@@ -82,6 +82,12 @@ impl Keyspace {
         format!("{}waiting:{}", self.prefix, escape(item))
     }
 
+    /// Every category that has a global memory key (field: the category):
+    /// what the recommender lists without scanning the keyspace.
+    pub fn categories(&self) -> String {
+        format!("{}categories", self.prefix)
+    }
+
     pub fn global(&self, category: &str) -> String {
         format!("{}global:{}", self.prefix, escape(category))
     }

@@ -298,10 +298,18 @@ fn profile_attributes_are_bounded() {
         state.apply(&profile(i), Some(&attrs), None, &mut delta);
     }
     assert_eq!(state.attrs.len(), MAX_PROFILE_ATTRS);
-    assert_eq!(state.attrs["age"], "29", "a known key takes the latest value");
+    assert_eq!(
+        state.attrs["age"], "29",
+        "a known key takes the latest value"
+    );
     let long: serde_json::Map<String, serde_json::Value> =
-        [("age".to_owned(), serde_json::json!("é".repeat(1000)))].into_iter().collect();
+        [("age".to_owned(), serde_json::json!("é".repeat(1000)))]
+            .into_iter()
+            .collect();
     state.apply(&profile(11), Some(&long), None, &mut delta);
     assert!(state.attrs["age"].len() <= MAX_PROFILE_VALUE_BYTES);
-    assert_eq!(state.attrs["age"].chars().count(), MAX_PROFILE_VALUE_BYTES / 2);
+    assert_eq!(
+        state.attrs["age"].chars().count(),
+        MAX_PROFILE_VALUE_BYTES / 2
+    );
 }

@@ -73,15 +73,28 @@ impl CatalogFacts {
     }
 
     async fn read<S: KvStore>(memory: &MemoryStore<S>) -> Result<Facts, StoreError> {
-        let global_prefix = memory.keys().global("");
+        // Distill lists every category it writes a global key for, so the
+        // refresh reads one hash instead of scanning the keyspace. A store
+        // with no list at all (written before it existed) is scanned; one
+        // that has it is trusted — re-distill an older store to list every
+        // category.
         let mut categories: Vec<String> = memory
             .kv()
-            .keys(&global_prefix)
+            .get_all(&memory.keys().categories())
             .await?
-            .iter()
-            .filter_map(|key| key.strip_prefix(&global_prefix))
-            .map(unescape)
+            .into_keys()
             .collect();
+        if categories.is_empty() {
+            let global_prefix = memory.keys().global("");
+            categories = memory
+                .kv()
+                .keys(&global_prefix)
+                .await?
+                .iter()
+                .filter_map(|key| key.strip_prefix(&global_prefix))
+                .map(unescape)
+                .collect();
+        }
         categories.sort();
         categories.dedup();
         let mut popular: Vec<(String, f64)> = Vec::new();
@@ -119,5 +132,31 @@ mod tests {
         // A stray `%` that is not an escape stays.
         assert_eq!(super::unescape("50%"), "50%");
         assert_eq!(super::unescape("%é"), "%é");
+    }
+
+    /// Issue 19, point 6: the refresh reads distill's list of categories
+    /// instead of scanning the keyspace (a scan would also find the
+    /// unlisted `Horror` key); with no list at all it still scans.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn categories_come_from_the_list_not_a_scan() {
+        use mrrec_memory::{Keyspace, MemoryStore};
+        use mrrec_store::{Batch, EmbeddedStore, KvStore};
+        let tmp = tempfile::tempdir().unwrap();
+        let memory = MemoryStore::new(
+            EmbeddedStore::open(tmp.path()).unwrap(),
+            Keyspace::default(),
+        );
+        let keys = memory.keys().clone();
+        let mut write = Batch::default();
+        write.increment(keys.global("Horror"), "c:Thriller", 1);
+        memory.kv().apply(&write).await.unwrap();
+        let scanned = super::CatalogFacts::read(&memory).await.unwrap();
+        assert_eq!(scanned.categories, ["Horror"]);
+        let mut write = Batch::default();
+        write.increment(keys.global("Comedy"), "c:Romance", 1);
+        write.set(keys.categories(), "Comedy", "1");
+        memory.kv().apply(&write).await.unwrap();
+        let listed = super::CatalogFacts::read(&memory).await.unwrap();
+        assert_eq!(listed.categories, ["Comedy"]);
     }
 }

@@ -359,7 +359,9 @@ async fn batches_under_a_key_limit(
     max_keys: usize,
     records: Vec<OutgoingRecord>,
 ) -> Vec<usize> {
-    batches_under_limits(prefix, max_keys, usize::MAX, records).await.0
+    batches_under_limits(prefix, max_keys, usize::MAX, records)
+        .await
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +376,10 @@ async fn a_batch_closes_at_its_byte_limit() {
         records_per_batch.iter().all(|n| *n <= most),
         "records per batch: {records_per_batch:?} (at most {most} of {size} bytes)"
     );
-    assert!(records_per_batch.len() >= 100 / most, "{records_per_batch:?}");
+    assert!(
+        records_per_batch.len() >= 100 / most,
+        "{records_per_batch:?}"
+    );
 }
 
 /// Runs `records` through a runner whose batches close at `max_keys` keys
