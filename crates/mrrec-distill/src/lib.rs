@@ -154,6 +154,39 @@ impl Cache {
     }
 }
 
+/// Users and items of records a batch holds that the store already has
+/// (offsets at or below the stored ones): a replay. After a store write
+/// whose reply was lost, the retry is such a replay, and what it wrote may
+/// never have reached the indexes: they are re-indexed from the store.
+#[derive(Debug, Default)]
+struct Replayed {
+    users: BTreeSet<String>,
+    items: BTreeSet<String>,
+}
+
+impl Replayed {
+    fn note(&mut self, input: &Input) {
+        match input {
+            Input::Item(item) => {
+                self.items.insert(item.item_id.clone());
+            }
+            Input::ItemRemoved(id) => {
+                self.items.insert(id.clone());
+            }
+            Input::Event(event) => {
+                self.users.insert(event.user_id.clone());
+            }
+            Input::Outcome(outcome) => {
+                self.users.insert(outcome.event.user_id.clone());
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.items.is_empty()
+    }
+}
+
 /// One composed batch: the guarded store write and what to index after it.
 struct Composed {
     write: Batch,
@@ -164,6 +197,8 @@ struct Composed {
     items: Vec<Item>,
     /// Items removed by tombstones.
     removed: Vec<String>,
+    /// What the batch holds that the store already had.
+    replayed: Replayed,
     /// The users as written, with their new versions and JSON sizes.
     users: HashMap<String, LoadedUser>,
     state_bytes: HashMap<String, usize>,
@@ -211,6 +246,45 @@ fn store_error(e: StoreError) -> StageError {
         StageError::Retryable(e.to_string())
     } else {
         StageError::Fatal(e.to_string())
+    }
+}
+
+impl<S: KvStore + 'static> Distill<S> {
+    /// Indexes again, from the store, what a replayed batch had written
+    /// ([`Replayed`]): the users' entries and the items (upserts, so what
+    /// the index already holds is unchanged).
+    async fn reindex(&mut self, replayed: Replayed) -> Result<(), StageError> {
+        let Some(indexes) = self.indexes.as_mut() else {
+            return Ok(());
+        };
+        if replayed.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::new();
+        for user in &replayed.users {
+            entries.extend(self.memory.user(user).await.map_err(store_error)?.entries);
+        }
+        let ids: Vec<String> = replayed.items.into_iter().collect();
+        let found = self.memory.load_items(&ids).await.map_err(store_error)?;
+        let gone: Vec<String> = ids
+            .iter()
+            .filter(|id| !found.contains_key(*id))
+            .cloned()
+            .collect();
+        tracing::debug!(
+            users = replayed.users.len(),
+            items = ids.len(),
+            "distill: re-indexing a replayed batch from the store"
+        );
+        indexes
+            .record(
+                &Batch::default(),
+                Vec::new(),
+                entries,
+                found.into_values().collect(),
+                gone,
+            )
+            .map_err(|e| StageError::Fatal(format!("indexing: {e}")))
     }
 }
 
@@ -291,7 +365,9 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
                     index_ms = (started.elapsed() - applied_at).as_millis() as u64,
                     "distill: batch stored"
                 );
+                let replayed = std::mem::take(&mut composed.replayed);
                 self.cache.remember(composed);
+                self.reindex(replayed).await?;
                 return Ok(());
             }
             tracing::debug!("distill: a guard failed (concurrent writer); recomputing the batch");
@@ -413,8 +489,10 @@ impl<S: KvStore> Distill<S> {
         let mut new_items: BTreeMap<String, Item> = BTreeMap::new();
         let mut removed: BTreeSet<String> = BTreeSet::new();
         let mut events: Vec<(Event, Option<String>)> = Vec::new();
+        let mut replayed = Replayed::default();
         for record in &batch.records {
             if !fresh(&record.meta) {
+                replayed.note(&record.message);
                 continue;
             }
             match &record.message {
@@ -597,6 +675,7 @@ impl<S: KvStore> Distill<S> {
             replaced,
             items: new_items.into_values().collect(),
             removed: removed.into_iter().collect(),
+            replayed,
             users: loaded,
             state_bytes,
             catalog: catalog.items,

@@ -561,3 +561,88 @@ async fn the_cache_keeps_to_its_budget() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A store whose first `apply` is stored but answers with an outage, as
+/// when Redis applies a write and the connection drops before the reply.
+#[derive(Clone)]
+struct LosesFirstReply {
+    inner: EmbeddedStore,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl mrrec_store::KvStore for LosesFirstReply {
+    async fn get_fields(
+        &self,
+        pairs: &[(String, String)],
+    ) -> Result<Vec<Option<String>>, mrrec_store::StoreError> {
+        self.inner.get_fields(pairs).await
+    }
+
+    async fn get_all(
+        &self,
+        key: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, mrrec_store::StoreError> {
+        self.inner.get_all(key).await
+    }
+
+    async fn get_all_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, mrrec_store::StoreError> {
+        self.inner.get_all_many(keys).await
+    }
+
+    async fn apply(&self, batch: &mrrec_store::Batch) -> Result<bool, mrrec_store::StoreError> {
+        let applied = self.inner.apply(batch).await?;
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(mrrec_store::StoreError::Unavailable(
+                "connection dropped before the reply".into(),
+            ));
+        }
+        Ok(applied)
+    }
+
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, mrrec_store::StoreError> {
+        self.inner.keys(prefix).await
+    }
+}
+
+/// Issue 19, point 7: the write is stored but its reply lost; the retry
+/// finds its offsets stored and skips the records — and must still bring
+/// what they wrote into the indexes (re-indexed from the store), or search
+/// would miss it until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_reply_was_lost_still_reaches_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LosesFirstReply {
+        inner: EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        lost: Arc::default(),
+    };
+    let memory = MemoryStore::new(store, Keyspace::default());
+    let indexes = mrrec_distill::Indexes::open(Some(&dir.path().join("index")), &memory)
+        .await
+        .unwrap();
+    let mut stage = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
+    let records = batch(vec![
+        (
+            meta("mrrec.items", 0, 0),
+            item("i1", "Toy Story (1995)", &["Comedy"]),
+        ),
+        (meta("mrrec.events", 0, 0), rating("e1", "u1", "i1", 5.0, 1)),
+    ]);
+    let first = stage.process(&records).await.unwrap_err();
+    assert!(first.is_retryable(), "{first}");
+    stage.process(&records).await.unwrap();
+    drop(stage);
+
+    let index =
+        mrrec_index::MemoryIndex::open(Some(&dir.path().join("index").join("memory"))).unwrap();
+    let hits = index.search("u1", "toy story", &[], None, 10).unwrap();
+    assert!(
+        hits.iter().any(|h| h.entry.level == Level::Behavior),
+        "the stored behaviour entry is searchable: {hits:?}"
+    );
+    let items =
+        mrrec_index::ItemIndex::open_read_only(&dir.path().join("index").join("items")).unwrap();
+    assert_eq!(items.search("toy", 10).unwrap()[0].0, "i1");
+}
