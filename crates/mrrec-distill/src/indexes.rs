@@ -141,10 +141,21 @@ impl Indexes {
             dirty: false,
         };
         let current = serde_json::to_string(&writer.offsets).expect("offsets serialise");
-        if writer.memory.payload()?.as_deref() != Some(current.as_str()) {
-            let started = Instant::now();
+        let stored_items: Vec<Item> = memory
+            .kv()
+            .get_all(&memory.keys().items())
+            .await?
+            .values()
+            .map(|v| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let memory_stale = writer.memory.payload()?.as_deref() != Some(current.as_str());
+        // The item index is checked on its own: its directory may be lost
+        // (or behind) while the memory index is current.
+        let items_stale = writer.items.len() != stored_items.len() as u64;
+        let started = Instant::now();
+        let mut entries = 0;
+        if memory_stale {
             writer.memory.clear()?;
-            let mut entries = 0;
             for key in memory
                 .kv()
                 .keys(&format!("{}user:", memory.keys().prefix()))
@@ -161,18 +172,15 @@ impl Indexes {
                 entries += batch.len();
                 writer.memory.add(&batch)?;
             }
-            let items: Vec<Item> = memory
-                .kv()
-                .get_all(&memory.keys().items())
-                .await?
-                .values()
-                .map(|v| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .collect::<Result<_, _>>()?;
-            writer.items.upsert(&items)?;
+        }
+        if memory_stale || items_stale {
+            writer.items.clear()?;
+            writer.items.upsert(&stored_items)?;
             writer.commit()?;
             tracing::info!(
+                memory = memory_stale,
                 entries,
-                items = items.len(),
+                items = stored_items.len(),
                 seconds = started.elapsed().as_secs_f64(),
                 "rebuilt the indexes from the store"
             );

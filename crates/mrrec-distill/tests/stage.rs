@@ -646,3 +646,41 @@ async fn a_write_whose_reply_was_lost_still_reaches_the_index() {
         mrrec_index::ItemIndex::open_read_only(&dir.path().join("index").join("items")).unwrap();
     assert_eq!(items.search("toy", 10).unwrap()[0].0, "i1");
 }
+
+/// Issue 19, point 7: the item index's directory is lost while the memory
+/// index is current; opening the indexes rebuilds the items from the store
+/// (before, only a stale memory index triggered a rebuild, and item search
+/// stayed empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_item_index_is_rebuilt_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = MemoryStore::new(
+        EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        Keyspace::default(),
+    );
+    let index_dir = dir.path().join("index");
+    let indexes = mrrec_distill::Indexes::open(Some(&index_dir), &memory)
+        .await
+        .unwrap();
+    let mut stage = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
+    stage
+        .process(&batch(vec![
+            (
+                meta("mrrec.items", 0, 0),
+                item("i1", "Toy Story (1995)", &["Comedy"]),
+            ),
+            (meta("mrrec.events", 0, 0), rating("e1", "u1", "i1", 5.0, 1)),
+        ]))
+        .await
+        .unwrap();
+    drop(stage);
+    std::fs::remove_dir_all(index_dir.join("items")).unwrap();
+
+    drop(
+        mrrec_distill::Indexes::open(Some(&index_dir), &memory)
+            .await
+            .unwrap(),
+    );
+    let items = mrrec_index::ItemIndex::open_read_only(&index_dir.join("items")).unwrap();
+    assert_eq!(items.search("toy", 10).unwrap()[0].0, "i1");
+}

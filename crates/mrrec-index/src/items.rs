@@ -89,6 +89,15 @@ impl ItemIndex {
         Ok(())
     }
 
+    /// Removes every item. Visible after [`ItemIndex::commit`].
+    pub fn clear(&mut self) -> Result<(), IndexError> {
+        self.writer
+            .as_mut()
+            .ok_or(IndexError::ReadOnly)?
+            .delete_all_documents()?;
+        Ok(())
+    }
+
     /// Removes items (by id). Visible after [`ItemIndex::commit`].
     pub fn remove(&mut self, ids: &[String]) -> Result<(), IndexError> {
         let writer = self.writer.as_mut().ok_or(IndexError::ReadOnly)?;
