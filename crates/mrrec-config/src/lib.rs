@@ -344,6 +344,10 @@ pub struct DistillConfig {
     /// Memory for user states and catalog items kept between batches, in MiB
     /// of their stored JSON (0 disables the cache).
     pub cache_mb: u64,
+    /// Level-1 (behaviour) entries kept per user: past this many, the oldest
+    /// (by event time) are removed from the store and the index. Aggregates
+    /// (level 2 and 3, global memory) keep counting every event.
+    pub max_behavior_entries: usize,
 }
 
 impl DistillConfig {

@@ -287,6 +287,15 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
             format!("{} is not between 1 and 1000000", distill.batch_max_users),
         );
     }
+    if !(1..=1_000_000).contains(&distill.max_behavior_entries) {
+        fail(
+            "distill.max_behavior_entries",
+            format!(
+                "{} is not between 1 and 1000000",
+                distill.max_behavior_entries
+            ),
+        );
+    }
     if distill.cache_mb > 1 << 20 {
         fail(
             "distill.cache_mb",

@@ -37,6 +37,8 @@ struct Job {
     replaced: Vec<MemoryEntry>,
     items: Vec<Item>,
     removed: Vec<String>,
+    /// Level-1 entries pruned from the store.
+    pruned: Vec<String>,
 }
 
 /// The indexes themselves, owned by the worker.
@@ -58,6 +60,9 @@ impl Writer {
         }
         if !job.removed.is_empty() {
             self.items.remove(&job.removed)?;
+        }
+        if !job.pruned.is_empty() {
+            self.memory.remove(&job.pruned)?;
         }
         self.dirty = true;
         Ok(())
@@ -217,6 +222,7 @@ impl Indexes {
         replaced: Vec<MemoryEntry>,
         items: Vec<Item>,
         removed: Vec<String>,
+        pruned: Vec<String>,
     ) -> Result<(), String> {
         let mut offsets = Vec::new();
         for op in &write.ops {
@@ -234,6 +240,7 @@ impl Indexes {
             replaced,
             items,
             removed,
+            pruned,
         };
         let sent = self
             .jobs

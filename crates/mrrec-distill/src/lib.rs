@@ -30,7 +30,8 @@ pub use indexes::Indexes;
 
 use mrrec_memory::render::{self, Catalog};
 use mrrec_memory::{
-    BehaviorRecord, GlobalDelta, Keyspace, LoadedUser, MemoryEntry, MemoryStore, WAITING_MARK,
+    BehaviorRecord, GlobalDelta, Keyspace, Level, LoadedUser, MemoryEntry, MemoryStore,
+    WAITING_MARK,
 };
 use mrrec_messages::{Event, Item, Outcome, Topic};
 use mrrec_store::{Batch, KvStore, StoreError};
@@ -55,6 +56,10 @@ pub fn runner_settings(config: &mrrec_config::Config, stage: &str) -> mrrec_stre
 
 /// Gauge: stored JSON bytes of the states and items distill keeps between batches.
 pub const CACHE_BYTES: &str = "mrrec_distill_cache_bytes";
+/// `distill.max_behavior_entries`'s default.
+pub const DEFAULT_MAX_BEHAVIOR_ENTRIES: usize = 1000;
+/// Level-1 entries removed past `distill.max_behavior_entries`.
+const PRUNED: &str = "mrrec_distill_behavior_pruned_total";
 
 /// Guard conflicts (another writer) retried at once before backing off.
 const CONFLICT_RETRIES: usize = 5;
@@ -75,6 +80,8 @@ pub struct Distill<S> {
     prefix: String,
     indexes: Option<Indexes>,
     cache: Cache,
+    /// Level-1 entries kept per user.
+    max_behavior: usize,
 }
 
 /// States and catalog items as this instance last wrote or read them.
@@ -197,6 +204,8 @@ struct Composed {
     items: Vec<Item>,
     /// Items removed by tombstones.
     removed: Vec<String>,
+    /// Level-1 entry ids pruned (past `max_behavior_entries`).
+    pruned: Vec<String>,
     /// What the batch holds that the store already had.
     replayed: Replayed,
     /// The users as written, with their new versions and JSON sizes.
@@ -214,7 +223,15 @@ impl<S: KvStore> Distill<S> {
             prefix: topic_prefix.to_owned(),
             indexes: None,
             cache: Cache::default(),
+            max_behavior: DEFAULT_MAX_BEHAVIOR_ENTRIES,
         }
+    }
+
+    /// Keeps at most `n` level-1 entries per user (the newest by event
+    /// time; ties by id), pruning the rest from the store and the index.
+    pub fn with_max_behavior_entries(mut self, n: usize) -> Self {
+        self.max_behavior = n.max(1);
+        self
     }
 
     /// Keeps user states and the items they need in memory between
@@ -283,6 +300,7 @@ impl<S: KvStore + 'static> Distill<S> {
                 entries,
                 found.into_values().collect(),
                 gone,
+                Vec::new(),
             )
             .map_err(|e| StageError::Fatal(format!("indexing: {e}")))
     }
@@ -353,6 +371,7 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
                             std::mem::take(&mut composed.replaced),
                             std::mem::take(&mut composed.items),
                             composed.removed.clone(),
+                            std::mem::take(&mut composed.pruned),
                         )
                         .map_err(|e| StageError::Fatal(format!("indexing: {e}")))?;
                 }
@@ -439,6 +458,65 @@ impl<S: KvStore> Distill<S> {
         self.cache.report();
         out.extend(self.memory.load_users(&missing).await?);
         Ok(out)
+    }
+
+    /// Counts this batch's new level-1 entries into their users' states;
+    /// for a user past `max_behavior`, reads the user's level-1 entries from
+    /// the store, keeps the newest (by event time, ties by id) together with
+    /// this batch's, and deletes the rest. Top-N of everything seen is the
+    /// same however the stream is cut into batches, so a replay after a
+    /// crash leaves the same store. Returns the pruned entry ids.
+    async fn prune_behavior(
+        &self,
+        records: &[(String, BehaviorRecord)],
+        added: &mut Vec<MemoryEntry>,
+        loaded: &mut HashMap<String, LoadedUser>,
+        write: &mut Batch,
+    ) -> Result<Vec<String>, StoreError> {
+        let keys = self.memory.keys();
+        let mut new_per_user: BTreeMap<&str, u64> = BTreeMap::new();
+        for (user, _) in records {
+            *new_per_user.entry(user.as_str()).or_default() += 1;
+        }
+        let mut pruned = Vec::new();
+        for (user, n) in new_per_user {
+            let Some(LoadedUser { state, .. }) = loaded.get_mut(user) else {
+                continue;
+            };
+            state.behavior_entries = state.behavior_entries.saturating_add(n);
+            if state.behavior_entries <= self.max_behavior as u64 {
+                continue;
+            }
+            let mut kept: BTreeMap<String, i64> = BTreeMap::new();
+            for (field, value) in self.memory.kv().get_all(&keys.user(user)).await? {
+                if !field.starts_with("e:") {
+                    continue;
+                }
+                let entry: MemoryEntry = serde_json::from_str(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("entry {field}: {e}")))?;
+                if entry.level == Level::Behavior {
+                    kept.insert(entry.id, entry.ts);
+                }
+            }
+            for entry in added.iter().filter(|e| e.user == user) {
+                kept.insert(entry.id.clone(), entry.ts);
+            }
+            let mut newest: Vec<(i64, String)> =
+                kept.into_iter().map(|(id, ts)| (ts, id)).collect();
+            newest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            let dropped = newest.split_off(newest.len().min(self.max_behavior));
+            state.behavior_entries = newest.len() as u64;
+            for (_, id) in dropped {
+                write.delete(keys.user(user), Keyspace::entry_field(&id));
+                pruned.push(id);
+            }
+        }
+        if !pruned.is_empty() {
+            let gone: BTreeSet<&String> = pruned.iter().collect();
+            added.retain(|e| !gone.contains(&e.id));
+            metrics::counter!(PRUNED).increment(pruned.len() as u64);
+        }
+        Ok(pruned)
     }
 
     /// Computes the guarded write of one Kafka batch from the current store.
@@ -615,6 +693,9 @@ impl<S: KvStore> Distill<S> {
                 out.push(entry);
             }
         }
+        let pruned = self
+            .prune_behavior(&records, &mut added, &mut loaded, &mut write)
+            .await?;
         let mut state_bytes = HashMap::with_capacity(touched.len());
         for (user, categories) in &touched {
             let Some(LoadedUser { state, version }) = loaded.get_mut(user) else {
@@ -675,6 +756,7 @@ impl<S: KvStore> Distill<S> {
             replaced,
             items: new_items.into_values().collect(),
             removed: removed.into_iter().collect(),
+            pruned,
             replayed,
             users: loaded,
             state_bytes,

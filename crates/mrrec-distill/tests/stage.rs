@@ -684,3 +684,87 @@ async fn a_lost_item_index_is_rebuilt_from_the_store() {
     let items = mrrec_index::ItemIndex::open_read_only(&index_dir.join("items")).unwrap();
     assert_eq!(items.search("toy", 10).unwrap()[0].0, "i1");
 }
+
+/// Issue 19, point 6: at most `max_behavior_entries` level-1 entries per
+/// user — the newest by event time — while aggregates count every event;
+/// the kept set is the same however the stream is cut into batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level_one_entries_are_kept_to_the_newest_n() {
+    let events: Vec<(RecordMeta, Input)> = [5, 1, 4, 2, 6, 3]
+        .iter()
+        .enumerate()
+        .map(|(offset, ts)| {
+            (
+                meta("mrrec.events", 0, offset as i64),
+                rating(&format!("e{ts}"), "u1", "i1", 5.0, *ts * 1000),
+            )
+        })
+        .collect();
+    let catalogue = (
+        meta("mrrec.items", 0, 0),
+        item("i1", "Toy Story (1995)", &["Comedy"]),
+    );
+    let run = |cuts: Vec<usize>| {
+        let events = events.clone();
+        let catalogue = catalogue.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let memory = MemoryStore::new(
+                EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+                Keyspace::default(),
+            );
+            let indexes = mrrec_distill::Indexes::open(Some(&dir.path().join("index")), &memory)
+                .await
+                .unwrap();
+            let mut stage = Distill::new(memory.clone(), "mrrec.")
+                .with_indexes(indexes)
+                .with_max_behavior_entries(3);
+            stage.process(&batch(vec![catalogue])).await.unwrap();
+            let mut start = 0;
+            for end in cuts.into_iter().chain([events.len()]) {
+                stage
+                    .process(&batch(events[start..end].to_vec()))
+                    .await
+                    .unwrap();
+                start = end;
+            }
+            drop(stage);
+            let index =
+                mrrec_index::MemoryIndex::open(Some(&dir.path().join("index").join("memory")))
+                    .unwrap();
+            let indexed = index
+                .search("u1", "toy story", &[], None, 100)
+                .unwrap()
+                .iter()
+                .filter(|h| h.entry.level == Level::Behavior)
+                .count();
+            (memory.dump().await.unwrap(), indexed)
+        }
+    };
+    let (whole, indexed) = run(vec![]).await;
+    let behaviour: Vec<i64> = whole["mrrec:user:u1"]
+        .iter()
+        .filter(|(f, _)| f.starts_with("e:b"))
+        .map(|(_, v)| {
+            serde_json::from_str::<mrrec_memory::MemoryEntry>(v)
+                .unwrap()
+                .ts
+        })
+        .collect();
+    let mut kept = behaviour.clone();
+    kept.sort();
+    assert_eq!(kept, [4000, 5000, 6000], "the newest three by event time");
+    assert_eq!(indexed, 3, "pruned entries leave the index too");
+    let state: mrrec_memory::UserState =
+        serde_json::from_str(&whole["mrrec:user:u1"]["state"]).unwrap();
+    assert_eq!(state.behavior_entries, 3);
+    assert_eq!(
+        state.categories["Comedy"].ratings, 6,
+        "aggregates count every event"
+    );
+    for cuts in [vec![1], vec![2, 4], vec![1, 2, 3, 4, 5]] {
+        let (cut, indexed) = run(cuts.clone()).await;
+        assert_eq!(cut, whole, "batches cut at {cuts:?}");
+        assert_eq!(indexed, 3);
+    }
+}

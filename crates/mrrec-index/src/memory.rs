@@ -153,6 +153,16 @@ impl MemoryIndex {
         self.write(entries, false)
     }
 
+    /// Removes entries by id. Visible after the next commit.
+    pub fn remove(&mut self, ids: &[String]) -> Result<(), IndexError> {
+        let id_field = self.fields.id;
+        let writer = self.writer()?;
+        for id in ids {
+            writer.delete_term(Term::from_field_text(id_field, id));
+        }
+        Ok(())
+    }
+
     /// Entries added since the last commit.
     pub fn pending(&self) -> usize {
         self.pending

@@ -208,6 +208,11 @@ pub struct UserState {
     pub legacy_seen: BTreeSet<String>,
     /// Events about items not in the catalog yet, by item id.
     pub pending: BTreeMap<String, Vec<BehaviorRecord>>,
+    /// Level-1 (behaviour) entries this user has in the store, as far as
+    /// distill counted them (states written before the count existed start
+    /// at 0). Past `distill.max_behavior_entries` the oldest are pruned.
+    #[serde(default)]
+    pub behavior_entries: u64,
 }
 
 impl UserState {

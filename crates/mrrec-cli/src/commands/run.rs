@@ -51,7 +51,8 @@ pub(crate) async fn distill_stage(
         .with_context(|| format!("opening the indexes in {}", config.index.path.display()))?;
     Ok(Distill::new(memory, &config.topics.prefix)
         .with_indexes(indexes)
-        .with_cache(config.distill.cache_bytes()))
+        .with_cache(config.distill.cache_bytes())
+        .with_max_behavior_entries(config.distill.max_behavior_entries))
 }
 
 /// Runs `stage` until `shutdown` (SIGINT/SIGTERM) and says what it did.
