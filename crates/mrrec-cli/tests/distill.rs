@@ -148,7 +148,11 @@ async fn movielens_into_memory_and_sigkill_changes_nothing() {
         mrrec_index::MemoryIndex::open_read_only(&path.join("memory")).unwrap()
     };
     let (clean_index, killed_index) = (index_of(&clean_env), index_of(&killed_env));
-    for (user, query) in [("1", "comedy"), ("313", "drama romance"), ("405", "action war")] {
+    for (user, query) in [
+        ("1", "comedy"),
+        ("313", "drama romance"),
+        ("405", "action war"),
+    ] {
         let ids = |index: &mrrec_index::MemoryIndex| {
             let mut ids: Vec<String> = index
                 .search(user, query, &[], None, 100_000)

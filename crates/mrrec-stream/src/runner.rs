@@ -191,6 +191,10 @@ const MAX_GAP_SEEKS: u32 = 64;
 /// long is stalled (tansu 0.6 answers a fetch inside its last record batch
 /// with nothing): it is fetched again from further back.
 const STALL_AFTER: Duration = Duration::from_secs(5);
+/// The same, right after a seek back (the records are due at once).
+const STALL_AFTER_SEEK: Duration = Duration::from_secs(1);
+/// The least a stalled partition steps back (doubling from there).
+const STALL_STEP: i64 = 64;
 
 struct RawRecord {
     meta: RecordMeta,
@@ -613,6 +617,7 @@ impl<S: Stage> LoopState<S> {
             };
             self.to_position.pop();
             let next = stored.map(|s| s + 1);
+            tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, ?next, "positioning an assigned partition");
             self.positions.insert(
                 key.clone(),
                 Position {
@@ -663,22 +668,37 @@ impl<S: Stage> LoopState<S> {
         let stalled: Vec<(PartitionKey, i64, u32)> = self
             .positions
             .iter()
-            .filter(|(_, p)| p.since.is_some_and(|t| t.elapsed() >= STALL_AFTER))
+            .filter(|(_, p)| {
+                // Right after a seek back the records are due at once.
+                let after = if p.attempts > 0 {
+                    STALL_AFTER_SEEK
+                } else {
+                    STALL_AFTER
+                };
+                p.since.is_some_and(|t| t.elapsed() >= after)
+            })
             .filter_map(|(k, p)| p.next.map(|n| (k.clone(), n, p.attempts)))
             .collect();
         for (key, next, attempts) in stalled {
+            tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, next, attempts, "no record for a while: checking the broker's watermarks");
             let high = consumer
                 .fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
                 .map(|(_, high)| high);
             match high {
-                Ok(high) if high > next => {
-                    tracing::warn!(stage = %self.name, topic = %key.0, partition = key.1, next, high, "no record arrives although the broker holds more");
-                    self.recover_gap(consumer, &key, next, high);
+                // More records than arrived; or a high watermark below
+                // what the stage already has, which a correct broker never
+                // reports (tansu's memory engine reports the last batch's
+                // start while a fetch inside that batch returns nothing).
+                Ok(high) if high != next => {
+                    tracing::warn!(stage = %self.name, topic = %key.0, partition = key.1, next, high, "no record arrives although the broker should have more");
+                    // How far back the batch that holds `next` starts is
+                    // unknown here: step back by at least STALL_STEP.
+                    self.recover_gap(consumer, &key, next, high.max(next + STALL_STEP));
                 }
                 Err(e) if attempts > 0 => {
                     // Recovering a gap, and nothing came back: go further.
                     tracing::warn!(stage = %self.name, topic = %key.0, partition = key.1, next, error = %e, "no record since the last seek back (watermarks unknown)");
-                    self.recover_gap(consumer, &key, next, next + 1);
+                    self.recover_gap(consumer, &key, next, next + STALL_STEP);
                 }
                 other => {
                     if let Err(e) = other {
