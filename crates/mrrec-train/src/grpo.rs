@@ -336,6 +336,10 @@ pub fn update(
     Ok(report)
 }
 
+/// One thread's share of a minibatch: its summed gradients (one slot per
+/// variable) and what `loss_of` counted per chunk.
+type Share<T> = (Vec<Option<Tensor>>, Vec<T>);
+
 /// Threads a minibatch's forward and backward passes run on: the cores
 /// there are, at most 4. candle's CPU kernels outside matmul run on one
 /// thread, so chunks on separate threads are what uses a second core.
@@ -366,7 +370,7 @@ pub(crate) fn minibatch_grads<T: Send>(
         .map(|w| sorted.iter().skip(w).step_by(workers).copied().collect())
         .collect();
     let cap = (chunk_tokens / workers).max(1);
-    let work = |share: &[usize]| -> Result<(Vec<Option<Tensor>>, Vec<T>), TrainError> {
+    let work = |share: &[usize]| -> Result<Share<T>, TrainError> {
         let mut grads = vec![None; vars.len()];
         let mut outs = Vec::new();
         for chunk in chunks(samples, share, cap) {
@@ -376,7 +380,7 @@ pub(crate) fn minibatch_grads<T: Send>(
         }
         Ok((grads, outs))
     };
-    let results: Vec<Result<(Vec<Option<Tensor>>, Vec<T>), TrainError>> = if workers == 1 {
+    let results: Vec<Result<Share<T>, TrainError>> = if workers == 1 {
         vec![work(&shares[0])]
     } else {
         std::thread::scope(|scope| {
