@@ -64,6 +64,19 @@ fn init(dir: &Path, seed: u64) -> String {
 
 struct Server(Child);
 
+impl Server {
+    /// `mrrec llm serve --listen listen` with `env`, its stderr in `log`.
+    fn serve(listen: &str, env: &[(&str, String)], log: &Path) -> Server {
+        Server(
+            mrrec(&["llm", "serve", "--listen", listen], env)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -129,13 +142,7 @@ async fn llm_serve_passes_the_agent_suite_and_swaps_under_load() {
     let port = free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     let log_path = tmp.path().join("serve.log");
-    let _server = Server(
-        mrrec(&["llm", "serve", "--listen", &listen], &env)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = Server::serve(&listen, &env, &log_path);
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let client = reqwest::Client::new();
     let up = wait_for_version(&client, port, 0).await;
@@ -320,13 +327,7 @@ async fn llm_serve_is_closed_checks_its_bearer_token_and_stays_pinned() {
         .await
         .unwrap();
     let log_path = tmp.path().join("serve.log");
-    let _server = Server(
-        mrrec(&["llm", "serve", "--listen", &listen], &env)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = Server::serve(&listen, &env, &log_path);
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let client = reqwest::Client::new();
     let base = format!("http://{listen}");

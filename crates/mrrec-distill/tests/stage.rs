@@ -253,6 +253,37 @@ async fn the_index_worker_commits_what_was_stored_with_its_offsets() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The reads of a test store that wraps an `EmbeddedStore` in `inner`:
+/// passed through unchanged (only `apply` differs between them).
+macro_rules! delegate_reads {
+    () => {
+        async fn get_fields(
+            &self,
+            pairs: &[(String, String)],
+        ) -> Result<Vec<Option<String>>, mrrec_store::StoreError> {
+            self.inner.get_fields(pairs).await
+        }
+
+        async fn get_all(
+            &self,
+            key: &str,
+        ) -> Result<std::collections::BTreeMap<String, String>, mrrec_store::StoreError> {
+            self.inner.get_all(key).await
+        }
+
+        async fn get_all_many(
+            &self,
+            keys: &[String],
+        ) -> Result<Vec<std::collections::BTreeMap<String, String>>, mrrec_store::StoreError> {
+            self.inner.get_all_many(keys).await
+        }
+
+        async fn keys(&self, prefix: &str) -> Result<Vec<String>, mrrec_store::StoreError> {
+            self.inner.keys(prefix).await
+        }
+    };
+}
+
 /// A store whose next `apply` waits until the test releases it: one
 /// instance's batch is composed (its reads done) and held while another
 /// instance's batch is stored, the interleaving two instances of a group
@@ -277,26 +308,7 @@ impl HeldStore {
 }
 
 impl mrrec_store::KvStore for HeldStore {
-    async fn get_fields(
-        &self,
-        pairs: &[(String, String)],
-    ) -> Result<Vec<Option<String>>, mrrec_store::StoreError> {
-        self.inner.get_fields(pairs).await
-    }
-
-    async fn get_all(
-        &self,
-        key: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>, mrrec_store::StoreError> {
-        self.inner.get_all(key).await
-    }
-
-    async fn get_all_many(
-        &self,
-        keys: &[String],
-    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, mrrec_store::StoreError> {
-        self.inner.get_all_many(keys).await
-    }
+    delegate_reads!();
 
     async fn apply(&self, batch: &mrrec_store::Batch) -> Result<bool, mrrec_store::StoreError> {
         if self.hold.swap(false, std::sync::atomic::Ordering::SeqCst) {
@@ -304,10 +316,6 @@ impl mrrec_store::KvStore for HeldStore {
             self.release.notified().await;
         }
         self.inner.apply(batch).await
-    }
-
-    async fn keys(&self, prefix: &str) -> Result<Vec<String>, mrrec_store::StoreError> {
-        self.inner.keys(prefix).await
     }
 }
 
@@ -571,26 +579,7 @@ struct LosesFirstReply {
 }
 
 impl mrrec_store::KvStore for LosesFirstReply {
-    async fn get_fields(
-        &self,
-        pairs: &[(String, String)],
-    ) -> Result<Vec<Option<String>>, mrrec_store::StoreError> {
-        self.inner.get_fields(pairs).await
-    }
-
-    async fn get_all(
-        &self,
-        key: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>, mrrec_store::StoreError> {
-        self.inner.get_all(key).await
-    }
-
-    async fn get_all_many(
-        &self,
-        keys: &[String],
-    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, mrrec_store::StoreError> {
-        self.inner.get_all_many(keys).await
-    }
+    delegate_reads!();
 
     async fn apply(&self, batch: &mrrec_store::Batch) -> Result<bool, mrrec_store::StoreError> {
         let applied = self.inner.apply(batch).await?;
@@ -600,10 +589,6 @@ impl mrrec_store::KvStore for LosesFirstReply {
             ));
         }
         Ok(applied)
-    }
-
-    async fn keys(&self, prefix: &str) -> Result<Vec<String>, mrrec_store::StoreError> {
-        self.inner.keys(prefix).await
     }
 }
 
