@@ -408,15 +408,19 @@ async fn llm_serve_is_closed_checks_its_bearer_token_and_stays_pinned() {
         "no CORS: {:?}",
         served.headers()
     );
-    let models: serde_json::Value = client
-        .get(format!("{base}/v1/models"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get_json = |path: &'static str| {
+        let request = client.get(format!("{base}{path}")).bearer_auth(key);
+        async move {
+            request
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let models = get_json("/v1/models").await;
     assert_eq!(models["data"][0]["id"], "default", "{models}");
 
     // The http backend sends the key it is given, and is refused without it.
@@ -434,15 +438,7 @@ async fn llm_serve_is_closed_checks_its_bearer_token_and_stays_pinned() {
 
     // Pinned: v0001 was announced, and v0000 still serves a while later.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let policy_now: serde_json::Value = client
-        .get(format!("{base}/mrrec/policy"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let policy_now = get_json("/mrrec/policy").await;
     assert_eq!(policy_now["version"], 0, "{policy_now}\n{}", log());
     assert!(log().contains("not following mrrec.policy"), "{}", log());
 }

@@ -217,14 +217,7 @@ async fn cached_states_never_hide_another_writer() {
 async fn the_index_worker_commits_what_was_stored_with_its_offsets() {
     let dir = std::env::temp_dir().join(format!("mrrec-distill-index-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let memory = MemoryStore::new(
-        EmbeddedStore::open(&dir.join("store")).unwrap(),
-        Keyspace::default(),
-    );
-    let indexes = mrrec_distill::Indexes::open(Some(&dir.join("index")), &memory)
-        .await
-        .unwrap();
-    let mut stage = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
+    let (memory, mut stage) = indexed_stage(&dir).await;
     stage
         .process(&batch(vec![
             (
@@ -639,15 +632,8 @@ async fn a_write_whose_reply_was_lost_still_reaches_the_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_item_index_is_rebuilt_from_the_store() {
     let dir = tempfile::tempdir().unwrap();
-    let memory = MemoryStore::new(
-        EmbeddedStore::open(&dir.path().join("store")).unwrap(),
-        Keyspace::default(),
-    );
+    let (memory, mut stage) = indexed_stage(dir.path()).await;
     let index_dir = dir.path().join("index");
-    let indexes = mrrec_distill::Indexes::open(Some(&index_dir), &memory)
-        .await
-        .unwrap();
-    let mut stage = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
     stage
         .process(&batch(vec![
             (
@@ -752,4 +738,20 @@ async fn level_one_entries_are_kept_to_the_newest_n() {
         assert_eq!(cut, whole, "batches cut at {cuts:?}");
         assert_eq!(indexed, 3);
     }
+}
+
+/// A distill stage on an embedded store under `dir/store`, indexing into
+/// `dir/index`.
+async fn indexed_stage(
+    dir: &std::path::Path,
+) -> (MemoryStore<EmbeddedStore>, Distill<EmbeddedStore>) {
+    let memory = MemoryStore::new(
+        EmbeddedStore::open(&dir.join("store")).unwrap(),
+        Keyspace::default(),
+    );
+    let indexes = mrrec_distill::Indexes::open(Some(&dir.join("index")), &memory)
+        .await
+        .unwrap();
+    let stage = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
+    (memory, stage)
 }
