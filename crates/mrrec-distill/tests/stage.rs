@@ -217,7 +217,7 @@ async fn cached_states_never_hide_another_writer() {
 async fn the_index_worker_commits_what_was_stored_with_its_offsets() {
     let dir = std::env::temp_dir().join(format!("mrrec-distill-index-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (memory, mut stage) = indexed_stage(&dir).await;
+    let (_memory, mut stage) = indexed_stage(&dir).await;
     stage
         .process(&batch(vec![
             (
