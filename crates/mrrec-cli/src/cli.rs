@@ -303,6 +303,19 @@ pub struct EvalArgs {
     /// request (docs/TRAINING.md).
     #[arg(long, default_value_t = 6)]
     pub sft_epochs: usize,
+    /// Which targets the rows score: `test` (the protocol's figures) or
+    /// `valid`, for choosing settings (fusion weights, ranker changes)
+    /// without looking at a test target. With `valid` no RL round runs: RL
+    /// learns from those same targets.
+    #[arg(long, value_enum, default_value_t = Targets::Test)]
+    pub targets: Targets,
+}
+
+/// The targets `mrrec eval` scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Targets {
+    Valid,
+    Test,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -240,13 +240,13 @@ impl EvalData {
         cases
     }
 
-    /// Each user's interactions, oldest first, up to the user's first test
-    /// request (all of them for users without one): what item-kNN's
-    /// co-occurrences are counted over. No test target is in them (a target
-    /// comes at or after its request).
-    pub fn histories(&self) -> Vec<Vec<String>> {
+    /// Each user's interactions, oldest first, up to the user's first
+    /// request of `split` (all of them for users without one): what
+    /// item-kNN's co-occurrences are counted over. No target of `split` is
+    /// in them (a target comes at or after its request).
+    pub fn histories(&self, split: Split) -> Vec<Vec<String>> {
         let mut cut: HashMap<&str, usize> = HashMap::new();
-        for r in self.of(Split::Test) {
+        for r in self.of(split) {
             let at = cut.entry(r.request.user_id.as_str()).or_insert(r.at);
             *at = (*at).min(r.at);
         }

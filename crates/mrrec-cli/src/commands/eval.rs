@@ -16,7 +16,7 @@
 //! same users (paired bootstrap, `vs_rule`).
 
 use super::inprocess::{ensure_policy, means, InProcess};
-use crate::cli::EvalArgs;
+use crate::cli::{EvalArgs, Targets};
 use anyhow::{bail, Context, Result};
 use mrrec_config::{Config, LlmBackend};
 use mrrec_eval::{
@@ -265,7 +265,10 @@ impl Timeline {
 struct Scored {
     name: String,
     version: Option<u32>,
-    /// Rank of each test request's target (data set id → rank).
+    /// The requests it answered: the test requests, or the validation
+    /// requests with `--targets valid`.
+    split: Split,
+    /// Rank of each scored request's target (data set id → rank).
     ranks: HashMap<String, Option<usize>>,
     answers: HashMap<String, Response>,
 }
@@ -275,10 +278,11 @@ fn score(
     data: &EvalData,
     name: &str,
     version: Option<u32>,
+    split: Split,
     answers: HashMap<String, Response>,
 ) -> Scored {
     let ranks = data
-        .of(Split::Test)
+        .of(split)
         .map(|r| {
             let rank = answers.get(&r.request.request_id).and_then(|response| {
                 response
@@ -293,16 +297,17 @@ fn score(
     Scored {
         name: name.to_owned(),
         version,
+        split,
         ranks,
         answers,
     }
 }
 
-/// Mean NDCG@10 per user of a scored run (users with several test requests
-/// count once), in `users` order.
+/// Mean NDCG@10 per user of a scored run (users with several scored
+/// requests count once), in `users` order.
 fn per_user_ndcg(data: &EvalData, run: &Scored, users: &[String]) -> Vec<f64> {
     let mut sums: HashMap<&str, (f64, usize)> = HashMap::new();
-    for r in data.of(Split::Test) {
+    for r in data.of(run.split) {
         let rank = run.ranks.get(&r.request.request_id).copied().flatten();
         let entry = sums.entry(r.request.user_id.as_str()).or_default();
         entry.0 += ndcg_at_10(rank);
@@ -415,29 +420,31 @@ fn check_outputs(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Replays the test timeline under `config` and scores it as `name`.
+/// Replays the timeline under `config`, asks every request of `split`
+/// and scores it as `name`.
 async fn test_run(
     data: &EvalData,
     config: &Config,
     dir: &Path,
-    name: &str,
-    version: Option<u32>,
+    (name, version): (&str, Option<u32>),
+    split: Split,
 ) -> Result<Scored> {
     let (config, root) = run_config(config, dir, name)?;
     let started = Instant::now();
     let mut pipeline = InProcess::start_live(&config, &data.items).await?;
-    let answers = Replay::new(data, Split::Test, |_| true, name, false)
+    let answers = Replay::new(data, split, |_| true, name, false)
         .run(&mut pipeline)
         .await?;
     pipeline.stop().await?;
     let _ = std::fs::remove_dir_all(&root);
     let errors = answers.values().filter(|r| r.error.is_some()).count();
     eprintln!(
-        "{name}: {} test requests answered ({errors} with an error) in {:.0} s",
+        "{name}: {} {} requests answered ({errors} with an error) in {:.0} s",
         answers.len(),
+        split_name(split),
         started.elapsed().as_secs_f64()
     );
-    Ok(score(data, name, version, answers))
+    Ok(score(data, name, version, split, answers))
 }
 
 /// RL on validation targets: one replay per round, a training round after
@@ -515,18 +522,32 @@ async fn learn(
     Ok(versions)
 }
 
+fn split_name(split: Split) -> &'static str {
+    match split {
+        Split::Valid => "validation",
+        Split::Test => "test",
+    }
+}
+
 pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     check_outputs(args)?;
     let started = Instant::now();
     let data = load(args)?;
+    let scored = match args.targets {
+        Targets::Test => Split::Test,
+        Targets::Valid => {
+            eprintln!("scoring the validation targets (--targets valid): no RL round runs");
+            Split::Valid
+        }
+    };
 
-    let cases = data.cases(Split::Test);
+    let cases = data.cases(scored);
     let baselines = Baselines::new(&data.items, &data.interactions(), data.category_row)?;
     let (_, omitted) = baselines.names(&cases);
     for reason in &omitted {
         eprintln!("row left out: {reason}");
     }
-    let mut rows: Vec<Row> = baselines.evaluate(&cases, &data.histories())?;
+    let mut rows: Vec<Row> = baselines.evaluate(&cases, &data.histories(scored))?;
     let best_baseline = rows
         .iter()
         .max_by(|a, b| a.ndcg_at_10.total_cmp(&b.ndcg_at_10))
@@ -542,7 +563,10 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     if base.llm.backend != LlmBackend::Rule {
         let sft = (args.sft > 0).then_some((args.sft, args.sft_epochs.max(1)));
         let first = ensure_policy(&base, &data.items, sft).await?;
-        let versions = learn(&data, &base, args, first, &mut curve).await?;
+        let versions = match scored {
+            Split::Test => learn(&data, &base, args, first, &mut curve).await?,
+            Split::Valid => vec![first],
+        };
         let registry = mrrec_policy::PolicyRegistry::new(&base.policy.dir);
         let mut greedy = base.clone();
         greedy.agent.group_size = 1;
@@ -555,23 +579,24 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
             } else {
                 format!("pipeline_v{version}")
             };
-            runs.push(test_run(&data, &pinned, &args.dir, &name, Some(*version)).await?);
+            runs.push(test_run(&data, &pinned, &args.dir, (&name, Some(*version)), scored).await?);
         }
         let last = *versions.last().unwrap_or(&first);
         let mut blind = greedy.clone();
         blind.llm.model_dir = registry.path(last).display().to_string();
         blind.agent.use_memory = false;
-        runs.push(test_run(&data, &blind, &args.dir, "pipeline_no_memory", Some(last)).await?);
+        let name = ("pipeline_no_memory", Some(last));
+        runs.push(test_run(&data, &blind, &args.dir, name, scored).await?);
     }
     let mut rule = base.clone();
     rule.llm.backend = LlmBackend::Rule;
     rule.agent.group_size = 1;
     rule.agent.temperature = 0.0;
-    let rule_run = test_run(&data, &rule, &args.dir, "rule", None).await?;
+    let rule_run = test_run(&data, &rule, &args.dir, ("rule", None), scored).await?;
 
     // Rows, the paired comparison with the rule, and what each policy did.
     let mut users: Vec<String> = data
-        .of(Split::Test)
+        .of(scored)
         .map(|r| r.request.user_id.clone())
         .collect();
     users.sort();
@@ -579,7 +604,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     let rule_ndcg = per_user_ndcg(&data, &rule_run, &users);
     let row_of = |run: &Scored| {
         let mut metrics = Metrics::default();
-        for r in data.of(Split::Test) {
+        for r in data.of(scored) {
             metrics.add(run.ranks.get(&r.request.request_id).copied().flatten());
         }
         metrics.row(&run.name)
@@ -623,7 +648,8 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     let report = serde_json::json!({
         "dataset": data.name,
         "users": users.len(),
-        "requests": data.of(Split::Test).count(),
+        "requests": data.of(scored).count(),
+        "targets": split_name(scored),
         "rows": rows,
         "omitted_rows": omitted,
         "interactions": "purchase, click and rate events (any value) count for popularity and item_knn; every event with an item marks it seen",
