@@ -13,7 +13,7 @@ pub mod rank;
 
 pub use mrrec_policy::escape::{self, escape_text, safe_id};
 pub use mrrec_policy::turn::{self, parse_turn, Action, Turn};
-pub use rank::{fuse, FusionWeights, Signals};
+pub use rank::{fuse, FusionWeights, Scaling, Signals};
 
 use async_trait::async_trait;
 use mrrec_llm::{ChatMessage, Generation, GenerationRequest, Llm, LlmError, Sampling};

@@ -109,8 +109,10 @@ async fn main() -> Result<()> {
     .into_iter()
     .map(|(bm25, collaborative, popularity)| FusionWeights {
         bm25,
+        category: 0.0,
         collaborative,
         popularity,
+        scaling: mrrec_agent::Scaling::Max,
     })
     .collect();
     type Strategy = fn(&str, &str, &mrrec_memory::UserState) -> String;

@@ -238,14 +238,42 @@ pub struct RecommendConfig {
     pub recent_items: u32,
     /// Fusion weight of BM25 (profile against the catalog).
     pub weight_bm25: f64,
+    /// Fusion weight of the catalog categories the profile names (items
+    /// filed under them).
+    pub weight_category: f64,
     /// Fusion weight of co-occurrence with the user's recent positive items.
     pub weight_collaborative: f64,
+    /// How co-occurrence counts become the collaborative signal.
+    pub collaborative: CollaborativeScore,
+    /// How the signals are put on one scale before the weighted sum.
+    pub fusion: Fusion,
     /// Fusion weight of popularity.
     pub weight_popularity: f64,
     /// How often the cached catalog facts (categories, popularity) are re-read.
     pub refresh_ms: u64,
     /// Where retrieve steps search the user's memory.
     pub memory_index: MemoryIndexMode,
+}
+
+/// How the ranker scores co-occurrence with the user's recent positive items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollaborativeScore {
+    /// Summed counts (popular pairs weigh most).
+    Count,
+    /// Item-kNN's cosine: each count divided by `sqrt` of both items'
+    /// popularity (positive interactions).
+    Cosine,
+}
+
+/// How the ranker puts its signals on one scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    /// Each signal divided by its best candidate's score.
+    Max,
+    /// Each signal standardised over the candidates (z-scores).
+    Zscore,
 }
 
 /// Which memory index a recommend instance searches.
@@ -348,6 +376,12 @@ pub struct DistillConfig {
     /// (by event time) are removed from the store and the index. Aggregates
     /// (level 2 and 3, global memory) keep counting every event.
     pub max_behavior_entries: usize,
+    /// A liked item counts as chosen with this many of the user's latest
+    /// liked items (co-occurrence; 1–20).
+    pub co_occurrence_window: usize,
+    /// Count each such pair both ways (symmetric, as item-kNN), not only
+    /// the later item after the earlier.
+    pub co_occurrence_both_ways: bool,
 }
 
 impl DistillConfig {

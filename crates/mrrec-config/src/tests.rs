@@ -105,6 +105,7 @@ batch_max_ms = 0
 batch_max_records = 200000
 batch_max_users = 0
 cache_mb = 99999999
+co_occurrence_window = 21
 [kafka.properties]
 "group.id" = "x"
 "#,
@@ -120,6 +121,7 @@ cache_mb = 99999999
         "distill.batch_max_records",
         "distill.batch_max_users",
         "distill.cache_mb",
+        "distill.co_occurrence_window",
         "kafka.properties.group.id",
     ] {
         assert!(error.mentions(key), "{key} missing from {error}");

@@ -185,6 +185,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     }
     for (key, weight) in [
         ("recommend.weight_bm25", recommend.weight_bm25),
+        ("recommend.weight_category", recommend.weight_category),
         (
             "recommend.weight_collaborative",
             recommend.weight_collaborative,
@@ -294,6 +295,13 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
                 "{} is not between 1 and 1000000",
                 distill.max_behavior_entries
             ),
+        );
+    }
+    // A state remembers its latest 20 liked items (mrrec_memory::RECENT_POSITIVE).
+    if !(1..=20).contains(&distill.co_occurrence_window) {
+        fail(
+            "distill.co_occurrence_window",
+            format!("{} is not between 1 and 20", distill.co_occurrence_window),
         );
     }
     if distill.cache_mb > 1 << 20 {

@@ -82,6 +82,8 @@ pub struct Distill<S> {
     cache: Cache,
     /// Level-1 entries kept per user.
     max_behavior: usize,
+    /// How co-occurrence is counted.
+    co_occurrence: mrrec_memory::CoOccurrence,
 }
 
 /// States and catalog items as this instance last wrote or read them.
@@ -224,6 +226,7 @@ impl<S: KvStore> Distill<S> {
             indexes: None,
             cache: Cache::default(),
             max_behavior: DEFAULT_MAX_BEHAVIOR_ENTRIES,
+            co_occurrence: mrrec_memory::CoOccurrence::default(),
         }
     }
 
@@ -238,6 +241,13 @@ impl<S: KvStore> Distill<S> {
     /// batches, up to `bytes` of their stored JSON.
     pub fn with_cache(mut self, bytes: usize) -> Self {
         self.cache.budget = bytes;
+        self
+    }
+
+    /// Counts co-occurrence as `counting` says (default: the later item
+    /// after each of the 3 latest liked ones, one way).
+    pub fn with_co_occurrence(mut self, counting: mrrec_memory::CoOccurrence) -> Self {
+        self.co_occurrence = counting;
         self
     }
 
@@ -626,7 +636,7 @@ impl<S: KvStore> Distill<S> {
             catalog.items.remove(id);
         }
 
-        let mut global = GlobalDelta::default();
+        let mut global = GlobalDelta::counting(self.co_occurrence);
         let mut touched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut records: Vec<(String, BehaviorRecord)> = Vec::new();
         let mut linked_records: Vec<(String, BehaviorRecord)> = Vec::new();

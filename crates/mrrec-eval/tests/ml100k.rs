@@ -25,7 +25,9 @@ fn shared(path: &str) -> std::path::PathBuf {
 fn check(data: &EvalData, reference: &[(&str, f64, f64)]) {
     let cases = data.cases(Split::Test);
     let baselines = Baselines::new(&data.items, &data.interactions(), data.category_row).unwrap();
-    let rows = baselines.evaluate(&cases, &data.histories(Split::Test)).unwrap();
+    let rows = baselines
+        .evaluate(&cases, &data.histories(Split::Test))
+        .unwrap();
     let mut report = String::new();
     for row in &rows {
         report.push_str(&format!("{row:?}\n"));

@@ -1,4 +1,6 @@
-//! The item catalog index: BM25 over title, categories, description and attributes.
+//! The item catalog index: BM25 over title, categories, description and
+//! attributes, and each item's categories as exact terms (lower-cased), so
+//! the ranker can find every item filed under a category a profile names.
 
 use crate::{open_reader, open_with_writer, words, IndexError};
 use mrrec_messages::Item;
@@ -17,12 +19,18 @@ pub struct ItemIndex {
     writer: Option<IndexWriter>,
     id: Field,
     text: Field,
+    category: Field,
+}
+
+/// The exact term a category is indexed and looked up under.
+pub fn category_key(category: &str) -> String {
+    category.trim().to_lowercase()
 }
 
 impl ItemIndex {
     /// Opens (or creates) the index in `dir`; `None` keeps it in memory.
     pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {
-        let (schema, id, text) = Self::schema();
+        let (schema, id, text, category) = Self::schema();
         let (index, writer, reader) = open_with_writer(dir, schema, 32 * 1024 * 1024)?;
         Ok(Self {
             index,
@@ -30,13 +38,14 @@ impl ItemIndex {
             writer: Some(writer),
             id,
             text,
+            category,
         })
     }
 
     /// Opens the index in `dir` for searching only, following the commits of
     /// whoever writes it.
     pub fn open_read_only(dir: &std::path::Path) -> Result<Self, IndexError> {
-        let (schema, id, text) = Self::schema();
+        let (schema, id, text, category) = Self::schema();
         let (index, reader) = open_reader(dir, schema)?;
         Ok(Self {
             index,
@@ -44,14 +53,16 @@ impl ItemIndex {
             writer: None,
             id,
             text,
+            category,
         })
     }
 
-    fn schema() -> (Schema, Field, Field) {
+    fn schema() -> (Schema, Field, Field, Field) {
         let mut builder = Schema::builder();
         let id = builder.add_text_field("id", STRING | STORED);
         let text = builder.add_text_field("text", TEXT);
-        (builder.build(), id, text)
+        let category = builder.add_text_field("category", STRING);
+        (builder.build(), id, text, category)
     }
 
     /// The searchable text of an item: title, categories, description, attribute values.
@@ -81,10 +92,14 @@ impl ItemIndex {
         let writer = self.writer.as_mut().ok_or(IndexError::ReadOnly)?;
         for item in items {
             writer.delete_term(Term::from_field_text(self.id, &item.item_id));
-            writer.add_document(doc!(
+            let mut document = doc!(
                 self.id => item.item_id.as_str(),
                 self.text => Self::text_of(item),
-            ))?;
+            );
+            for category in &item.categories {
+                document.add_text(self.category, category_key(category));
+            }
+            writer.add_document(document)?;
         }
         Ok(())
     }
@@ -125,6 +140,42 @@ impl ItemIndex {
     /// so by itself, shortly after each commit).
     pub fn reload(&self) -> Result<(), IndexError> {
         Ok(self.reader.reload()?)
+    }
+
+    /// Items filed under any of `categories` (compared as [`category_key`]),
+    /// those under more of them first, at most `k`, sorted by id within
+    /// each group.
+    pub fn in_categories(
+        &self,
+        categories: &[String],
+        k: usize,
+    ) -> Result<Vec<(String, usize)>, IndexError> {
+        let mut keys: Vec<String> = categories.iter().map(|c| category_key(c)).collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let searcher = self.reader.searcher();
+        let mut matches: std::collections::HashMap<String, usize> = Default::default();
+        for key in &keys {
+            let query = TermQuery::new(
+                Term::from_field_text(self.category, key),
+                IndexRecordOption::Basic,
+            );
+            // Bounded work per request, however large the category.
+            let limit = TopDocs::with_limit(k.saturating_mul(4)).order_by_score();
+            for (_, address) in searcher.search(&query, &limit)? {
+                let doc: TantivyDocument = searcher.doc(address)?;
+                if let Some(id) = doc.get_first(self.id).and_then(|v| v.as_str()) {
+                    *matches.entry(id.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        let mut items: Vec<(String, usize)> = matches.into_iter().collect();
+        items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        items.truncate(k);
+        Ok(items)
     }
 
     /// Item ids by BM25 against any word of `query`, best first (ties by id).

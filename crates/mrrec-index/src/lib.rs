@@ -12,7 +12,7 @@ mod memory;
 #[cfg(test)]
 mod tests;
 
-pub use items::ItemIndex;
+pub use items::{category_key, ItemIndex};
 pub use memory::{MemoryIndex, SearchHit};
 
 /// An index failure.
@@ -74,7 +74,20 @@ pub(crate) fn open_with_writer(
     schema: tantivy::schema::Schema,
     arena_bytes: usize,
 ) -> Result<(tantivy::Index, tantivy::IndexWriter, tantivy::IndexReader), IndexError> {
-    let index = open_or_create(dir, schema)?;
+    let index = match (open_or_create(dir, schema.clone()), dir) {
+        // An index written by an older version (another schema): the
+        // writer starts it afresh, and its owner rebuilds it from the
+        // store, the source of truth (distill: an item index shorter than
+        // the catalog, a memory index whose offsets differ).
+        (Err(IndexError::Tantivy(tantivy::TantivyError::SchemaError(_))), Some(dir)) => {
+            std::fs::remove_dir_all(dir).map_err(|e| IndexError::Directory {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+            open_or_create(Some(dir), schema)?
+        }
+        (other, _) => other?,
+    };
     let writer = index.writer_with_num_threads(1, arena_bytes)?;
     let reader = index
         .reader_builder()

@@ -168,3 +168,67 @@ fn items_are_found_by_title_category_and_attributes() {
     assert_eq!(index.search("horror", 10).unwrap()[0].0, "2");
     assert!(index.search("", 10).unwrap().is_empty());
 }
+
+#[test]
+fn items_are_found_by_the_categories_they_are_filed_under() {
+    let mut index = ItemIndex::open(None).unwrap();
+    let item = |id: &str, title: &str, categories: &[&str]| Item {
+        item_id: id.into(),
+        title: title.into(),
+        categories: categories.iter().map(|c| c.to_string()).collect(),
+        description: Some("food service equipment".into()),
+        attrs: None,
+    };
+    index
+        .upsert(&[
+            item("1", "Tray", &["Food Service Equipment & Supplies", "Trays"]),
+            item("2", "Scale", &["Lab & Scientific Products"]),
+            item("3", "Pan", &["Food Service Equipment & Supplies"]),
+            item("4", "Tray rack", &["Trays"]),
+        ])
+        .unwrap();
+    index.commit().unwrap();
+    let found = |index: &ItemIndex, names: &[&str], k| {
+        let names: Vec<String> = names.iter().map(|c| c.to_string()).collect();
+        index.in_categories(&names, k).unwrap()
+    };
+    // The exact category, in any case; a description's words are not a category.
+    assert_eq!(
+        found(&index, &["food service equipment & SUPPLIES"], 10),
+        [("1".to_owned(), 1), ("3".to_owned(), 1)]
+    );
+    assert!(found(&index, &["Food Service"], 10).is_empty());
+    // Items under more of the named categories first; at most k.
+    assert_eq!(
+        found(&index, &["Trays", "Food Service Equipment & Supplies"], 2),
+        [("1".to_owned(), 2), ("3".to_owned(), 1)]
+    );
+    // A re-filed item leaves its old category.
+    index
+        .upsert(&[item("3", "Pan", &["Lab & Scientific Products"])])
+        .unwrap();
+    index.commit().unwrap();
+    assert_eq!(
+        found(&index, &["Lab & Scientific Products"], 10),
+        [("2".to_owned(), 1), ("3".to_owned(), 1)]
+    );
+}
+
+#[test]
+fn an_index_of_another_schema_is_started_afresh_by_its_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("items");
+    {
+        // An index as an older version wrote it: one text field only.
+        let mut builder = tantivy::schema::Schema::builder();
+        builder.add_text_field("text", tantivy::schema::TEXT);
+        std::fs::create_dir_all(&path).unwrap();
+        tantivy::Index::create_in_dir(&path, builder.build()).unwrap();
+    }
+    assert!(
+        ItemIndex::open_read_only(&path).is_err(),
+        "a reader does not touch it"
+    );
+    let index = ItemIndex::open(Some(&path)).unwrap();
+    assert!(index.is_empty(), "its owner rebuilds it from the store");
+}

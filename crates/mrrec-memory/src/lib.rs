@@ -22,7 +22,7 @@ mod tests;
 
 pub use model::{entry_id, fingerprint, Level, MemoryEntry};
 pub use state::{
-    aspects_of, BehaviorRecord, CategoryStats, GlobalDelta, Sentiment, UserState,
+    aspects_of, BehaviorRecord, CategoryStats, CoOccurrence, GlobalDelta, Sentiment, UserState,
     CO_OCCURRENCE_WINDOW, RECENT_POSITIVE,
 };
 pub use store::{Keyspace, LoadedUser, MemoryStore, UserMemory, Waiting, WAITING_MARK};

@@ -6,8 +6,30 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Positive items remembered per user (co-occurrence window, collaborative signal).
 pub const RECENT_POSITIVE: usize = 20;
-/// Latest positive items a new positive item counts as chosen after (co-occurrence).
+/// Latest positive items a new positive item counts as chosen after
+/// (co-occurrence), unless the batch's [`CoOccurrence`] says otherwise.
 pub const CO_OCCURRENCE_WINDOW: usize = 3;
+
+/// How a positive interaction counts toward co-occurrence
+/// (`distill.co_occurrence_window`, `distill.co_occurrence_both_ways`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoOccurrence {
+    /// With how many of the user's latest positive items (at most
+    /// [`RECENT_POSITIVE`]).
+    pub window: usize,
+    /// Also count the earlier item as chosen with the later one (what
+    /// item-kNN's symmetric co-occurrence needs), not only after it.
+    pub both_ways: bool,
+}
+
+impl Default for CoOccurrence {
+    fn default() -> Self {
+        Self {
+            window: CO_OCCURRENCE_WINDOW,
+            both_ways: false,
+        }
+    }
+}
 /// Timestamped sentiments kept per category for the recency-weighted strength.
 const RECENT_PER_CATEGORY: usize = 50;
 /// Liked and disliked example items kept per category.
@@ -140,12 +162,25 @@ pub struct GlobalDelta {
     /// Positive interactions per item.
     pub popularity: HashMap<String, i64>,
     /// (item, later item) → times a user chose the later item soon after the
-    /// first ("people who chose X then chose Y").
+    /// first ("people who chose X then chose Y"); both ways with
+    /// [`CoOccurrence::both_ways`].
     pub co_occurrence: HashMap<(String, String), i64>,
     /// (category, aspect) → count among chosen items of that category (aspect "" counts items).
     pub chosen: HashMap<(String, String), i64>,
     /// (category, aspect) → count among passed-over (disliked, dismissed) items.
     pub unchosen: HashMap<(String, String), i64>,
+    /// How this batch counts co-occurrence.
+    pub counting: CoOccurrence,
+}
+
+impl GlobalDelta {
+    /// An empty delta that counts co-occurrence as `counting` says.
+    pub fn counting(counting: CoOccurrence) -> Self {
+        Self {
+            counting,
+            ..Self::default()
+        }
+    }
 }
 
 fn bump(map: &mut HashMap<(String, String), i64>, a: &str, b: &str) {
@@ -255,9 +290,13 @@ impl UserState {
         };
         if record.sentiment() == Sentiment::Liked {
             *delta.popularity.entry(item_id.to_owned()).or_default() += 1;
-            for earlier in self.recent_positive.iter().rev().take(CO_OCCURRENCE_WINDOW) {
+            let CoOccurrence { window, both_ways } = delta.counting;
+            for earlier in self.recent_positive.iter().rev().take(window) {
                 if earlier != item_id {
                     bump(&mut delta.co_occurrence, earlier, item_id);
+                    if both_ways {
+                        bump(&mut delta.co_occurrence, item_id, earlier);
+                    }
                 }
             }
             self.recent_positive.retain(|i| i != item_id);

@@ -311,30 +311,42 @@ impl<S: KvStore> MemoryStore<S> {
         Ok(render::global(category, &stats))
     }
 
-    /// Items chosen together with `items` by the same users, most often first
-    /// (ties by id), excluding `items` themselves.
+    /// Items chosen together with `items` by the same users, best first
+    /// (ties by id), excluding `items` themselves: summed co-occurrence
+    /// counts, or with `cosine` item-kNN's cosine — each count `c(h, x)`
+    /// divided by `sqrt(n(h) · n(x))`, where `n` is an item's number of
+    /// positive interactions (`cosine`'s lookup; an item it does not know
+    /// counts 1).
     pub async fn co_occurring(
         &self,
         items: &[String],
         k: usize,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut scores: HashMap<String, i64> = HashMap::new();
+        cosine: Option<&dyn Fn(&str) -> Option<f64>>,
+    ) -> Result<Vec<(String, f64)>, StoreError> {
+        let n = |id: &str| {
+            cosine.map_or(1.0, |count| {
+                count(id).filter(|c| *c >= 1.0).unwrap_or(1.0)
+            })
+        };
+        let mut scores: HashMap<String, f64> = HashMap::new();
         let keys: Vec<String> = items.iter().map(|i| self.keys.co_occurrence(i)).collect();
         // One round trip for all of them (this is on the recommend stage's hot path).
         let counts = self.store.get_all_many(&keys).await?;
         for (item, fields) in items.iter().zip(counts) {
-            for (other, count) in fields {
-                let count: i64 = count
+            let n_item = n(item);
+            for (other, together) in fields {
+                let together: i64 = together
                     .parse()
                     .map_err(|_| StoreError::Corrupt(format!("co-occurrence count of {item}")))?;
-                *scores.entry(other).or_default() += count;
+                let score = together as f64 / (n_item * n(&other)).sqrt();
+                *scores.entry(other).or_default() += score;
             }
         }
-        let mut ranked: Vec<(String, i64)> = scores
+        let mut ranked: Vec<(String, f64)> = scores
             .into_iter()
             .filter(|(i, _)| !items.contains(i))
             .collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         ranked.truncate(k);
         Ok(ranked)
     }

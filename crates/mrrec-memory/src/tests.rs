@@ -313,3 +313,26 @@ fn profile_attributes_are_bounded() {
         MAX_PROFILE_VALUE_BYTES / 2
     );
 }
+
+#[test]
+fn co_occurrence_can_count_a_wider_window_both_ways() {
+    let catalog = catalog();
+    let mut state = UserState::new("u");
+    let mut delta = GlobalDelta::counting(crate::CoOccurrence {
+        window: 20,
+        both_ways: true,
+    });
+    for (i, id) in ["1", "3", "4"].iter().enumerate() {
+        state.apply(
+            &rate(&format!("e{i}"), id, 5.0, i as i64),
+            None,
+            catalog.item(id),
+            &mut delta,
+        );
+    }
+    // Three liked items: every pair, each way.
+    assert_eq!(delta.co_occurrence.len(), 6);
+    for (a, b) in [("1", "3"), ("3", "1"), ("1", "4"), ("4", "1"), ("3", "4"), ("4", "3")] {
+        assert_eq!(delta.co_occurrence[&(a.into(), b.into())], 1, "{a} with {b}");
+    }
+}

@@ -44,6 +44,8 @@ pub struct RecommendSettings {
     pub candidates: usize,
     pub recent_items: usize,
     pub weights: FusionWeights,
+    /// How co-occurrence counts become the collaborative signal.
+    pub collaborative: mrrec_config::CollaborativeScore,
     pub refresh: Duration,
 }
 
@@ -75,9 +77,15 @@ impl RecommendSettings {
             recent_items: r.recent_items as usize,
             weights: FusionWeights {
                 bm25: r.weight_bm25,
+                category: r.weight_category,
                 collaborative: r.weight_collaborative,
                 popularity: r.weight_popularity,
+                scaling: match r.fusion {
+                    mrrec_config::Fusion::Max => mrrec_agent::Scaling::Max,
+                    mrrec_config::Fusion::Zscore => mrrec_agent::Scaling::ZScore,
+                },
             },
+            collaborative: r.collaborative,
             refresh: Duration::from_millis(r.refresh_ms),
         }
     }

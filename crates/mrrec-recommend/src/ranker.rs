@@ -1,11 +1,12 @@
 //! The fused ranking (DESIGN §4): BM25 of an ideal-item profile over the
-//! item index, co-occurrence with the user's recent positive items, and
-//! popularity. The recommender answers with it; the reward stage ranks the
+//! item index, the catalog categories the profile names, co-occurrence with
+//! the user's recent positive items, and popularity. The recommender answers with it; the reward stage ranks the
 //! catalog with it to find a request's target (DESIGN §5).
 
 use crate::catalog::{CatalogFacts, Facts};
 use crate::RecommendSettings;
 use mrrec_agent::{fuse, FusionWeights, Signals};
+use mrrec_config::CollaborativeScore;
 use mrrec_index::ItemIndex;
 use mrrec_memory::{MemoryStore, UserState};
 use mrrec_store::{KvStore, StoreError};
@@ -20,6 +21,7 @@ pub struct Ranker<S> {
     candidates: usize,
     recent_items: usize,
     weights: FusionWeights,
+    collaborative: CollaborativeScore,
 }
 
 impl<S: KvStore> Ranker<S> {
@@ -35,6 +37,7 @@ impl<S: KvStore> Ranker<S> {
             candidates: settings.candidates,
             recent_items: settings.recent_items,
             weights: settings.weights,
+            collaborative: settings.collaborative,
         }
     }
 
@@ -48,7 +51,8 @@ impl<S: KvStore> Ranker<S> {
     }
 
     /// The top `k` items for `profile` (DESIGN §4): BM25 over the catalog,
-    /// co-occurrence with the user's recent positive items, popularity.
+    /// items of the categories it names, co-occurrence with the user's
+    /// recent positive items, popularity.
     pub async fn rank(
         &self,
         profile: &str,
@@ -106,6 +110,18 @@ impl<S: KvStore> Ranker<S> {
             }
             Err(e) => tracing::warn!(error = %e, "item search failed; ranking without BM25"),
         }
+        let facts = self.facts().await?;
+        let named = named_categories(profile, &facts.categories);
+        if !named.is_empty() {
+            match self.items.in_categories(&named, candidates) {
+                Ok(items) => {
+                    signals.category = items.into_iter().map(|(id, n)| (id, n as f64)).collect();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "category lookup failed; ranking without it");
+                }
+            }
+        }
         if let Some(state) = state {
             let recent: Vec<String> = state
                 .recent_positive
@@ -114,17 +130,20 @@ impl<S: KvStore> Ranker<S> {
                 .take(self.recent_items)
                 .cloned()
                 .collect();
+            let popularity = |id: &str| facts.popularity.get(id).copied();
+            let cosine: Option<&dyn Fn(&str) -> Option<f64>> = match self.collaborative {
+                CollaborativeScore::Count => None,
+                CollaborativeScore::Cosine => Some(&popularity),
+            };
             if !recent.is_empty() {
                 signals.collaborative = self
                     .memory
-                    .co_occurring(&recent, candidates)
+                    .co_occurring(&recent, candidates, cosine)
                     .await?
                     .into_iter()
-                    .map(|(id, count)| (id, count as f64))
                     .collect();
             }
         }
-        let facts = self.facts().await?;
         // Popularity scores every candidate of the other signals, and adds
         // the most popular items as candidates of its own.
         let mut popularity: HashMap<String, f64> = facts
@@ -133,7 +152,8 @@ impl<S: KvStore> Ranker<S> {
             .take(candidates)
             .map(|(id, count)| (id.clone(), *count))
             .collect();
-        for id in signals.bm25.keys().chain(signals.collaborative.keys()) {
+        let scored = signals.bm25.keys().chain(signals.category.keys());
+        for id in scored.chain(signals.collaborative.keys()) {
             if let Some(count) = facts.popularity.get(id) {
                 popularity.insert(id.clone(), *count);
             }
@@ -145,5 +165,58 @@ impl<S: KvStore> Ranker<S> {
         let mut without_removed = exclude.clone();
         without_removed.extend(facts.removed.iter().cloned());
         Ok(fuse(&signals, self.weights, &without_removed, k))
+    }
+}
+
+/// The catalog categories `profile` names: each as whole words, in any case
+/// (`"sci-fi"` names `Sci-Fi`, `"science"` does not name `Sci`).
+pub fn named_categories(profile: &str, categories: &[String]) -> Vec<String> {
+    let text = profile.to_lowercase();
+    categories
+        .iter()
+        .filter(|c| names(&text, &mrrec_index::category_key(c)))
+        .cloned()
+        .collect()
+}
+
+/// Whether `key` occurs in `text` with no letter or digit right before or after it.
+fn names(text: &str, key: &str) -> bool {
+    !key.is_empty()
+        && text.match_indices(key).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + key.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_categories;
+
+    #[test]
+    fn a_profile_names_categories_as_whole_words_in_any_case() {
+        let categories: Vec<String> = [
+            "Sci-Fi",
+            "Sci",
+            "Drama",
+            "Lab & Scientific Products",
+            "Test",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(named_categories("sci-fi", &categories), ["Sci-Fi", "Sci"]);
+        assert_eq!(
+            named_categories("Science fiction", &categories),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            named_categories("Lab & Scientific Products, drama.", &categories),
+            ["Drama", "Lab & Scientific Products"]
+        );
+        assert_eq!(
+            named_categories("testing", &categories),
+            Vec::<String>::new()
+        );
+        assert_eq!(named_categories("", &categories), Vec::<String>::new());
     }
 }

@@ -595,10 +595,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     let rule_run = test_run(&data, &rule, &args.dir, ("rule", None), scored).await?;
 
     // Rows, the paired comparison with the rule, and what each policy did.
-    let mut users: Vec<String> = data
-        .of(scored)
-        .map(|r| r.request.user_id.clone())
-        .collect();
+    let mut users: Vec<String> = data.of(scored).map(|r| r.request.user_id.clone()).collect();
     users.sort();
     users.dedup();
     let rule_ndcg = per_user_ndcg(&data, &rule_run, &users);

@@ -52,7 +52,11 @@ pub(crate) async fn distill_stage(
     Ok(Distill::new(memory, &config.topics.prefix)
         .with_indexes(indexes)
         .with_cache(config.distill.cache_bytes())
-        .with_max_behavior_entries(config.distill.max_behavior_entries))
+        .with_max_behavior_entries(config.distill.max_behavior_entries)
+        .with_co_occurrence(mrrec_memory::CoOccurrence {
+            window: config.distill.co_occurrence_window,
+            both_ways: config.distill.co_occurrence_both_ways,
+        }))
 }
 
 /// Runs `stage` until `shutdown` (SIGINT/SIGTERM) and says what it did.
