@@ -211,7 +211,14 @@ mod tests {
             popularity: 0.0,
             scaling: Scaling::Max,
         };
-        let top = |scaling| fuse(&signals, FusionWeights { scaling, ..weights }, &HashSet::new(), 1);
+        let top = |scaling| {
+            fuse(
+                &signals,
+                FusionWeights { scaling, ..weights },
+                &HashSet::new(),
+                1,
+            )
+        };
         // Max scaling: the star (1.0) ties with every in-category item (1.0).
         assert_eq!(top(Scaling::Max)[0].item_id, "c00");
         assert_eq!(top(Scaling::ZScore)[0].item_id, "star");

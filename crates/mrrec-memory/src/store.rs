@@ -323,11 +323,8 @@ impl<S: KvStore> MemoryStore<S> {
         k: usize,
         cosine: Option<&dyn Fn(&str) -> Option<f64>>,
     ) -> Result<Vec<(String, f64)>, StoreError> {
-        let n = |id: &str| {
-            cosine.map_or(1.0, |count| {
-                count(id).filter(|c| *c >= 1.0).unwrap_or(1.0)
-            })
-        };
+        let n =
+            |id: &str| cosine.map_or(1.0, |count| count(id).filter(|c| *c >= 1.0).unwrap_or(1.0));
         let mut scores: HashMap<String, f64> = HashMap::new();
         let keys: Vec<String> = items.iter().map(|i| self.keys.co_occurrence(i)).collect();
         // One round trip for all of them (this is on the recommend stage's hot path).

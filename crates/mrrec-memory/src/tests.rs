@@ -332,7 +332,18 @@ fn co_occurrence_can_count_a_wider_window_both_ways() {
     }
     // Three liked items: every pair, each way.
     assert_eq!(delta.co_occurrence.len(), 6);
-    for (a, b) in [("1", "3"), ("3", "1"), ("1", "4"), ("4", "1"), ("3", "4"), ("4", "3")] {
-        assert_eq!(delta.co_occurrence[&(a.into(), b.into())], 1, "{a} with {b}");
+    for (a, b) in [
+        ("1", "3"),
+        ("3", "1"),
+        ("1", "4"),
+        ("4", "1"),
+        ("3", "4"),
+        ("4", "3"),
+    ] {
+        assert_eq!(
+            delta.co_occurrence[&(a.into(), b.into())],
+            1,
+            "{a} with {b}"
+        );
     }
 }
