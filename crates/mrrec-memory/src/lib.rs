@@ -25,4 +25,4 @@ pub use state::{
     aspects_of, BehaviorRecord, CategoryStats, CoOccurrence, GlobalDelta, Sentiment, UserState,
     CO_OCCURRENCE_WINDOW, RECENT_POSITIVE,
 };
-pub use store::{Keyspace, LoadedUser, MemoryStore, UserMemory, Waiting, WAITING_MARK};
+pub use store::{Keyspace, LoadedUser, MemoryStore, Popularity, UserMemory, Waiting, WAITING_MARK};

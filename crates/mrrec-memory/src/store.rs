@@ -139,6 +139,9 @@ fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// An item's number of positive interactions, if known (item-kNN's norm).
+pub type Popularity<'a> = dyn Fn(&str) -> Option<f64> + 'a;
+
 impl<S: KvStore> MemoryStore<S> {
     pub fn new(store: S, keys: Keyspace) -> Self {
         Self { store, keys }
@@ -321,7 +324,7 @@ impl<S: KvStore> MemoryStore<S> {
         &self,
         items: &[String],
         k: usize,
-        cosine: Option<&dyn Fn(&str) -> Option<f64>>,
+        cosine: Option<&Popularity<'_>>,
     ) -> Result<Vec<(String, f64)>, StoreError> {
         let n =
             |id: &str| cosine.map_or(1.0, |count| count(id).filter(|c| *c >= 1.0).unwrap_or(1.0));

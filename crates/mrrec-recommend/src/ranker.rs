@@ -131,7 +131,7 @@ impl<S: KvStore> Ranker<S> {
                 .cloned()
                 .collect();
             let popularity = |id: &str| facts.popularity.get(id).copied();
-            let cosine: Option<&dyn Fn(&str) -> Option<f64>> = match self.collaborative {
+            let cosine: Option<&mrrec_memory::Popularity<'_>> = match self.collaborative {
                 CollaborativeScore::Count => None,
                 CollaborativeScore::Cosine => Some(&popularity),
             };
