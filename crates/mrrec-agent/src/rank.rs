@@ -1,9 +1,9 @@
 //! Turning the ideal item profile into a ranked list (DESIGN §4): BM25 of the
 //! profile over the catalog and the catalog categories it names, fused with
 //! collaborative signals (co-occurrence with the user's recent positive
-//! items) and popularity. Each signal is
-//! scaled to [0, 1] by its maximum over the catalog, then summed with the
-//! configured weights; seen items are excluded; ties go to the smaller item id
+//! items) and popularity. Each signal is put on one scale ([`Scaling`]:
+//! divided by its best candidate's, or standardised over the candidates),
+//! then summed with the configured weights; seen items are excluded; ties go to the smaller item id
 //! (DESIGN §11), so a ranking is deterministic.
 
 use mrrec_messages::ScoredItem;
@@ -31,16 +31,11 @@ pub struct Signals {
     pub popularity: HashMap<String, f64>,
 }
 
+/// `scores` divided by their best (non-finite and negative count as 0).
 fn scaled(scores: &HashMap<String, f64>) -> impl Fn(&str) -> f64 + '_ {
-    let max = scores
-        .values()
-        .copied()
-        .filter(|v| v.is_finite())
-        .fold(0.0_f64, f64::max);
-    move |id: &str| match scores.get(id) {
-        Some(v) if max > 0.0 && v.is_finite() && *v > 0.0 => v / max,
-        _ => 0.0,
-    }
+    let value = raw(scores);
+    let max = scores.keys().map(|id| value(id)).fold(0.0_f64, f64::max);
+    move |id: &str| if max > 0.0 { value(id) / max } else { 0.0 }
 }
 
 /// How each signal is put on a common scale before the weighted sum.
