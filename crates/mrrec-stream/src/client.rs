@@ -16,10 +16,20 @@ impl Bootstrap {
     /// Starts the embedded broker (with every topic created) when `kafka.brokers`
     /// is `embedded`; otherwise uses the configured servers.
     pub fn resolve(config: &Config) -> Result<Bootstrap, StreamError> {
+        Self::resolve_with(config, &[])
+    }
+
+    /// [`Self::resolve`] for a process that also runs stages under other
+    /// topic prefixes (`tiers`: their configs): an embedded broker creates
+    /// their topics too. A cluster's topics are created by the caller.
+    pub fn resolve_with(config: &Config, tiers: &[Config]) -> Result<Bootstrap, StreamError> {
         if config.kafka.is_embedded() {
-            Ok(Bootstrap::Embedded(EmbeddedBroker::start(
-                &config.topics.prefix,
-                config.topics.partitions,
+            let prefixes: Vec<(&str, i32)> = std::iter::once(config)
+                .chain(tiers)
+                .map(|c| (c.topics.prefix.as_str(), c.topics.partitions))
+                .collect();
+            Ok(Bootstrap::Embedded(EmbeddedBroker::start_prefixes(
+                &prefixes,
             )?))
         } else {
             Ok(Bootstrap::Servers(config.kafka.brokers.clone()))

@@ -18,11 +18,19 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a one-broker mock cluster and creates the topics of DESIGN §2.
     pub fn start(prefix: &str, partitions: i32) -> Result<EmbeddedBroker, StreamError> {
-        let topics: Vec<(String, i32)> = Topic::ALL
+        Self::start_prefixes(&[(prefix, partitions)])
+    }
+
+    /// [`Self::start`] with the topics of DESIGN §2 under each of several
+    /// prefixes, each with its own partition count (`mrrec.policy` always 1).
+    pub fn start_prefixes(prefixes: &[(&str, i32)]) -> Result<EmbeddedBroker, StreamError> {
+        let topics: Vec<(String, i32)> = prefixes
             .iter()
-            .map(|t| {
-                let n = if t.single_partition() { 1 } else { partitions };
-                (t.name(prefix), n)
+            .flat_map(|(prefix, partitions)| {
+                Topic::ALL.iter().map(move |t| {
+                    let n = if t.single_partition() { 1 } else { *partitions };
+                    (t.name(prefix), n)
+                })
             })
             .collect();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();

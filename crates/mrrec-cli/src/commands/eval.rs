@@ -78,9 +78,11 @@ struct Replay<'a> {
     data: &'a EvalData,
     /// Requests asked (ids of the data set), in replay order.
     asked: Vec<&'a EvalRequest>,
-    /// Prefix of the ids the requests are sent under (`{tag}-{id}`).
-    tag: String,
-    /// Validation: targets come back as outcomes.
+    /// Per recommend stage asked (the loop's own, then its tiers), the
+    /// prefix of the ids its requests are sent under (`{tag}-{n}`).
+    tags: Vec<String>,
+    /// Validation: targets come back as outcomes (of the first stage's
+    /// requests; a replay with outcomes asks one stage).
     outcomes: bool,
 }
 
@@ -89,13 +91,13 @@ impl<'a> Replay<'a> {
         data: &'a EvalData,
         split: Split,
         keep: impl Fn(&EvalRequest) -> bool,
-        tag: &str,
+        tags: Vec<String>,
         outcomes: bool,
     ) -> Self {
         Self {
             data,
             asked: data.of(split).filter(|r| keep(r)).collect(),
-            tag: tag.to_owned(),
+            tags,
             outcomes,
         }
     }
@@ -156,20 +158,28 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// Feeds the timeline into `pipeline` and asks every request in turn;
-    /// returns the responses by the data set's request id. Requests go out
+    /// Feeds the timeline into `pipeline` and asks every request in turn,
+    /// of every stage in `tags` (see [`InProcess::ask_tiers`]); returns
+    /// each stage's responses by the data set's request id. Requests go out
     /// as `{tag}-{n}` (n: their place in the replay), so any id of the data
     /// set fits the id limit. An outcome is sent where its target event
     /// stands in time (right after the response when the target is the next
     /// event, as in DESIGN §11 and §14).
-    async fn run(&self, pipeline: &mut InProcess) -> Result<HashMap<String, Response>> {
+    async fn run(&self, pipeline: &mut InProcess) -> Result<Vec<HashMap<String, Response>>> {
+        if self.outcomes && self.tags.len() != 1 {
+            bail!("a replay with outcomes asks one recommend stage");
+        }
         let mut timeline = Timeline {
             withheld: self.withheld(),
             fed: 0,
             pending: BTreeMap::new(),
         };
-        let bar = super::load::progress_bar(self.asked.len() as u64, &self.tag);
-        let mut answers = HashMap::with_capacity(self.asked.len());
+        let bar = super::load::progress_bar(self.asked.len() as u64, &self.tags.join(" + "));
+        let mut answers: Vec<HashMap<String, Response>> = self
+            .tags
+            .iter()
+            .map(|_| HashMap::with_capacity(self.asked.len()))
+            .collect();
         let mut i = 0;
         while i < self.asked.len() {
             // Requests with no event between them are asked together.
@@ -180,18 +190,30 @@ impl<'a> Replay<'a> {
                 .take_while(|r| r.at == at)
                 .collect();
             timeline.feed_until(self.data, pipeline, at).await?;
-            let requests: Vec<mrrec_messages::Request> = group
+            let requests: Vec<Vec<mrrec_messages::Request>> = self
+                .tags
                 .iter()
-                .enumerate()
-                .map(|(j, r)| mrrec_messages::Request {
-                    request_id: format!("{}-{}", self.tag, i + j),
-                    ..r.request.clone()
+                .map(|tag| {
+                    group
+                        .iter()
+                        .enumerate()
+                        .map(|(j, r)| mrrec_messages::Request {
+                            request_id: format!("{tag}-{}", i + j),
+                            ..r.request.clone()
+                        })
+                        .collect()
                 })
                 .collect();
             i += group.len();
-            let responses = pipeline.ask_requests(&requests).await?;
+            let mut responses = pipeline.ask_tiers(&requests).await?.into_iter();
+            let first = responses.next().unwrap_or_default();
+            for (tier, responses) in responses.enumerate() {
+                for (r, response) in group.iter().zip(responses) {
+                    answers[tier + 1].insert(r.request.request_id.clone(), response);
+                }
+            }
             let mut now = Vec::new();
-            for ((r, sent), response) in group.iter().zip(&requests).zip(responses) {
+            for ((r, sent), response) in group.iter().zip(&requests[0]).zip(first) {
                 if self.outcomes {
                     // Sent even when the answer failed: the target still
                     // happened, and memory must hold it from then on.
@@ -201,7 +223,7 @@ impl<'a> Replay<'a> {
                         None => now.push(outcome),
                     }
                 }
-                answers.insert(r.request.request_id.clone(), response);
+                answers[0].insert(r.request.request_id.clone(), response);
                 bar.inc(1);
             }
             if !now.is_empty() {
@@ -420,31 +442,62 @@ fn check_outputs(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Replays the timeline under `config`, asks every request of `split`
-/// and scores it as `name`.
-async fn test_run(
+/// One row of the test phase: its name, the version it serves and the
+/// config its recommend stage runs (policy, memory use, sampling).
+struct TestRow {
+    name: String,
+    version: Option<u32>,
+    config: Config,
+}
+
+/// Replays the timeline once and asks every request of `split` of every
+/// row: the first row is the loop's own recommend stage, the others are
+/// tiers beside it (their own topics, the same memory). No outcome is
+/// sent, so memory at each request is what it would be in a replay of one
+/// row, and every row answers from the same memory.
+async fn test_runs(
     data: &EvalData,
-    config: &Config,
     dir: &Path,
-    (name, version): (&str, Option<u32>),
+    rows: &[TestRow],
     split: Split,
-) -> Result<Scored> {
-    let (config, root) = run_config(config, dir, name)?;
+) -> Result<Vec<Scored>> {
+    let Some(first) = rows.first() else {
+        return Ok(Vec::new());
+    };
+    let (config, root) = run_config(&first.config, dir, "test")?;
+    let tiers: Vec<Config> = rows[1..]
+        .iter()
+        .map(|row| super::inprocess::tier_config(&config, &row.config, &row.name))
+        .collect();
     let started = Instant::now();
-    let mut pipeline = InProcess::start_live(&config, &data.items).await?;
-    let answers = Replay::new(data, split, |_| true, name, false)
+    let mut pipeline = InProcess::start_tiers(&config, &data.items, &tiers).await?;
+    let tags = rows.iter().map(|row| row.name.clone()).collect();
+    let answers = Replay::new(data, split, |_| true, tags, false)
         .run(&mut pipeline)
         .await?;
     pipeline.stop().await?;
     let _ = std::fs::remove_dir_all(&root);
-    let errors = answers.values().filter(|r| r.error.is_some()).count();
     eprintln!(
-        "{name}: {} {} requests answered ({errors} with an error) in {:.0} s",
-        answers.len(),
+        "test replay: {} {} requests, {} rows, {:.0} s",
+        data.of(split).count(),
         split_name(split),
+        rows.len(),
         started.elapsed().as_secs_f64()
     );
-    Ok(score(data, name, version, split, answers))
+    Ok(rows
+        .iter()
+        .zip(answers)
+        .map(|(row, answers)| {
+            let errors = answers.values().filter(|r| r.error.is_some()).count();
+            let latency = super::inprocess::mean(answers.values().map(|r| r.latency_ms));
+            eprintln!(
+                "{}: {} answered ({errors} with an error), {latency:.0} ms each on average",
+                row.name,
+                answers.len(),
+            );
+            score(data, &row.name, row.version, split, answers)
+        })
+        .collect())
 }
 
 /// RL on validation targets: one replay per round, a training round after
@@ -478,10 +531,10 @@ async fn learn(
             data,
             Split::Valid,
             |r| training.contains(r.request.user_id.as_str()),
-            &tag,
+            vec![tag.clone()],
             true,
         );
-        let answers = replay.run(&mut pipeline).await?;
+        let answers = replay.run(&mut pipeline).await?.pop().unwrap_or_default();
         let answered = answers.values().filter(|r| r.error.is_none()).count();
         let rewards = pipeline.rewards(&tag, answered).await;
         let (served, all) = means(&rewards);
@@ -559,7 +612,17 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
 
     let base = eval_config(config, &args.dir)?;
     let mut curve: BTreeMap<u32, VersionFigures> = BTreeMap::new();
-    let mut runs: Vec<Scored> = Vec::new();
+    // The rule first: its recommend stage is the loop's own, the
+    // policies' are tiers beside it.
+    let mut rule = base.clone();
+    rule.llm.backend = LlmBackend::Rule;
+    rule.agent.group_size = 1;
+    rule.agent.temperature = 0.0;
+    let mut test_rows = vec![TestRow {
+        name: "rule".into(),
+        version: None,
+        config: rule,
+    }];
     if base.llm.backend != LlmBackend::Rule {
         let sft = (args.sft > 0).then_some((args.sft, args.sft_epochs.max(1)));
         let first = ensure_policy(&base, &data.items, sft).await?;
@@ -579,20 +642,24 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
             } else {
                 format!("pipeline_v{version}")
             };
-            runs.push(test_run(&data, &pinned, &args.dir, (&name, Some(*version)), scored).await?);
+            test_rows.push(TestRow {
+                name,
+                version: Some(*version),
+                config: pinned,
+            });
         }
         let last = *versions.last().unwrap_or(&first);
         let mut blind = greedy.clone();
         blind.llm.model_dir = registry.path(last).display().to_string();
         blind.agent.use_memory = false;
-        let name = ("pipeline_no_memory", Some(last));
-        runs.push(test_run(&data, &blind, &args.dir, name, scored).await?);
+        test_rows.push(TestRow {
+            name: "pipeline_no_memory".into(),
+            version: Some(last),
+            config: blind,
+        });
     }
-    let mut rule = base.clone();
-    rule.llm.backend = LlmBackend::Rule;
-    rule.agent.group_size = 1;
-    rule.agent.temperature = 0.0;
-    let rule_run = test_run(&data, &rule, &args.dir, ("rule", None), scored).await?;
+    let mut runs = test_runs(&data, &args.dir, &test_rows, scored).await?;
+    let rule_run = runs.remove(0);
 
     // Rows, the paired comparison with the rule, and what each policy did.
     let mut users: Vec<String> = data.of(scored).map(|r| r.request.user_id.clone()).collect();
@@ -729,5 +796,107 @@ fn print_table(rows: &[Row]) {
             "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {vs} |",
             r.name, r.recall_at_10, r.ndcg_at_10, r.recall_at_100, r.ndcg_at_100
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_lines(path: &Path, rows: &[serde_json::Value]) {
+        let mut file = std::fs::File::create(path).unwrap();
+        for row in rows {
+            writeln!(file, "{row}").unwrap();
+        }
+    }
+
+    fn purchase(user: &str, item: &str, ts: i64) -> serde_json::Value {
+        serde_json::json!({
+            "event_id": format!("{user}-{item}-{ts}"), "user_id": user, "kind": "purchase",
+            "item_id": item, "ts": ts,
+        })
+    }
+
+    /// A tier answers from the memory of its moment, as the loop's own
+    /// stage does: the rule asked as the loop's stage and as a tier in one
+    /// replay gives the same answers, and both see a hit that arrives
+    /// between two requests only at the second (NDCG@10 (0 + 1) / 2). A
+    /// tier that read memory late or early would miss one of the two.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiers_answer_from_the_memory_of_their_moment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let items: Vec<serde_json::Value> = (0..30)
+            .map(|i| serde_json::json!({"item_id": format!("{i}"), "title": format!("Gear model {i}"), "categories": ["Gear"]}))
+            .collect();
+        let mut events = Vec::new();
+        for u in 0..20 {
+            for i in 1..=5 {
+                events.push(purchase(
+                    &format!("early{u}"),
+                    &format!("{i}"),
+                    1_000 + u * 10 + i,
+                ));
+            }
+        }
+        events.push(purchase("asker", "7", 2_000));
+        for u in 0..40 {
+            events.push(purchase(&format!("late{u}"), "29", 10_000 + u));
+        }
+        let request = |id: &str, user: &str, ts: i64| {
+            serde_json::json!({
+                "request_id": id, "user_id": user, "query": "Looking for Gear", "k": 100,
+                "ts": ts, "target_item_id": "29", "split": "test",
+            })
+        };
+        let paths = ["items.jsonl", "events.jsonl", "requests.jsonl"].map(|f| tmp.path().join(f));
+        write_lines(&paths[0], &items);
+        write_lines(&paths[1], &events);
+        write_lines(
+            &paths[2],
+            &[
+                request("t-before", "asker", 5_000),
+                request("t-after", "newcomer", 20_000),
+            ],
+        );
+        let data = EvalData::jsonl(&paths[0], &paths[1], &paths[2]).unwrap();
+        let mut config = Config::defaults();
+        config.metrics.listen = String::new();
+        config.llm.backend = LlmBackend::Rule;
+        config.agent.group_size = 1;
+        config.agent.temperature = 0.0;
+        let base = eval_config(&config, &tmp.path().join("state")).unwrap();
+        let rows: Vec<TestRow> = ["rule", "rule_again"]
+            .into_iter()
+            .map(|name| TestRow {
+                name: name.into(),
+                version: None,
+                config: base.clone(),
+            })
+            .collect();
+        let runs = test_runs(&data, &tmp.path().join("state"), &rows, Split::Test)
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 2);
+        for run in &runs {
+            assert_eq!(run.answers.len(), 2, "{}", run.name);
+            let ndcg: f64 = ["t-before", "t-after"]
+                .iter()
+                .map(|id| ndcg_at_10(run.ranks[*id]))
+                .sum::<f64>()
+                / 2.0;
+            assert!((ndcg - 0.5).abs() < 1e-9, "{}: {:?}", run.name, run.ranks);
+        }
+        for (id, answer) in &runs[0].answers {
+            let tier = &runs[1].answers[id];
+            assert!(answer.error.is_none() && tier.error.is_none(), "{answer:?}");
+            let items = |r: &Response| {
+                r.items
+                    .iter()
+                    .map(|s| s.item_id.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(items(answer), items(tier), "{id}");
+        }
     }
 }

@@ -7,8 +7,12 @@
 //! [`InProcess::start_live`] keeps distill running instead, for a replay in
 //! time (`mrrec eval`, DESIGN §13): the caller feeds events
 //! ([`InProcess::feed`]), asks requests between them
-//! ([`InProcess::ask_requests`]) and sends outcomes, and each feed returns
-//! once distill has stored everything sent so far.
+//! ([`InProcess::ask_tiers`]) and sends outcomes, and each feed returns
+//! once distill has stored everything sent so far. [`InProcess::start_tiers`]
+//! adds recommend tiers: more recommend stages over the same memory, each
+//! with its own config (policy, memory use) on topics of its own, the way
+//! a shadow tier runs next to production; one replay then answers every
+//! request once per tier, from memory that is the same for all of them.
 
 use super::train::{Buffered, Trainer};
 use anyhow::{bail, Context, Result};
@@ -65,8 +69,13 @@ pub(super) struct InProcess {
     /// A distill stage that keeps running (live mode only).
     live: Option<LiveDistill>,
     recommend: super::recommend::RunningStage,
+    /// Recommend stages of their own beside the loop's (see [`Tier`]).
+    tiers: Vec<Tier>,
     rewarding: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
     stop: Shutdown,
+    /// What tiers are started on.
+    clients: KafkaClients,
+    memory: mrrec_memory::MemoryStore<mrrec_store::AnyStore>,
     /// The embedded broker lives as long as the loop.
     bootstrap: Bootstrap,
 }
@@ -75,7 +84,7 @@ impl InProcess {
     /// Produces `items` and `history`, distills them, then starts the
     /// recommend and reward stages, the reward collector and the trainer.
     pub async fn start(config: &Config, items: &[Item], history: &[Event]) -> Result<Self> {
-        let opened = Opened::open(config).await?;
+        let opened = Opened::open(config, &[]).await?;
         let records = super::load::records(&opened.prefix, items, history)?;
         let total = records.len() as u64;
         super::load::publish_with_progress(&opened.publisher, records, "producing history").await?;
@@ -110,7 +119,13 @@ impl InProcess {
     /// keeps running: memory then grows only by what [`Self::feed`] and
     /// [`Self::send_outcomes`] send, and each returns once it is stored.
     pub async fn start_live(config: &Config, items: &[Item]) -> Result<Self> {
-        let opened = Opened::open(config).await?;
+        Self::start_tiers(config, items, &[]).await
+    }
+
+    /// [`Self::start_live`] plus a recommend tier per config in `tiers`
+    /// (see [`tier_config`]), asked with [`Self::ask_tiers`].
+    pub async fn start_tiers(config: &Config, items: &[Item], tiers: &[Config]) -> Result<Self> {
+        let opened = Opened::open(config, tiers).await?;
         let runner = opened.distill_runner(config).await?;
         let progress = runner.progress();
         let stop_distill = Shutdown::new();
@@ -128,9 +143,13 @@ impl InProcess {
             .await?;
         live.wait().await?;
         let distill_seconds = started.elapsed().as_secs_f64();
-        opened
+        let mut running = opened
             .serve(config, items.len(), distill_seconds, Some(live))
-            .await
+            .await?;
+        for tier in tiers {
+            running.tiers.push(Tier::start(tier, &running).await?);
+        }
+        Ok(running)
     }
 
     /// Live mode: produces `events` and returns once distill has stored
@@ -171,22 +190,41 @@ impl InProcess {
         live.wait().await
     }
 
-    /// Sends `requests` as they are (ids, `k`, `exclude_seen`, `ts`) and
-    /// returns every response, in the requests' order, errors included.
-    pub async fn ask_requests(&self, requests: &[Request]) -> Result<Vec<Response>> {
+    /// Sends requests as they are (ids, `k`, `exclude_seen`, `ts`):
+    /// `requests[0]` to the loop's own recommend stage and
+    /// `requests[i]` to tier `i - 1`, all before waiting for any answer (so
+    /// the tiers answer side by side), and returns every response in the
+    /// same shape, errors included.
+    pub async fn ask_tiers(&self, requests: &[Vec<Request>]) -> Result<Vec<Vec<Response>>> {
+        if requests.len() > self.tiers.len() + 1 {
+            bail!(
+                "{} request lists for {} recommend stages",
+                requests.len(),
+                self.tiers.len() + 1
+            );
+        }
+        let clients = std::iter::once(&self.client).chain(self.tiers.iter().map(|t| &t.client));
         let mut waiting = Vec::with_capacity(requests.len());
-        for request in requests {
-            waiting.push((request, self.client.send(request).await?));
+        for (client, requests) in clients.zip(requests) {
+            let mut sent = Vec::with_capacity(requests.len());
+            for request in requests {
+                sent.push((request, client.send(request).await?));
+            }
+            waiting.push(sent);
         }
-        let mut responses = Vec::with_capacity(waiting.len());
-        for (request, rx) in waiting {
-            let received = tokio::time::timeout(Duration::from_secs(600), rx)
-                .await
-                .with_context(|| format!("no response to {}", request.request_id))?
-                .context("the response channel closed")?;
-            responses.push(received.response);
+        let mut answers = Vec::with_capacity(waiting.len());
+        for sent in waiting {
+            let mut responses = Vec::with_capacity(sent.len());
+            for (request, rx) in sent {
+                let received = tokio::time::timeout(Duration::from_secs(600), rx)
+                    .await
+                    .with_context(|| format!("no response to {}", request.request_id))?
+                    .context("the response channel closed")?;
+                responses.push(received.response);
+            }
+            answers.push(responses);
         }
-        Ok(responses)
+        Ok(answers)
     }
 
     /// Sends one request per user (ids `{tag}-{user}`, query from `query`),
@@ -323,6 +361,10 @@ impl InProcess {
         self.stop.trigger();
         self.rewarding.await??;
         self.recommend.stop().await?;
+        for tier in self.tiers {
+            tier.stage.stop().await?;
+            drop(tier.client);
+        }
         if let Some(live) = self.live {
             live.stop.trigger();
             live.task.await??;
@@ -337,6 +379,37 @@ impl InProcess {
     }
 }
 
+/// A recommend stage beside the loop's own: its config's policy and
+/// agent settings, the loop's memory and index, and topics of its own.
+struct Tier {
+    client: RecommendClient,
+    stage: super::recommend::RunningStage,
+}
+
+/// `row` as a tier named `name` of a loop running `base`: the same store
+/// and index, its own topics (`{prefix}{name}.requests`, …, one partition
+/// each) and consumer groups (`{group_prefix}{name}-…`).
+pub(super) fn tier_config(base: &Config, row: &Config, name: &str) -> Config {
+    let mut tier = row.clone();
+    tier.store = base.store.clone();
+    tier.index = base.index.clone();
+    tier.kafka = base.kafka.clone();
+    tier.topics.prefix = format!("{}{name}.", base.topics.prefix);
+    tier.topics.partitions = 1;
+    tier.kafka.group_prefix = format!("{}{name}-", base.kafka.group_prefix);
+    tier
+}
+
+impl Tier {
+    async fn start(config: &Config, running: &InProcess) -> Result<Self> {
+        let clients = running.clients.clone();
+        let stage =
+            super::recommend::start(config, &clients, running.memory.clone(), false).await?;
+        let client = RecommendClient::connect(&clients, &config.topics.prefix).await?;
+        Ok(Self { client, stage })
+    }
+}
+
 /// What both ways of starting open first: the broker connection (with the
 /// topics on a real cluster), the store and a producer.
 struct Opened {
@@ -348,11 +421,14 @@ struct Opened {
 }
 
 impl Opened {
-    async fn open(config: &Config) -> Result<Self> {
-        let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
+    async fn open(config: &Config, tiers: &[Config]) -> Result<Self> {
+        let bootstrap =
+            Bootstrap::resolve_with(config, tiers).context("starting the broker connection")?;
         let clients = KafkaClients::from_config(config, &bootstrap);
         if !config.kafka.is_embedded() {
-            super::topics::create(config).await?;
+            for config in std::iter::once(config).chain(tiers) {
+                super::topics::create(config).await?;
+            }
         }
         Ok(Self {
             prefix: config.topics.prefix.clone(),
@@ -393,7 +469,7 @@ impl Opened {
             publisher,
         } = self;
         let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
-        let reward_stage = mrrec_reward::open_stage(config, &clients, memory)?;
+        let reward_stage = mrrec_reward::open_stage(config, &clients, memory.clone())?;
         let stop = Shutdown::new();
         let rewarding = tokio::spawn(
             StageRunner::new(
@@ -416,6 +492,9 @@ impl Opened {
             collected,
             live,
             recommend,
+            tiers: Vec::new(),
+            clients,
+            memory,
             rewarding,
             stop,
             bootstrap,
