@@ -157,7 +157,12 @@ async fn main() -> Result<()> {
                 };
                 let profile = strategy(&query, &genre, state);
                 let rank = ranker
-                    .target_rank(&profile, Some(state), &u.valid.item_id, 100)
+                    .target_rank(
+                        mrrec_recommend::Cited::profile(&profile),
+                        Some(state),
+                        &u.valid.item_id,
+                        100,
+                    )
                     .await?;
                 if let Some(r) = rank {
                     let gain = 1.0 / ((r as f64) + 1.0).log2();

@@ -304,6 +304,9 @@ impl MemoryIndex {
                     category: (!category.is_empty()).then_some(category),
                     text: text_of(f.text),
                     ts: doc.get_first(f.ts).and_then(|v| v.as_i64()).unwrap_or(0),
+                    // The index keeps what retrieval shows; the items
+                    // behind an entry are read from the store.
+                    items: Vec::new(),
                 },
             });
         }

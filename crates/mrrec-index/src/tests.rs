@@ -20,6 +20,7 @@ fn entry(
         category: category.map(str::to_owned),
         text: text.into(),
         ts,
+        items: Vec::new(),
     }
 }
 

@@ -70,6 +70,12 @@ pub struct MemoryEntry {
     pub category: Option<String>,
     pub text: String,
     pub ts: i64,
+    /// The items behind the entry, the evidence a policy cites it for
+    /// (DESIGN §4): a behaviour record's item when the user liked it, a
+    /// preference's latest liked items of its category, newest first.
+    /// Cited entries' items seed the ranker's collaborative signal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<String>,
 }
 
 /// FNV-1a 64: stable across Rust versions and platforms (unlike `DefaultHasher`).

@@ -2,7 +2,7 @@
 //! state and catalog always give the same bytes.
 
 use crate::model::{entry_id, Level, MemoryEntry};
-use crate::state::{BehaviorRecord, CategoryStats, UserState};
+use crate::state::{BehaviorRecord, CategoryStats, Sentiment, UserState};
 use mrrec_messages::{EventKind, Item};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -82,6 +82,12 @@ pub fn behavior(user: &str, record: &BehaviorRecord, catalog: &dyn Catalog) -> M
         category: item.and_then(|i| i.categories.first().cloned()),
         text,
         ts: record.ts,
+        items: record
+            .item_id
+            .iter()
+            .filter(|_| record.sentiment() == Sentiment::Liked)
+            .cloned()
+            .collect(),
     }
 }
 
@@ -169,6 +175,12 @@ pub fn preference(
         category: Some(category.to_owned()),
         text,
         ts: stats.last_ts,
+        items: stats
+            .liked_examples
+            .iter()
+            .rev()
+            .map(|(_, id)| id.clone())
+            .collect(),
     }
 }
 
@@ -227,6 +239,7 @@ pub fn profile(state: &UserState, catalog: &dyn Catalog) -> MemoryEntry {
         category: None,
         text,
         ts: state.last_ts,
+        items: Vec::new(),
     }
 }
 
@@ -295,5 +308,6 @@ pub fn global(category: &str, stats: &GlobalStats) -> MemoryEntry {
         category: Some(category.to_owned()),
         text,
         ts: 0,
+        items: Vec::new(),
     }
 }

@@ -298,6 +298,28 @@ impl<S: KvStore> MemoryStore<S> {
             .transpose()
     }
 
+    /// The items behind `user`'s entries `ids` (DESIGN §4: what a cited
+    /// entry is evidence of), in citation order without repeats. An id the
+    /// user has no entry under (pruned since, or global) adds nothing.
+    pub async fn cited_items(&self, user: &str, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let key = self.keys.user(user);
+        let fields: Vec<(String, String)> = ids
+            .iter()
+            .map(|id| (key.clone(), Keyspace::entry_field(id)))
+            .collect();
+        let mut items: Vec<String> = Vec::new();
+        for json in self.store.get_fields(&fields).await?.into_iter().flatten() {
+            let entry: MemoryEntry =
+                serde_json::from_str(&json).map_err(|e| corrupt("memory entry", e))?;
+            for item in entry.items {
+                if !items.contains(&item) {
+                    items.push(item);
+                }
+            }
+        }
+        Ok(items)
+    }
+
     /// Global memory of `category`, rendered from the cross-user counts.
     pub async fn global(&self, category: &str) -> Result<MemoryEntry, StoreError> {
         let mut stats = GlobalStats::default();

@@ -16,7 +16,7 @@ mod stage;
 mod tokens;
 
 pub use client::{ClientError, Received, RecommendClient};
-pub use ranker::Ranker;
+pub use ranker::{Cited, Ranker};
 pub use recommender::{trajectory_id, Answer, MemorySearch, RecommendError, Recommender};
 pub use shard::{MemoryShard, ShardReport};
 pub use stage::{Incoming, RecommendStage, StageTotals, TOTALS};

@@ -1,7 +1,11 @@
 //! The fused ranking (DESIGN §4): BM25 of an ideal-item profile over the
 //! item index, the catalog categories the profile names, co-occurrence with
-//! the user's recent positive items, and popularity. The recommender answers with it; the reward stage ranks the
-//! catalog with it to find a request's target (DESIGN §5).
+//! seed items, and popularity. The seeds are the items behind the memory
+//! entries the answer cites (a liked item's record, a preference's latest
+//! liked items), or the user's recent positive items when it cites none
+//! (or none with items). The recommender answers with it; the reward stage
+//! ranks the catalog with it, with the trajectory's citations, to find a
+//! request's target (DESIGN §5).
 
 use crate::catalog::{CatalogFacts, Facts};
 use crate::RecommendSettings;
@@ -12,6 +16,29 @@ use mrrec_memory::{MemoryStore, UserState};
 use mrrec_store::{KvStore, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// What the ranker reads from an answer (DESIGN §4): its ideal-item
+/// profile (BM25, named categories) and the memory entries it cites (the
+/// collaborative signal's seeds).
+#[derive(Debug, Clone, Copy)]
+pub struct Cited<'a> {
+    pub profile: &'a str,
+    pub memory_ids: &'a [String],
+}
+
+impl<'a> Cited<'a> {
+    pub fn new(profile: &'a str, memory_ids: &'a [String]) -> Self {
+        Self {
+            profile,
+            memory_ids,
+        }
+    }
+
+    /// A profile that cites nothing (the seeds are the recent positives).
+    pub fn profile(profile: &'a str) -> Self {
+        Self::new(profile, &[])
+    }
+}
 
 /// Ranks the catalog for a profile and a user.
 pub struct Ranker<S> {
@@ -50,12 +77,13 @@ impl<S: KvStore> Ranker<S> {
         self.catalog.get(&self.memory).await
     }
 
-    /// The top `k` items for `profile` (DESIGN §4): BM25 over the catalog,
-    /// items of the categories it names, co-occurrence with the user's
-    /// recent positive items, popularity.
+    /// The top `k` items for an answer (DESIGN §4): BM25 of its `profile`
+    /// over the catalog, items of the categories it names, co-occurrence
+    /// with the items behind the entries it `cited` (else the user's recent
+    /// positive items), popularity.
     pub async fn rank(
         &self,
-        profile: &str,
+        answer: Cited<'_>,
         state: Option<&UserState>,
         exclude_seen: bool,
         k: usize,
@@ -64,11 +92,31 @@ impl<S: KvStore> Ranker<S> {
             Some(state) if exclude_seen => self.memory.seen(state).await?,
             _ => HashSet::new(),
         };
-        self.rank_excluding(profile, state, &exclude, self.candidates, k)
+        self.rank_excluding(answer, state, &exclude, self.candidates, k)
             .await
     }
 
-    /// 1-based rank of `target` in the ranking `profile` gives the catalog
+    /// The items whose co-occurrences are the collaborative signal: those
+    /// behind the cited entries, else the user's recent positive items (at
+    /// most `recommend.recent_items` either way).
+    pub async fn seeds(
+        &self,
+        state: &UserState,
+        cited: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut seeds = if cited.is_empty() {
+            Vec::new()
+        } else {
+            self.memory.cited_items(&state.user, cited).await?
+        };
+        if seeds.is_empty() {
+            seeds = state.recent_positive.iter().rev().cloned().collect();
+        }
+        seeds.truncate(self.recent_items);
+        Ok(seeds)
+    }
+
+    /// 1-based rank of `target` in the ranking `answer` gives the catalog
     /// (what DESIGN §5's reward scores), looking `depth` deep. Seen items are
     /// left out as for the request, except the target itself: its outcome
     /// has made it seen since. An item no signal scores at all is not
@@ -76,7 +124,7 @@ impl<S: KvStore> Ranker<S> {
     /// scored item, by id — the reward stage has to add that.
     pub async fn target_rank(
         &self,
-        profile: &str,
+        answer: Cited<'_>,
         state: Option<&UserState>,
         target: &str,
         depth: usize,
@@ -87,7 +135,7 @@ impl<S: KvStore> Ranker<S> {
         };
         exclude.remove(target);
         let ranked = self
-            .rank_excluding(profile, state, &exclude, depth.max(self.candidates), depth)
+            .rank_excluding(answer, state, &exclude, depth.max(self.candidates), depth)
             .await?;
         Ok(ranked
             .iter()
@@ -97,12 +145,16 @@ impl<S: KvStore> Ranker<S> {
 
     async fn rank_excluding(
         &self,
-        profile: &str,
+        answer: Cited<'_>,
         state: Option<&UserState>,
         exclude: &HashSet<String>,
         candidates: usize,
         k: usize,
     ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
+        let Cited {
+            profile,
+            memory_ids: cited,
+        } = answer;
         let mut signals = Signals::default();
         match self.items.search(profile, candidates) {
             Ok(hits) => {
@@ -123,22 +175,16 @@ impl<S: KvStore> Ranker<S> {
             }
         }
         if let Some(state) = state {
-            let recent: Vec<String> = state
-                .recent_positive
-                .iter()
-                .rev()
-                .take(self.recent_items)
-                .cloned()
-                .collect();
+            let seeds = self.seeds(state, cited).await?;
             let popularity = |id: &str| facts.popularity.get(id).copied();
             let cosine: Option<&mrrec_memory::Popularity<'_>> = match self.collaborative {
                 CollaborativeScore::Count => None,
                 CollaborativeScore::Cosine => Some(&popularity),
             };
-            if !recent.is_empty() {
+            if !seeds.is_empty() {
                 signals.collaborative = self
                     .memory
-                    .co_occurring(&recent, candidates, cosine)
+                    .co_occurring(&seeds, candidates, cosine)
                     .await?
                     .into_iter()
                     .collect();

@@ -1,7 +1,7 @@
 //! Answering one request: the user's memory, the agent's trajectories, the
 //! fused ranking, the response and the logged trajectories. No Kafka here.
 
-use crate::ranker::Ranker;
+use crate::ranker::{Cited, Ranker};
 use crate::shard::MemoryShard;
 use crate::tokens::Tokenizers;
 use crate::RecommendSettings;
@@ -319,7 +319,12 @@ impl<S: KvStore> Recommender<S> {
             let (profile, memory_ids, steps) = self.rule_answer(&input, &reason, &memory).await;
             let items = self
                 .ranker
-                .rank(&profile, user.state.as_ref(), request.exclude_seen, k)
+                .rank(
+                    Cited::new(&profile, &memory_ids),
+                    user.state.as_ref(),
+                    request.exclude_seen,
+                    k,
+                )
                 .await?;
             tracing::warn!(reason = %reason, "request answered by the rule (fallback)");
             return Ok(Answer {
@@ -360,7 +365,12 @@ impl<S: KvStore> Recommender<S> {
         };
         let items = self
             .ranker
-            .rank(&profile, user.state.as_ref(), request.exclude_seen, k)
+            .rank(
+                Cited::new(&profile, &memory_ids),
+                user.state.as_ref(),
+                request.exclude_seen,
+                k,
+            )
             .await?;
         let ts = mrrec_stream::now_ms();
         let response = Response {

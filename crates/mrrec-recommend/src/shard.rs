@@ -242,6 +242,7 @@ mod tests {
             category: None,
             text: text.into(),
             ts: n as i64,
+            items: Vec::new(),
         }
     }
 

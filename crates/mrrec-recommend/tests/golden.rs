@@ -12,7 +12,7 @@ use mrrec_llm::RuleLlm;
 use mrrec_llm::{Generation, GenerationRequest, Llm, LlmError};
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{Event, EventKind, Item, Request, Response, StepKind, Trajectory};
-use mrrec_recommend::{RecommendSettings, Recommender, Tokenizers};
+use mrrec_recommend::{Cited, RecommendSettings, Recommender, Tokenizers};
 use mrrec_store::{EmbeddedStore, KvStore};
 use mrrec_stream::{Batch, Decoded, PartitionRange, RecordMeta, Stage};
 use std::collections::HashSet;
@@ -378,14 +378,14 @@ async fn the_reward_ranking_finds_a_target_the_user_has_since_seen() {
     let profile = "Monty Python Holy Grail comedy";
     let served = recommender
         .ranker()
-        .rank(profile, Some(&state), true, 10)
+        .rank(Cited::profile(profile), Some(&state), true, 10)
         .await
         .unwrap();
     assert_eq!(served[0].item_id, "i6");
     assert_eq!(
         recommender
             .ranker()
-            .target_rank(profile, Some(&state), "i6", 1000)
+            .target_rank(Cited::profile(profile), Some(&state), "i6", 1000)
             .await
             .unwrap(),
         Some(1)
@@ -395,7 +395,12 @@ async fn the_reward_ranking_finds_a_target_the_user_has_since_seen() {
     assert!(served.iter().all(|i| i.item_id != "i1"));
     let rank = recommender
         .ranker()
-        .target_rank("Toy Story animation", Some(&state), "i1", 1000)
+        .target_rank(
+            Cited::profile("Toy Story animation"),
+            Some(&state),
+            "i1",
+            1000,
+        )
         .await
         .unwrap();
     assert_eq!(rank, Some(1));
@@ -405,7 +410,7 @@ async fn the_reward_ranking_finds_a_target_the_user_has_since_seen() {
     for (id, _, _) in CATALOG {
         let rank = recommender
             .ranker()
-            .target_rank(profile, Some(&state), id, 1000)
+            .target_rank(Cited::profile(profile), Some(&state), id, 1000)
             .await
             .unwrap();
         assert_eq!(
@@ -427,7 +432,7 @@ async fn a_tombstone_removes_an_item_from_every_answer() {
     let state = memory.user("u1").await.unwrap().state.unwrap();
     let before = recommender(tmp.path(), memory.clone())
         .ranker()
-        .rank(profile, Some(&state), true, 10)
+        .rank(Cited::profile(profile), Some(&state), true, 10)
         .await
         .unwrap();
     assert_eq!(before[0].item_id, "i6");
@@ -468,7 +473,7 @@ async fn a_tombstone_removes_an_item_from_every_answer() {
     let recommender_now = recommender(tmp.path(), memory.clone());
     let after = recommender_now
         .ranker()
-        .rank(profile, Some(&state), true, 1000)
+        .rank(Cited::profile(profile), Some(&state), true, 1000)
         .await
         .unwrap();
     assert!(after.iter().all(|i| i.item_id != "i6"), "{after:?}");
@@ -499,7 +504,7 @@ async fn a_tombstone_removes_an_item_from_every_answer() {
     drop(stage);
     let again = recommender(tmp.path(), memory.clone())
         .ranker()
-        .rank(profile, Some(&state), true, 10)
+        .rank(Cited::profile(profile), Some(&state), true, 10)
         .await
         .unwrap();
     assert_eq!(again[0].item_id, "i6");
@@ -511,4 +516,66 @@ async fn distill_stage(dir: &Path, memory: MemoryStore<EmbeddedStore>) -> Distil
         .await
         .unwrap();
     Distill::new(memory, "mrrec.").with_indexes(indexes)
+}
+
+/// DESIGN §4: the memory the answer cites shapes the ranking. The items
+/// behind the cited entries seed the collaborative signal (a liked item's
+/// record: that item; a preference: its latest liked items); citing
+/// nothing, or only entries with no liked item behind them, leaves the
+/// user's recent positive items as seeds. The reward ranks with the same
+/// citations, so it finds what was served where it was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cited_memory_seeds_the_collaborative_signal() {
+    use mrrec_memory::{entry_id, Level};
+    let tmp = tempfile::tempdir().unwrap();
+    let memory = distill_world(tmp.path()).await;
+    let recommender = recommender(tmp.path(), memory.clone());
+    let ranker = recommender.ranker();
+    let state = memory.user("u1").await.unwrap().state.unwrap();
+    let liked_i1 = entry_id(Level::Behavior, "u1", "e0");
+    let disliked_i3 = entry_id(Level::Behavior, "u1", "e2");
+    let animation = entry_id(Level::Preference, "u1", "Animation");
+    let seeds = |cited: Vec<String>| {
+        let state = &state;
+        async move { ranker.seeds(state, &cited).await.unwrap() }
+    };
+    assert_eq!(seeds(vec![]).await, ["i2", "i1"]);
+    assert_eq!(seeds(vec![liked_i1.clone()]).await, ["i1"]);
+    assert_eq!(seeds(vec![animation.clone()]).await, ["i1"]);
+    assert_eq!(seeds(vec![disliked_i3.clone()]).await, ["i2", "i1"]);
+    assert_eq!(seeds(vec!["b-no-such-entry".into()]).await, ["i2", "i1"]);
+
+    // A profile no title matches: co-occurrence and popularity decide. i7
+    // was chosen after i2 only (by u3), so co-occurrence scores it when i2
+    // seeds, and not when the answer cites the record of i1 alone (then
+    // only its popularity counts).
+    let profile = "zzz";
+    let cited = [liked_i1];
+    let uncited = ranker
+        .rank(Cited::profile(profile), Some(&state), true, 10)
+        .await
+        .unwrap();
+    let citing = ranker
+        .rank(Cited::new(profile, &cited), Some(&state), true, 10)
+        .await
+        .unwrap();
+    let score = |items: &[mrrec_messages::ScoredItem], id: &str| {
+        items
+            .iter()
+            .find(|i| i.item_id == id)
+            .map_or(0.0, |i| i.score)
+    };
+    assert!(
+        score(&citing, "i7") < score(&uncited, "i7"),
+        "{citing:?} {uncited:?}"
+    );
+    // The reward ranks as the answer did.
+    let top = &citing[0].item_id;
+    assert_eq!(
+        ranker
+            .target_rank(Cited::new(profile, &cited), Some(&state), top, 1000)
+            .await
+            .unwrap(),
+        Some(1)
+    );
 }

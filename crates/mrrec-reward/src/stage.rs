@@ -38,7 +38,7 @@ use crate::{is_positive, reward, DEEPEST_RANK};
 use mrrec_config::Config;
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{encode, Outcome, Topic, Trajectory};
-use mrrec_recommend::Ranker;
+use mrrec_recommend::{Cited, Ranker};
 use mrrec_store::{escape, Batch as StoreBatch, KvStore, StoreError};
 use mrrec_stream::{
     decode_message, Batch, OutgoingRecord, Poison, Publisher, RecordMeta, Stage, StageError,
@@ -193,7 +193,7 @@ impl<S: KvStore> RewardStage<S> {
             let rank = self
                 .ranker
                 .target_rank(
-                    &trajectory.profile,
+                    Cited::new(&trajectory.profile, &trajectory.memory_ids),
                     state,
                     &target.item_id,
                     DEEPEST_RANK as usize,

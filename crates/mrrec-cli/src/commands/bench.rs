@@ -256,6 +256,7 @@ pub fn retrieve(entries: usize, queries: usize, seed: u64) -> Result<()> {
             category: Some(category.to_owned()),
             text: format!("{category}: {}", text.join(" ")),
             ts: i as i64,
+            items: Vec::new(),
         });
         if chunk.len() == chunk.capacity() {
             index.upsert(&chunk)?;

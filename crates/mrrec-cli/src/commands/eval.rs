@@ -9,11 +9,15 @@
 //! comes back as the request's outcome (in place of its event), the reward
 //! stage scores the trajectories and the trainer may publish a version. No
 //! test target reaches memory in this phase. Test phase: the timeline is
-//! replayed once per row — every version (untrained first), the `rule`
-//! policy, and the last version without memory (`pipeline_no_memory`) —
-//! and each test request is answered greedily (G = 1) with its own `k` and
-//! `exclude_seen`. Each `pipeline_*` row is compared with `rule` on the
-//! same users (paired bootstrap, `vs_rule`).
+//! replayed once, and every row answers each test request greedily (G = 1)
+//! with its own `k` and `exclude_seen`: the `rule` policy as the loop's
+//! recommend stage, and beside it a recommend tier per version (untrained
+//! first) and for the last version without memory (`pipeline_no_memory`),
+//! each on topics of its own over the same memory. No outcome is sent in
+//! this phase, so memory at a request is the same for every row, and the
+//! events are fed and distilled once instead of once per row. Each
+//! `pipeline_*` row is compared with `rule` on the same users (paired
+//! bootstrap, `vs_rule`).
 
 use super::inprocess::{ensure_policy, means, InProcess};
 use crate::cli::{EvalArgs, Targets};
