@@ -221,13 +221,6 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("bad.jsonl:1"));
 }
 
-fn purchase(user: &str, item: &str, ts: i64) -> serde_json::Value {
-    serde_json::json!({
-        "event_id": format!("{user}-{item}-{ts}"), "user_id": user, "kind": "purchase",
-        "item_id": item, "ts": ts,
-    })
-}
-
 /// Runs `mrrec eval` on the rule backend over these files; returns the
 /// report's rows by name.
 fn eval_rule(
@@ -287,27 +280,9 @@ fn eval_rule(
 #[test]
 fn the_replay_is_strict_in_time_and_answers_every_request_as_asked() {
     let tmp = tempfile::tempdir().unwrap();
-    // 30 items of one category; every title names it.
-    let items: Vec<serde_json::Value> = (0..30)
-        .map(|i| serde_json::json!({"item_id": format!("{i}"), "title": format!("Gear model {i}"), "categories": ["Gear"]}))
-        .collect();
-    let mut events = Vec::new();
-    // Early on, items 1..5 are what people buy.
-    for u in 0..20 {
-        for i in 1..=5 {
-            events.push(purchase(
-                &format!("early{u}"),
-                &format!("{i}"),
-                1_000 + u * 10 + i,
-            ));
-        }
-    }
-    // The asking user bought item 7 before asking.
-    events.push(purchase("asker", "7", 2_000));
-    // Between the requests, item 29 becomes the hit of the season.
-    for u in 0..40 {
-        events.push(purchase(&format!("late{u}"), "29", 10_000 + u));
-    }
+    // 30 items of one category; early purchases of items 1..5; the asking
+    // user bought item 7; between the requests item 29 becomes the hit.
+    let (items, events) = mrrec_testkit::replay::hit_between_requests();
     let request = |id: &str, user: &str, target: &str, ts: i64, exclude_seen: bool| {
         serde_json::json!({
             "request_id": id, "user_id": user, "query": "Looking for Gear", "k": 100,

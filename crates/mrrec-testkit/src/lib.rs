@@ -5,6 +5,8 @@
 //! `MRREC_TANSU_BIN` / `MRREC_REDIS_BIN`. A missing binary is an error that says
 //! how to install it: integration tests fail rather than silently skip.
 
+pub mod replay;
+
 use anyhow::{bail, Context, Result};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

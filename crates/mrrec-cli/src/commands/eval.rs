@@ -806,21 +806,7 @@ fn print_table(rows: &[Row]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn write_lines(path: &Path, rows: &[serde_json::Value]) {
-        let mut file = std::fs::File::create(path).unwrap();
-        for row in rows {
-            writeln!(file, "{row}").unwrap();
-        }
-    }
-
-    fn purchase(user: &str, item: &str, ts: i64) -> serde_json::Value {
-        serde_json::json!({
-            "event_id": format!("{user}-{item}-{ts}"), "user_id": user, "kind": "purchase",
-            "item_id": item, "ts": ts,
-        })
-    }
+    use mrrec_testkit::replay::write_jsonl;
 
     /// A tier answers from the memory of its moment, as the loop's own
     /// stage does: the rule asked as the loop's stage and as a tier in one
@@ -830,23 +816,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tiers_answer_from_the_memory_of_their_moment() {
         let tmp = tempfile::tempdir().unwrap();
-        let items: Vec<serde_json::Value> = (0..30)
-            .map(|i| serde_json::json!({"item_id": format!("{i}"), "title": format!("Gear model {i}"), "categories": ["Gear"]}))
-            .collect();
-        let mut events = Vec::new();
-        for u in 0..20 {
-            for i in 1..=5 {
-                events.push(purchase(
-                    &format!("early{u}"),
-                    &format!("{i}"),
-                    1_000 + u * 10 + i,
-                ));
-            }
-        }
-        events.push(purchase("asker", "7", 2_000));
-        for u in 0..40 {
-            events.push(purchase(&format!("late{u}"), "29", 10_000 + u));
-        }
+        let (items, events) = mrrec_testkit::replay::hit_between_requests();
         let request = |id: &str, user: &str, ts: i64| {
             serde_json::json!({
                 "request_id": id, "user_id": user, "query": "Looking for Gear", "k": 100,
@@ -854,15 +824,13 @@ mod tests {
             })
         };
         let paths = ["items.jsonl", "events.jsonl", "requests.jsonl"].map(|f| tmp.path().join(f));
-        write_lines(&paths[0], &items);
-        write_lines(&paths[1], &events);
-        write_lines(
-            &paths[2],
-            &[
-                request("t-before", "asker", 5_000),
-                request("t-after", "newcomer", 20_000),
-            ],
-        );
+        write_jsonl(&paths[0], &items).unwrap();
+        write_jsonl(&paths[1], &events).unwrap();
+        let requests = [
+            request("t-before", "asker", 5_000),
+            request("t-after", "newcomer", 20_000),
+        ];
+        write_jsonl(&paths[2], &requests).unwrap();
         let data = EvalData::jsonl(&paths[0], &paths[1], &paths[2]).unwrap();
         let mut config = Config::defaults();
         config.metrics.listen = String::new();
