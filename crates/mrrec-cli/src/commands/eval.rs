@@ -209,26 +209,22 @@ impl<'a> Replay<'a> {
                 })
                 .collect();
             i += group.len();
-            let mut responses = pipeline.ask_tiers(&requests).await?.into_iter();
-            let first = responses.next().unwrap_or_default();
-            for (tier, responses) in responses.enumerate() {
+            let responses = pipeline.ask_tiers(&requests).await?;
+            for (stage, responses) in answers.iter_mut().zip(responses) {
                 for (r, response) in group.iter().zip(responses) {
-                    answers[tier + 1].insert(r.request.request_id.clone(), response);
+                    stage.insert(r.request.request_id.clone(), response);
                 }
             }
+            bar.inc(group.len() as u64);
             let mut now = Vec::new();
-            for ((r, sent), response) in group.iter().zip(&requests[0]).zip(first) {
-                if self.outcomes {
-                    // Sent even when the answer failed: the target still
-                    // happened, and memory must hold it from then on.
-                    let outcome = self.outcome(r, &sent.request_id);
-                    match self.target_event(r) {
-                        Some(index) => timeline.pending.entry(index).or_default().push(outcome),
-                        None => now.push(outcome),
-                    }
+            for (r, sent) in group.iter().zip(&requests[0]).filter(|_| self.outcomes) {
+                // Sent even when the answer failed: the target still
+                // happened, and memory must hold it from then on.
+                let outcome = self.outcome(r, &sent.request_id);
+                match self.target_event(r) {
+                    Some(index) => timeline.pending.entry(index).or_default().push(outcome),
+                    None => now.push(outcome),
                 }
-                answers[0].insert(r.request.request_id.clone(), response);
-                bar.inc(1);
             }
             if !now.is_empty() {
                 pipeline.send_outcomes(&now).await?;
@@ -618,10 +614,12 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     let mut curve: BTreeMap<u32, VersionFigures> = BTreeMap::new();
     // The rule first: its recommend stage is the loop's own, the
     // policies' are tiers beside it.
-    let mut rule = base.clone();
+    // Every test row answers greedily (G = 1).
+    let mut greedy = base.clone();
+    greedy.agent.group_size = 1;
+    greedy.agent.temperature = 0.0;
+    let mut rule = greedy.clone();
     rule.llm.backend = LlmBackend::Rule;
-    rule.agent.group_size = 1;
-    rule.agent.temperature = 0.0;
     let mut test_rows = vec![TestRow {
         name: "rule".into(),
         version: None,
@@ -635,9 +633,6 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
             Split::Valid => vec![first],
         };
         let registry = mrrec_policy::PolicyRegistry::new(&base.policy.dir);
-        let mut greedy = base.clone();
-        greedy.agent.group_size = 1;
-        greedy.agent.temperature = 0.0;
         for (i, version) in versions.iter().enumerate() {
             let mut pinned = greedy.clone();
             pinned.llm.model_dir = registry.path(*version).display().to_string();
