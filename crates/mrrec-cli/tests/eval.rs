@@ -1,6 +1,7 @@
 //! `mrrec eval` on a JSON-lines dataset it has never seen (DESIGN §13): a
 //! small synthetic world written as items, events and requests files. The
-//! report names every baseline row, the untrained pipeline, one row per
+//! policy is warm-started on the rule's answers to its validation requests.
+//! The report names every baseline row, the untrained pipeline, one row per
 //! published version, `rule` and `pipeline_no_memory`, each pipeline row
 //! with its interval against the rule; bad invocations fail with a message.
 //! Then the replay's strictness in time (§13), on the `rule` backend (no
@@ -90,7 +91,9 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
         "--train-users",
         "20",
         "--sft",
-        "0",
+        "10",
+        "--sft-epochs",
+        "1",
         "--dir",
         dir.to_str().unwrap(),
         "--out",
@@ -102,6 +105,16 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("no-such-item"), "{stderr}");
+    // The warm start imitates the rule on the first 10 users' own
+    // validation requests, not synthetic users.
+    assert!(
+        stderr.contains("warm start: the rule answered 10 validation requests of 10 users"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("imitating 10 teacher trajectories"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("1 with tabs or newlines normalised"),
         "{stderr}"

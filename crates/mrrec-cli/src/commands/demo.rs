@@ -7,7 +7,7 @@
 //! outcomes and become rewards; one training round runs and the recommend
 //! stage switches to the new version; a summary closes.
 
-use super::inprocess::{ensure_policy, heldout_and_training, means, InProcess};
+use super::inprocess::{ensure_policy, heldout_and_training, means, InProcess, WarmStart};
 use anyhow::{Context, Result};
 use mrrec_config::Config;
 use mrrec_datasets::{Dataset, UserTargets};
@@ -51,7 +51,12 @@ pub async fn run(config: &Config, data_dir: Option<&Path>, dir: &Path, seed: u64
         "state in {} (broker: in-process; store: embedded; LLM: mistral.rs in-process)",
         dir.display()
     );
-    ensure_policy(&config, &dataset.items, Some(WARM_START)).await?;
+    let (trajectories, epochs) = WARM_START;
+    let warm = WarmStart::Synthetic {
+        trajectories,
+        epochs,
+    };
+    ensure_policy(&config, &dataset.items, Some(warm)).await?;
     let pipeline = InProcess::start(&config, &dataset.items, &split.valid_history).await?;
     let events_per_s = pipeline.distilled as f64 / pipeline.distill_seconds.max(1e-9);
     println!(

@@ -4,6 +4,12 @@
 //! and broker per run, distill running throughout, each request asked once
 //! every event before it is stored and before any event after it is sent.
 //!
+//! Warm start: the `rule` policy answers the validation requests of the
+//! first `--sft` users in a replay like an RL round's, and a fresh policy
+//! imitates those trajectories: real prompts, real memory, the requests it
+//! will serve. (No target is read: the rule's answer does not depend on
+//! it.) Without validation requests it imitates synthetic ones.
+//!
 //! RL phase, per round: the timeline is replayed and the training users'
 //! validation requests are answered (G sampled trajectories); each target
 //! comes back as the request's outcome (in place of its event), the reward
@@ -19,14 +25,14 @@
 //! `pipeline_*` row is compared with `rule` on the same users (paired
 //! bootstrap, `vs_rule`).
 
-use super::inprocess::{ensure_policy, means, InProcess};
+use super::inprocess::{ensure_policy, means, InProcess, WarmStart};
 use crate::cli::{EvalArgs, Targets};
 use anyhow::{bail, Context, Result};
 use mrrec_config::{Config, LlmBackend};
 use mrrec_eval::{
     bootstrap, ndcg_at_10, Baselines, EvalData, EvalRequest, Interval, Metrics, Row, Split, VsRule,
 };
-use mrrec_messages::{Event, EventKind, Outcome, Response, StepKind};
+use mrrec_messages::{Event, EventKind, Outcome, Response, StepKind, Trajectory};
 use mrrec_train::Decision;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -500,6 +506,91 @@ async fn test_runs(
         .collect())
 }
 
+/// The first `n` users by id that have a validation request.
+fn first_users(data: &EvalData, n: usize) -> HashSet<&str> {
+    let mut users: Vec<&str> = data
+        .of(Split::Valid)
+        .map(|r| r.request.user_id.as_str())
+        .collect();
+    users.sort_by(|a, b| mrrec_eval::metrics::id_order(a, b));
+    users.dedup();
+    users.into_iter().take(n).collect()
+}
+
+/// One replay of the validation requests of `users` (their targets sent
+/// back as outcomes) through a fresh loop running `config` under
+/// `dir/tag`, and the rewards it earned. The loop is left running.
+struct ValidationPass {
+    pipeline: InProcess,
+    /// The loop's store and index, for the caller to remove.
+    root: PathBuf,
+    rewards: Vec<super::train::Buffered>,
+    /// Requests answered without an error.
+    answered: usize,
+}
+
+async fn validation_pass(
+    data: &EvalData,
+    config: &Config,
+    dir: &Path,
+    tag: &str,
+    users: &HashSet<&str>,
+) -> Result<ValidationPass> {
+    let (run, root) = run_config(config, dir, tag)?;
+    let mut pipeline = InProcess::start_live(&run, &data.items).await?;
+    let replay = Replay::new(
+        data,
+        Split::Valid,
+        |r| users.contains(r.request.user_id.as_str()),
+        vec![tag.to_owned()],
+        true,
+    );
+    let answers = replay.run(&mut pipeline).await?.pop().unwrap_or_default();
+    let answered = answers.values().filter(|r| r.error.is_none()).count();
+    let rewards = pipeline.rewards(tag, answered).await;
+    Ok(ValidationPass {
+        pipeline,
+        root,
+        rewards,
+        answered,
+    })
+}
+
+/// The warm start's teacher trajectories: the `rule` policy (`greedy`
+/// with the rule backend) answering every validation request of the first
+/// `users` users by id, replayed in time as an RL round is. The targets
+/// come back as outcomes only so that the reward stage hands each
+/// trajectory over; the rule's answers never read them. Empty when the
+/// data has no validation request.
+async fn rule_trajectories(
+    data: &EvalData,
+    greedy: &Config,
+    args: &EvalArgs,
+    users: usize,
+) -> Result<Vec<Trajectory>> {
+    let chosen = first_users(data, users);
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rule = greedy.clone();
+    rule.llm.backend = LlmBackend::Rule;
+    let pass = validation_pass(data, &rule, &args.dir, "eval-sft", &chosen).await?;
+    let answered = pass.answered;
+    pass.pipeline.stop().await?;
+    let _ = std::fs::remove_dir_all(&pass.root);
+    let trajectories: Vec<Trajectory> = pass
+        .rewards
+        .into_iter()
+        .filter_map(|b| b.reward.trajectory)
+        .collect();
+    eprintln!(
+        "warm start: the rule answered {} validation requests of {} users ({answered} answers)",
+        trajectories.len(),
+        chosen.len()
+    );
+    Ok(trajectories)
+}
+
 /// RL on validation targets: one replay per round, a training round after
 /// each but the last. Returns the versions published, first included.
 async fn learn(
@@ -512,31 +603,19 @@ async fn learn(
     let mut versions = vec![first];
     // The training users' validation requests: the first `train_users`
     // users by id, every validation request of theirs.
-    let mut users: Vec<&str> = data
-        .of(Split::Valid)
-        .map(|r| r.request.user_id.as_str())
-        .collect();
-    users.sort_by(|a, b| mrrec_eval::metrics::id_order(a, b));
-    users.dedup();
-    let training: HashSet<&str> = users.into_iter().take(args.train_users).collect();
+    let training = first_users(data, args.train_users);
     if args.rounds == 0 || training.is_empty() {
         return Ok(versions);
     }
     let mut version = first;
     for round in 0..=args.rounds {
         let tag = format!("eval-r{round}");
-        let (run, root) = run_config(config, &args.dir, &tag)?;
-        let mut pipeline = InProcess::start_live(&run, &data.items).await?;
-        let replay = Replay::new(
-            data,
-            Split::Valid,
-            |r| training.contains(r.request.user_id.as_str()),
-            vec![tag.clone()],
-            true,
-        );
-        let answers = replay.run(&mut pipeline).await?.pop().unwrap_or_default();
-        let answered = answers.values().filter(|r| r.error.is_none()).count();
-        let rewards = pipeline.rewards(&tag, answered).await;
+        let ValidationPass {
+            pipeline,
+            root,
+            rewards,
+            ..
+        } = validation_pass(data, config, &args.dir, &tag, &training).await?;
         let (served, all) = means(&rewards);
         eprintln!(
             "v{version:04}: validation reward {served:.4} (served), {all:.4} (all {})",
@@ -626,8 +705,24 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         config: rule,
     }];
     if base.llm.backend != LlmBackend::Rule {
-        let sft = (args.sft > 0).then_some((args.sft, args.sft_epochs.max(1)));
-        let first = ensure_policy(&base, &data.items, sft).await?;
+        let epochs = args.sft_epochs.max(1);
+        let warm = if args.sft == 0 || !base.llm.model_dir.is_empty() {
+            None
+        } else {
+            let trajectories = rule_trajectories(&data, &greedy, args, args.sft).await?;
+            Some(if trajectories.is_empty() {
+                WarmStart::Synthetic {
+                    trajectories: args.sft,
+                    epochs,
+                }
+            } else {
+                WarmStart::Imitate {
+                    trajectories,
+                    epochs,
+                }
+            })
+        };
+        let first = ensure_policy(&base, &data.items, warm).await?;
         let versions = match scored {
             Split::Test => learn(&data, &base, args, first, &mut curve).await?,
             Split::Valid => vec![first],

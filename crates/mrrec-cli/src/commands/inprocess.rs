@@ -29,13 +29,26 @@ use std::time::{Duration, Instant};
 /// Rewards read from `mrrec.rewards`, by trajectory id.
 type Collected = Arc<Mutex<BTreeMap<String, Buffered>>>;
 
+/// The warm start a fresh policy gets (DESIGN §7): what it imitates.
+pub(super) enum WarmStart {
+    /// `trajectories` synthetic teacher trajectories built from the catalog
+    /// (`model init --sft`), for `epochs` passes.
+    Synthetic { trajectories: usize, epochs: usize },
+    /// The `rule` policy's own trajectories on real requests, for `epochs`
+    /// passes.
+    Imitate {
+        trajectories: Vec<mrrec_messages::Trajectory>,
+        epochs: usize,
+    },
+}
+
 /// Makes sure the registry has a version to serve: `model init` on `items`
-/// (plus a warm start of `sft` teacher trajectories × epochs) when it has
-/// none and no `llm.model_dir` is set. Returns the version served.
+/// (plus the warm start, if any) when it has none and no `llm.model_dir`
+/// is set. Returns the version served.
 pub(super) async fn ensure_policy(
     config: &Config,
     items: &[Item],
-    sft: Option<(usize, usize)>,
+    warm: Option<WarmStart>,
 ) -> Result<u32> {
     let registry = mrrec_policy::PolicyRegistry::new(&config.policy.dir);
     if let Some(latest) = registry.latest()? {
@@ -48,8 +61,18 @@ pub(super) async fn ensure_policy(
     let staging = registry.staging_dir(0)?;
     let meta = mrrec_policy::PolicyMeta::new(Some(0), None, "init");
     mrrec_policy::init_model(&staging, &mrrec_policy::ModelSpec::default(), &texts, &meta)?;
-    if let Some((n, epochs)) = sft {
-        super::model::warm_start(config, &staging, items, n, epochs, &meta).await?;
+    match warm {
+        Some(WarmStart::Synthetic {
+            trajectories,
+            epochs,
+        }) => {
+            super::model::warm_start(config, &staging, items, trajectories, epochs, &meta).await?
+        }
+        Some(WarmStart::Imitate {
+            trajectories,
+            epochs,
+        }) => super::model::imitate(&staging, trajectories, epochs, &meta).await?,
+        None => {}
     }
     registry.publish(&staging, 0)?;
     eprintln!("initialised policy v0000 in {}", registry.dir().display());
