@@ -556,15 +556,15 @@ async fn validation_pass(
     })
 }
 
-/// The warm start's teacher trajectories: the `rule` policy (`greedy`
-/// with the rule backend) answering every validation request of the first
+/// The warm start's teacher trajectories: the `rule` policy (`rule`, the
+/// rule row's config) answering every validation request of the first
 /// `users` users by id, replayed in time as an RL round is. The targets
 /// come back as outcomes only so that the reward stage hands each
 /// trajectory over; the rule's answers never read them. Empty when the
 /// data has no validation request.
 async fn rule_trajectories(
     data: &EvalData,
-    greedy: &Config,
+    rule: &Config,
     args: &EvalArgs,
     users: usize,
 ) -> Result<Vec<Trajectory>> {
@@ -572,9 +572,7 @@ async fn rule_trajectories(
     if chosen.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rule = greedy.clone();
-    rule.llm.backend = LlmBackend::Rule;
-    let pass = validation_pass(data, &rule, &args.dir, "eval-sft", &chosen).await?;
+    let pass = validation_pass(data, rule, &args.dir, "eval-sft", &chosen).await?;
     let answered = pass.answered;
     pass.pipeline.stop().await?;
     let _ = std::fs::remove_dir_all(&pass.root);
@@ -709,7 +707,8 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         let warm = if args.sft == 0 || !base.llm.model_dir.is_empty() {
             None
         } else {
-            let trajectories = rule_trajectories(&data, &greedy, args, args.sft).await?;
+            let trajectories =
+                rule_trajectories(&data, &test_rows[0].config, args, args.sft).await?;
             Some(if trajectories.is_empty() {
                 WarmStart::Synthetic {
                     trajectories: args.sft,
