@@ -192,6 +192,12 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     ] {
         assert!(behaviour[key].as_f64().is_some(), "{key}: {report}");
     }
+    // The same answer over the same memory ranks alike in every tier.
+    assert_eq!(
+        behaviour["share_same_answer_other_items"].as_f64(),
+        Some(0.0),
+        "{report}"
+    );
     let png = std::fs::read(&plot).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     assert!(png.len() > 2_000, "{} bytes", png.len());

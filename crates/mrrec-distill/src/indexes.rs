@@ -1,9 +1,10 @@
 //! The tantivy side of distill: memory entries and items indexed after each
 //! stored batch, on a worker thread of its own (the stage goes on with the
 //! next batch meanwhile), committed at most once a second and when the stage
-//! stops, with the store offsets they reflect as the commit payload. At start
-//! an index whose payload differs from the store's offsets is rebuilt from the
-//! store, which is the source of truth.
+//! stops, each with the store offsets it reflects as its commit payload. At
+//! start an index whose payload differs from the store's offsets is rebuilt
+//! from the store, which is the source of truth: the memory index and the
+//! item index each on its own evidence.
 
 use mrrec_index::{IndexError, ItemIndex, MemoryIndex};
 use mrrec_memory::{MemoryEntry, MemoryStore};
@@ -68,10 +69,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits both indexes with the offsets they now reflect.
+    /// Commits both indexes, each with the offsets it now reflects.
     fn commit(&mut self) -> Result<(), IndexError> {
-        self.items.commit()?;
         let payload = serde_json::to_string(&self.offsets).expect("offsets serialise");
+        self.items.commit_with(&payload)?;
         self.memory.commit(&payload)?;
         self.last_commit = Instant::now();
         self.dirty = false;
@@ -154,9 +155,11 @@ impl Indexes {
             .map(|v| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect::<Result<_, _>>()?;
         let memory_stale = writer.memory.payload()?.as_deref() != Some(current.as_str());
-        // The item index is checked on its own: its directory may be lost
-        // (or behind) while the memory index is current.
-        let items_stale = writer.items.len() != stored_items.len() as u64;
+        // The item index is checked on its own: its directory may be lost,
+        // or hold an older commit (even one with as many items), while the
+        // memory index is current.
+        let items_stale = writer.items.payload()?.as_deref() != Some(current.as_str())
+            || writer.items.len() != stored_items.len() as u64;
         let started = Instant::now();
         let mut entries = 0;
         if memory_stale {

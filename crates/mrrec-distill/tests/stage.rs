@@ -656,6 +656,67 @@ async fn a_lost_item_index_is_rebuilt_from_the_store() {
     assert_eq!(items.search("toy", 10).unwrap()[0].0, "i1");
 }
 
+/// Issue 19, point 7: an item index holding an older commit — as many
+/// items as the store, an old title — is rebuilt at start: it carries the
+/// store offsets it reflects, as the memory index does, and they are behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_item_index_with_every_item_is_rebuilt_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (memory, mut stage) = indexed_stage(dir.path()).await;
+    let index_dir = dir.path().join("index");
+    stage
+        .process(&batch(vec![(
+            meta("mrrec.items", 0, 0),
+            item("i1", "Toy Story (1995)", &["Comedy"]),
+        )]))
+        .await
+        .unwrap();
+    drop(stage);
+    let old = dir.path().join("old-items");
+    copy_dir(&index_dir.join("items"), &old);
+
+    let indexes = mrrec_distill::Indexes::open(Some(&index_dir), &memory)
+        .await
+        .unwrap();
+    let mut stage = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
+    stage
+        .process(&batch(vec![(
+            meta("mrrec.items", 0, 1),
+            item("i1", "Heat (1995)", &["Action"]),
+        )]))
+        .await
+        .unwrap();
+    drop(stage);
+    std::fs::remove_dir_all(index_dir.join("items")).unwrap();
+    copy_dir(&old, &index_dir.join("items"));
+    let items = mrrec_index::ItemIndex::open_read_only(&index_dir.join("items")).unwrap();
+    assert!(
+        items.search("heat", 10).unwrap().is_empty(),
+        "the old commit"
+    );
+    drop(items);
+
+    drop(
+        mrrec_distill::Indexes::open(Some(&index_dir), &memory)
+            .await
+            .unwrap(),
+    );
+    let items = mrrec_index::ItemIndex::open_read_only(&index_dir.join("items")).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items.search("heat", 10).unwrap()[0].0, "i1");
+    assert!(items.search("toy", 10).unwrap().is_empty());
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
 /// Issue 19, point 6: at most `max_behavior_entries` level-1 entries per
 /// user — the newest by event time — while aggregates count every event;
 /// the kept set is the same however the stream is cut into batches.

@@ -122,10 +122,31 @@ impl ItemIndex {
         Ok(())
     }
 
+    /// Makes everything added visible and durable.
     pub fn commit(&mut self) -> Result<(), IndexError> {
         self.writer.as_mut().ok_or(IndexError::ReadOnly)?.commit()?;
         self.reader.reload()?;
         Ok(())
+    }
+
+    /// [`ItemIndex::commit`], recording `payload` (what the index reflects,
+    /// e.g. the store offsets) for [`ItemIndex::payload`].
+    pub fn commit_with(&mut self, payload: &str) -> Result<(), IndexError> {
+        let mut prepared = self
+            .writer
+            .as_mut()
+            .ok_or(IndexError::ReadOnly)?
+            .prepare_commit()?;
+        prepared.set_payload(payload);
+        prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// The payload of the last commit (`None` before any, or after a plain
+    /// [`ItemIndex::commit`]).
+    pub fn payload(&self) -> Result<Option<String>, IndexError> {
+        Ok(self.index.load_metas()?.payload)
     }
 
     pub fn len(&self) -> u64 {

@@ -225,6 +225,25 @@ pub fn named_categories(profile: &str, categories: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The catalog categories a request's `query` names, the longest name first
+/// (`"Abrasive & Finishing Products"` before `"Finishing Products"`; equal
+/// lengths keep the catalog's order): each as whole words in any case, or
+/// without its plural `s` (`"tape"` names `Tapes`). A category of several
+/// words is named only by all of them in order; until 2026-12-06 only
+/// one-word categories could be named at all.
+pub fn query_categories(query: &str, categories: &[String]) -> Vec<String> {
+    let text = query.to_lowercase();
+    let mut named: Vec<&String> = categories
+        .iter()
+        .filter(|c| {
+            let key = mrrec_index::category_key(c);
+            names(&text, &key) || key.strip_suffix('s').is_some_and(|one| names(&text, one))
+        })
+        .collect();
+    named.sort_by_key(|c| std::cmp::Reverse(c.chars().count()));
+    named.into_iter().cloned().collect()
+}
+
 /// Whether `key` occurs in `text` with no letter or digit right before or after it.
 fn names(text: &str, key: &str) -> bool {
     !key.is_empty()
@@ -237,7 +256,48 @@ fn names(text: &str, key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::named_categories;
+    use super::{named_categories, query_categories};
+
+    #[test]
+    fn a_query_names_categories_of_several_words_the_longest_first() {
+        let categories: Vec<String> = [
+            "Finishing Products",
+            "Tapes",
+            "Abrasive & Finishing Products",
+            "Comedy",
+            "Sci-Fi",
+            "Children's",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            query_categories(
+                "Any good Abrasive & Finishing Products products?",
+                &categories
+            ),
+            ["Abrasive & Finishing Products", "Finishing Products"]
+        );
+        assert_eq!(
+            query_categories("I need a good tape", &categories),
+            ["Tapes"]
+        );
+        assert_eq!(
+            query_categories("Looking for a comedy movie", &categories),
+            ["Comedy"]
+        );
+        assert_eq!(
+            query_categories("something sci-fi or children's", &categories),
+            ["Children's", "Sci-Fi"]
+        );
+        assert_eq!(
+            query_categories("Abrasive & Finishing", &categories),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            query_categories("comedyish", &categories),
+            Vec::<String>::new()
+        );
+    }
 
     #[test]
     fn a_profile_names_categories_as_whole_words_in_any_case() {

@@ -14,7 +14,6 @@ use mrrec_llm::Llm;
 use mrrec_memory::{fingerprint, Keyspace, Level, MemoryStore, UserState};
 use mrrec_messages::{Request, Response, Step, StepKind, Trajectory};
 use mrrec_store::{KvStore, StoreError};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,7 +182,8 @@ impl<S: KvStore> Recommender<S> {
         Ok(UserView { state, profile })
     }
 
-    /// Global memory for the categories the query names, else for the user's
+    /// Global memory for the categories the query names (the longest name
+    /// first, see [`crate::ranker::query_categories`]), else for the user's
     /// strongest categories.
     async fn global_memory(
         &self,
@@ -191,21 +191,9 @@ impl<S: KvStore> Recommender<S> {
         state: Option<&UserState>,
         categories: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        let mut chosen: Vec<String> = Vec::new();
-        if let Some(query) = query {
-            let words: HashSet<String> = query
-                .split(|c: char| !c.is_alphanumeric() && c != '-' && c != '\'')
-                .filter(|w| !w.is_empty())
-                .map(str::to_lowercase)
-                .collect();
-            for category in categories {
-                let lower = category.to_lowercase();
-                let singular = lower.trim_end_matches('s');
-                if words.contains(&lower) || words.contains(singular) {
-                    chosen.push(category.clone());
-                }
-            }
-        }
+        let mut chosen: Vec<String> = query
+            .map(|query| crate::ranker::query_categories(query, categories))
+            .unwrap_or_default();
         if chosen.is_empty() {
             if let Some(state) = state {
                 chosen.extend(

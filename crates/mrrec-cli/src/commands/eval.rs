@@ -352,6 +352,10 @@ fn per_user_ndcg(data: &EvalData, run: &Scored, users: &[String]) -> Vec<f64> {
 struct Behaviour {
     /// Answers whose profile differs from the rule's for the same request.
     share_differs_from_rule: Option<f64>,
+    /// Of the answers with the rule's profile and citations, the share
+    /// whose items still differ from the rule's (a check: the same answer
+    /// over the same memory ranks alike, so this should be 0).
+    share_same_answer_other_items: Option<f64>,
     /// Answers that cite at least one memory entry.
     share_cites_memory: f64,
     /// Retrieve steps per answer.
@@ -371,8 +375,28 @@ fn behaviour(run: &Scored, rule: Option<&Scored>) -> Behaviour {
             .count() as f64
             / n
     });
+    let same_answer_other_items = rule.map(|rule| {
+        let same: Vec<(&Response, &Response)> = run
+            .answers
+            .iter()
+            .filter_map(|(id, r)| Some((r, rule.answers.get(id)?)))
+            .filter(|(r, x)| x.profile == r.profile && x.memory_ids == r.memory_ids)
+            .collect();
+        let other = same
+            .iter()
+            .filter(|(r, x)| {
+                r.items.len() != x.items.len()
+                    || r.items
+                        .iter()
+                        .zip(&x.items)
+                        .any(|(a, b)| a.item_id != b.item_id)
+            })
+            .count();
+        other as f64 / same.len().max(1) as f64
+    });
     Behaviour {
         share_differs_from_rule: differs,
+        share_same_answer_other_items: same_answer_other_items,
         share_cites_memory: count(&|r: &Response| !r.memory_ids.is_empty()),
         mean_retrieve_steps: run
             .answers
