@@ -14,7 +14,7 @@
 //! equal weights). Ties go to the smaller item id.
 
 use crate::metrics::{rank_of, Metrics, Row};
-use mrrec_index::{IndexError, ItemIndex};
+use mrrec_index::{names_as_words, IndexError, ItemIndex};
 use mrrec_messages::{Event, EventKind, Item};
 use std::collections::{HashMap, HashSet};
 
@@ -350,16 +350,6 @@ impl<'a> Baselines<'a> {
 }
 
 /// Whether `phrase` stands in `text` as whole words (both lower-cased).
-fn names_as_words(text: &str, phrase: &str) -> bool {
-    if phrase.is_empty() {
-        return false;
-    }
-    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
-    text.match_indices(phrase).any(|(at, _)| {
-        !word(text[..at].chars().next_back()) && !word(text[at + phrase.len()..].chars().next())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,18 @@ pub fn category_key(category: &str) -> String {
     category.trim().to_lowercase()
 }
 
+/// Whether `phrase` occurs in `text` as whole words: no letter or digit
+/// right before or after it (`"sci-fi"` holds `"sci"`, `"science"` does
+/// not). How a query or a profile names a category; both are compared
+/// lower-cased by the caller.
+pub fn names_as_words(text: &str, phrase: &str) -> bool {
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    !phrase.is_empty()
+        && text.match_indices(phrase).any(|(at, _)| {
+            !word(text[..at].chars().next_back()) && !word(text[at + phrase.len()..].chars().next())
+        })
+}
+
 impl ItemIndex {
     /// Opens (or creates) the index in `dir`; `None` keeps it in memory.
     pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {

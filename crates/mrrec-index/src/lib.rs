@@ -12,7 +12,7 @@ mod memory;
 #[cfg(test)]
 mod tests;
 
-pub use items::{category_key, ItemIndex};
+pub use items::{category_key, names_as_words, ItemIndex};
 pub use memory::{MemoryIndex, SearchHit};
 
 /// An index failure.

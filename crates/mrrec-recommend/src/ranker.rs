@@ -11,7 +11,7 @@ use crate::catalog::{CatalogFacts, Facts};
 use crate::RecommendSettings;
 use mrrec_agent::{fuse, FusionWeights, Signals};
 use mrrec_config::CollaborativeScore;
-use mrrec_index::ItemIndex;
+use mrrec_index::{names_as_words, ItemIndex};
 use mrrec_memory::{MemoryStore, UserState};
 use mrrec_store::{KvStore, StoreError};
 use std::collections::{HashMap, HashSet};
@@ -220,7 +220,7 @@ pub fn named_categories(profile: &str, categories: &[String]) -> Vec<String> {
     let text = profile.to_lowercase();
     categories
         .iter()
-        .filter(|c| names(&text, &mrrec_index::category_key(c)))
+        .filter(|c| names_as_words(&text, &mrrec_index::category_key(c)))
         .cloned()
         .collect()
 }
@@ -237,21 +237,14 @@ pub fn query_categories(query: &str, categories: &[String]) -> Vec<String> {
         .iter()
         .filter(|c| {
             let key = mrrec_index::category_key(c);
-            names(&text, &key) || key.strip_suffix('s').is_some_and(|one| names(&text, one))
+            names_as_words(&text, &key)
+                || key
+                    .strip_suffix('s')
+                    .is_some_and(|one| names_as_words(&text, one))
         })
         .collect();
     named.sort_by_key(|c| std::cmp::Reverse(c.chars().count()));
     named.into_iter().cloned().collect()
-}
-
-/// Whether `key` occurs in `text` with no letter or digit right before or after it.
-fn names(text: &str, key: &str) -> bool {
-    !key.is_empty()
-        && text.match_indices(key).any(|(at, _)| {
-            let before = text[..at].chars().next_back();
-            let after = text[at + key.len()..].chars().next();
-            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-        })
 }
 
 #[cfg(test)]
