@@ -302,6 +302,21 @@ pub struct EvalArgs {
     /// 30 minutes here (the rule's replay costs ~0.3 s a request).
     #[arg(long, default_value_t = 500)]
     pub sft: usize,
+    /// Ranker tuning: the `rule` answers the validation requests of this
+    /// many users (the first by id; the warm start's replay) under the
+    /// configured ranker and, beside it, a few other settings (collaborative
+    /// scoring and seeds, signal weights). Every row then runs the best one
+    /// whose paired interval against the configured ranker lies above 0,
+    /// else the configured one; the report's `ranker_tuning` shows them all.
+    /// 0: the configured ranker, untried. Not with `--targets valid`.
+    #[arg(long, default_value_t = 500)]
+    pub tune_users: usize,
+    /// Adds this many synthetic teacher trajectories (those of `model init
+    /// --sft`: every category as likely as any other) to the rule's real
+    /// ones, so that the warm start also sees the categories real requests
+    /// seldom name. 0: the real ones alone.
+    #[arg(long, default_value_t = 0)]
+    pub sft_synthetic: usize,
     /// Passes over them. On ML-100K's 19 genres 3 passes leave the policy
     /// answering "Drama"/"Comedy" to most requests; 6 make it follow the
     /// request (docs/TRAINING.md).

@@ -387,9 +387,14 @@ async fn recommend_on_movielens(
     run_ok(&["recommend", "--user", "2", "--k", "3"], &env);
     running.terminate("stage");
 
-    // Learning needs groups of samples (G = 4 at temperature 1) for contrast.
+    // Learning needs groups of samples (G = 4 at temperature 1) for contrast,
+    // and contrast needs the samples' profiles to move the target's rank. At
+    // the default BM25 weight (0.1) the profile's words barely reorder the
+    // catalog, and a run could draw no group whose rewards differ (CI saw it
+    // once); the profile weighs as much as the other signals here.
     env.push(("MRREC__AGENT__GROUP_SIZE", "4".into()));
     env.push(("MRREC__AGENT__TEMPERATURE", "1.0".into()));
+    env.push(("MRREC__RECOMMEND__WEIGHT_BM25", "1.0".into()));
     env.push(("MRREC__RECOMMEND__TIMEOUT_MS", "20000".into()));
     let running = Running::stage("recommend", &env);
     learn_on_movielens(&clients, &client, &env, &policy).await;
@@ -543,6 +548,11 @@ async fn learn_on_movielens(
         rewards.iter().any(|r| r.target_rank.is_some()),
         "no trajectory ranked the target within 1000"
     );
+    let mut ranks: std::collections::BTreeMap<&str, Vec<Option<u64>>> = Default::default();
+    for r in &rewards {
+        ranks.entry(&r.request_id).or_default().push(r.target_rank);
+    }
+    eprintln!("the target's rank in each request's group: {ranks:?}");
     reward.terminate("stage");
 
     // One training round on those rewards publishes v0001, which the

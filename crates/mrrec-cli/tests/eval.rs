@@ -108,7 +108,7 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     // The warm start imitates the rule on the first 10 users' own
     // validation requests, not synthetic users.
     assert!(
-        stderr.contains("warm start: the rule answered 10 validation requests of 10 users"),
+        stderr.contains("warm start: 10 teacher trajectories of 10 users"),
         "{stderr}"
     );
     assert!(
@@ -182,6 +182,12 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     let curve = report["curve"].as_array().unwrap();
     assert_eq!(curve[0]["version"], 0, "{report}");
     assert!(curve[0]["validation_reward"].as_f64().is_some(), "{report}");
+    // How many of its G = 4 groups could teach GRPO: some, at most all.
+    let groups = curve[0]["validation_groups"].as_u64().unwrap();
+    let contrast = curve[0]["validation_groups_with_contrast"]
+        .as_u64()
+        .unwrap();
+    assert!(groups > 0 && contrast <= groups, "{report}");
     assert!(curve[0]["test_ndcg@10"].as_f64().is_some(), "{report}");
     assert!(curve[0]["test_ndcg@10_interval"].is_array(), "{report}");
     let behaviour = &curve[0]["behaviour"];
@@ -192,6 +198,28 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     ] {
         assert!(behaviour[key].as_f64().is_some(), "{key}: {report}");
     }
+    // The ranker was tried on every validation user's requests (the rule
+    // answering), and the one chosen is among the trials.
+    let tuning = &report["ranker_tuning"];
+    assert_eq!(tuning["users"], split.users.len(), "{report}");
+    let trials = tuning["trials"].as_array().unwrap();
+    assert!(trials.len() >= 5, "{report}");
+    assert_eq!(trials[0]["name"], "configured", "{report}");
+    assert!(
+        trials.iter().any(|t| t["name"] == tuning["chosen"]),
+        "{report}"
+    );
+    for t in &trials[1..] {
+        let vs = &t["vs_configured"];
+        let (d, lo, hi) = (
+            vs["ndcg@10_diff"].as_f64().unwrap(),
+            vs["lo"].as_f64().unwrap(),
+            vs["hi"].as_f64().unwrap(),
+        );
+        assert!(lo <= d && d <= hi, "{t}");
+        assert!((0.0..=1.0).contains(&t["ndcg@10"].as_f64().unwrap()), "{t}");
+    }
+    assert!(stderr.contains("ranker on validation targets"), "{stderr}");
     // The same answer over the same memory ranks alike in every tier.
     assert_eq!(
         behaviour["share_same_answer_other_items"].as_f64(),
@@ -269,6 +297,8 @@ fn eval_rule(
         .arg(dir.join("state"))
         .arg("--out")
         .arg(&out)
+        // These worlds check the replay, under the configured ranker.
+        .args(["--tune-users", "0"])
         .env("MRREC__METRICS__LISTEN", "")
         .env("MRREC__LLM__BACKEND", "rule")
         .output()

@@ -4,11 +4,15 @@
 //! and broker per run, distill running throughout, each request asked once
 //! every event before it is stored and before any event after it is sent.
 //!
-//! Warm start: the `rule` policy answers the validation requests of the
-//! first `--sft` users in a replay like an RL round's, and a fresh policy
-//! imitates those trajectories: real prompts, real memory, the requests it
-//! will serve. (No target is read: the rule's answer does not depend on
-//! it.) Without validation requests it imitates synthetic ones.
+//! The rule's validation pass: the `rule` policy answers the validation
+//! requests of the first `--sft` (and `--tune-users`) users in a replay
+//! like an RL round's. A fresh policy imitates those trajectories (the
+//! warm start): real prompts, real memory, the requests it will serve. (No
+//! target is read: the rule's answer does not depend on it.) Without
+//! validation requests it imitates synthetic ones. Beside the rule, in the
+//! same replay, rule tiers try other ranker settings; every row then runs
+//! the one chosen on those validation targets (see [`choose_ranker`]), so
+//! the fusion fits the data set instead of being fixed for one.
 //!
 //! RL phase, per round: the timeline is replayed and the training users'
 //! validation requests are answered (G sampled trajectories); each target
@@ -91,8 +95,9 @@ struct Replay<'a> {
     /// Per recommend stage asked (the loop's own, then its tiers), the
     /// prefix of the ids its requests are sent under (`{tag}-{n}`).
     tags: Vec<String>,
-    /// Validation: targets come back as outcomes (of the first stage's
-    /// requests; a replay with outcomes asks one stage).
+    /// Validation: targets come back as outcomes, of the first stage's
+    /// requests only (the tiers beside it read the same memory, and their
+    /// trajectories earn no reward).
     outcomes: bool,
 }
 
@@ -176,9 +181,6 @@ impl<'a> Replay<'a> {
     /// stands in time (right after the response when the target is the next
     /// event, as in DESIGN §11 and §14).
     async fn run(&self, pipeline: &mut InProcess) -> Result<Vec<HashMap<String, Response>>> {
-        if self.outcomes && self.tags.len() != 1 {
-            bail!("a replay with outcomes asks one recommend stage");
-        }
         let mut timeline = Timeline {
             withheld: self.withheld(),
             fed: 0,
@@ -362,7 +364,22 @@ struct Behaviour {
     mean_retrieve_steps: f64,
     /// Answers the rule gave because the policy could not (fallbacks).
     share_fallback: f64,
+    /// The first answers (by request id) whose profile differs from the
+    /// rule's: what the policy wrote instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    differing_profiles: Vec<DifferingProfile>,
 }
+
+/// One answer whose profile differs from the rule's for the same request.
+#[derive(Debug, Clone, serde::Serialize)]
+struct DifferingProfile {
+    request_id: String,
+    rule: String,
+    policy: String,
+}
+
+/// How many differing answers [`Behaviour`] shows.
+const DIFFERING_SHOWN: usize = 12;
 
 fn behaviour(run: &Scored, rule: Option<&Scored>) -> Behaviour {
     let n = run.answers.len().max(1) as f64;
@@ -394,7 +411,25 @@ fn behaviour(run: &Scored, rule: Option<&Scored>) -> Behaviour {
             .count();
         other as f64 / same.len().max(1) as f64
     });
+    let mut differing: Vec<DifferingProfile> = rule
+        .map(|rule| {
+            run.answers
+                .iter()
+                .filter_map(|(id, r)| {
+                    let x = rule.answers.get(id)?;
+                    (x.profile != r.profile).then(|| DifferingProfile {
+                        request_id: id.clone(),
+                        rule: x.profile.clone(),
+                        policy: r.profile.clone(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    differing.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    differing.truncate(DIFFERING_SHOWN);
     Behaviour {
+        differing_profiles: differing,
         share_differs_from_rule: differs,
         share_same_answer_other_items: same_answer_other_items,
         share_cites_memory: count(&|r: &Response| !r.memory_ids.is_empty()),
@@ -413,12 +448,30 @@ fn behaviour(run: &Scored, rule: Option<&Scored>) -> Behaviour {
     }
 }
 
+/// Of the request groups (a request's G sampled trajectories) among
+/// `rewards`, how many hold rewards that differ, and how many there are.
+/// Only those teach GRPO anything: a group of equal rewards has no
+/// advantage to follow.
+fn groups_with_contrast(rewards: &[super::train::Buffered]) -> (usize, usize) {
+    let mut groups: HashMap<&str, (f64, f64)> = HashMap::new();
+    for b in rewards {
+        let r = b.reward.total;
+        let g = groups.entry(b.reward.request_id.as_str()).or_insert((r, r));
+        g.0 = g.0.min(r);
+        g.1 = g.1.max(r);
+    }
+    let differ = groups.values().filter(|(lo, hi)| hi > lo).count();
+    (differ, groups.len())
+}
+
 /// One version's figures on the learning curve.
 #[derive(Debug, Default)]
 struct VersionFigures {
     version: u32,
     validation_reward: Option<f64>,
     validation_reward_all: Option<f64>,
+    /// Request groups of its validation pass whose rewards differ, and all.
+    validation_groups: Option<(usize, usize)>,
     test_ndcg_at_10: Option<f64>,
     test_interval: Option<Interval>,
     vs_rule: Option<VsRule>,
@@ -543,7 +596,9 @@ fn first_users(data: &EvalData, n: usize) -> HashSet<&str> {
 
 /// One replay of the validation requests of `users` (their targets sent
 /// back as outcomes) through a fresh loop running `config` under
-/// `dir/tag`, and the rewards it earned. The loop is left running.
+/// `dir/tag`, and the rewards it earned. Each of `tiers` answers the same
+/// requests beside the loop, from the same memory (or a shadow of it),
+/// without outcomes or rewards of its own. The loop is left running.
 struct ValidationPass {
     pipeline: InProcess,
     /// The loop's store and index, for the caller to remove.
@@ -551,6 +606,17 @@ struct ValidationPass {
     rewards: Vec<super::train::Buffered>,
     /// Requests answered without an error.
     answered: usize,
+    /// The loop's answers, then each tier's, by the data set's request id.
+    answers: Vec<HashMap<String, Response>>,
+}
+
+/// A recommend stage beside a validation pass's loop.
+struct PassTier {
+    name: String,
+    config: Config,
+    /// The shadow memory it reads (see
+    /// [`super::inprocess::shadow_tier_config`]); `None`: the loop's.
+    memory: Option<&'static str>,
 }
 
 async fn validation_pass(
@@ -559,58 +625,272 @@ async fn validation_pass(
     dir: &Path,
     tag: &str,
     users: &HashSet<&str>,
+    tiers: &[PassTier],
 ) -> Result<ValidationPass> {
     let (run, root) = run_config(config, dir, tag)?;
-    let mut pipeline = InProcess::start_live(&run, &data.items).await?;
+    let tier_configs: Vec<Config> = tiers
+        .iter()
+        .map(|t| match t.memory {
+            Some(memory) => super::inprocess::shadow_tier_config(&run, &t.config, &t.name, memory),
+            None => super::inprocess::tier_config(&run, &t.config, &t.name),
+        })
+        .collect();
+    let mut pipeline = InProcess::start_tiers(&run, &data.items, &tier_configs).await?;
+    let tags = std::iter::once(tag.to_owned())
+        .chain(tiers.iter().map(|t| t.name.clone()))
+        .collect();
     let replay = Replay::new(
         data,
         Split::Valid,
         |r| users.contains(r.request.user_id.as_str()),
-        vec![tag.to_owned()],
+        tags,
         true,
     );
-    let answers = replay.run(&mut pipeline).await?.pop().unwrap_or_default();
-    let answered = answers.values().filter(|r| r.error.is_none()).count();
+    let answers = replay.run(&mut pipeline).await?;
+    let answered = answers
+        .first()
+        .map_or(0, |a| a.values().filter(|r| r.error.is_none()).count());
     let rewards = pipeline.rewards(tag, answered).await;
     Ok(ValidationPass {
         pipeline,
         root,
         rewards,
         answered,
+        answers,
     })
 }
 
-/// The warm start's teacher trajectories: the `rule` policy (`rule`, the
-/// rule row's config) answering every validation request of the first
-/// `users` users by id, replayed in time as an RL round is. The targets
+/// A ranker setting the `rule` tries on validation targets: the rule's
+/// config with one change, and the shadow memory it needs when the change
+/// is to how distill keeps memory.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RankerTrial {
+    name: String,
+    /// How it differs from the configured ranker (config keys).
+    change: String,
+    /// Mean NDCG@10 over the tuning users (each user once).
+    #[serde(rename = "ndcg@10")]
+    ndcg_at_10: f64,
+    /// Against the configured ranker on the same users (paired bootstrap).
+    vs_configured: Option<VsRule>,
+    #[serde(skip)]
+    config: Config,
+    #[serde(skip)]
+    memory: Option<&'static str>,
+}
+
+/// The ranker every row runs, chosen on validation targets, so that the
+/// fusion and the collaborative signal fit the data set.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RankerTuning {
+    users: usize,
+    requests: usize,
+    chosen: String,
+    trials: Vec<RankerTrial>,
+}
+
+/// The settings tried beside the configured ones (first): one change at a
+/// time along the directions earlier passes found to matter (the
+/// collaborative signal's scoring and seeds, the signals' weights), and
+/// co-occurrence kept as item-kNN keeps it (both ways over a window of 20,
+/// in a shadow memory; embedded store only), with raw counts and cosine.
+fn ranker_candidates(rule: &Config) -> Vec<RankerTrial> {
+    use mrrec_config::{CollaborativeScore, StoreBackend};
+    let trial = |name: &str, change: String, edit: &dyn Fn(&mut Config)| {
+        let mut config = rule.clone();
+        edit(&mut config);
+        RankerTrial {
+            name: name.to_owned(),
+            change,
+            ndcg_at_10: 0.0,
+            vs_configured: None,
+            config,
+            memory: None,
+        }
+    };
+    let r = &rule.recommend;
+    let recent = (r.recent_items * 5).max(50);
+    let mut out = vec![trial("configured", "none".into(), &|_| {})];
+    if r.collaborative != CollaborativeScore::Cosine {
+        out.push(trial(
+            "cosine",
+            "recommend.collaborative = \"cosine\"".into(),
+            &|c| c.recommend.collaborative = CollaborativeScore::Cosine,
+        ));
+        out.push(trial(
+            "cosine-recent",
+            format!("recommend.collaborative = \"cosine\", recommend.recent_items = {recent}"),
+            &|c| {
+                c.recommend.collaborative = CollaborativeScore::Cosine;
+                c.recommend.recent_items = recent;
+            },
+        ));
+    }
+    out.push(trial(
+        "recent",
+        format!("recommend.recent_items = {recent}"),
+        &|c| c.recommend.recent_items = recent,
+    ));
+    out.push(trial(
+        "collaborative-x2",
+        format!(
+            "recommend.weight_collaborative = {}",
+            r.weight_collaborative * 2.0
+        ),
+        &|c| c.recommend.weight_collaborative *= 2.0,
+    ));
+    out.push(trial(
+        "popularity-half",
+        format!(
+            "recommend.weight_popularity = {}",
+            r.weight_popularity * 0.5
+        ),
+        &|c| c.recommend.weight_popularity *= 0.5,
+    ));
+    out.push(trial(
+        "category-half",
+        format!("recommend.weight_category = {}", r.weight_category * 0.5),
+        &|c| c.recommend.weight_category *= 0.5,
+    ));
+    let d = &rule.distill;
+    let knn_like = d.co_occurrence_both_ways && d.co_occurrence_window == 20;
+    if rule.store.backend == StoreBackend::Embedded && !knn_like {
+        let knn = |c: &mut Config| {
+            c.distill.co_occurrence_window = 20;
+            c.distill.co_occurrence_both_ways = true;
+        };
+        let change = "distill.co_occurrence_window = 20, distill.co_occurrence_both_ways = true";
+        for (name, change, cosine) in [
+            ("window20-both", change.to_owned(), false),
+            (
+                "window20-both-cosine",
+                format!("{change}, recommend.collaborative = \"cosine\""),
+                true,
+            ),
+        ] {
+            let mut t = trial(name, change, &|c| {
+                knn(c);
+                if cosine {
+                    c.recommend.collaborative = CollaborativeScore::Cosine;
+                }
+            });
+            t.memory = Some("window20-both");
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// Scores each trial's answers on the validation targets of `users` and
+/// chooses: the best trial whose paired interval against the configured
+/// ranker (the first) lies above 0, else the configured one (a gain
+/// inside the interval is no gain).
+fn choose_ranker(
+    data: &EvalData,
+    users: &HashSet<&str>,
+    mut trials: Vec<RankerTrial>,
+    answers: Vec<HashMap<String, Response>>,
+) -> RankerTuning {
+    let mut order: Vec<String> = users.iter().map(|u| (*u).to_owned()).collect();
+    order.sort();
+    let requests = data
+        .of(Split::Valid)
+        .filter(|r| users.contains(r.request.user_id.as_str()))
+        .count();
+    let per_user: Vec<Vec<f64>> = answers
+        .into_iter()
+        .zip(&trials)
+        .map(|(answers, t)| {
+            let scored = score(data, &t.name, None, Split::Valid, answers);
+            per_user_ndcg(data, &scored, &order)
+        })
+        .collect();
+    let configured = per_user.first().cloned().unwrap_or_default();
+    for (i, (t, ndcg)) in trials.iter_mut().zip(&per_user).enumerate() {
+        let diffs: Vec<f64> = ndcg.iter().zip(&configured).map(|(a, b)| a - b).collect();
+        t.ndcg_at_10 = ndcg.iter().sum::<f64>() / ndcg.len().max(1) as f64;
+        t.vs_configured = (i > 0).then(|| VsRule::from_diffs(&diffs));
+    }
+    let chosen = trials
+        .iter()
+        .filter(|t| t.vs_configured.is_none_or(|vs| vs.above_zero()))
+        .max_by(|a, b| a.ndcg_at_10.total_cmp(&b.ndcg_at_10))
+        .map_or_else(|| "configured".to_owned(), |t| t.name.clone());
+    RankerTuning {
+        users: users.len(),
+        requests,
+        chosen,
+        trials,
+    }
+}
+
+/// The `rule` policy (the rule row's config) answering every validation
+/// request of the first `users` users by id, replayed in time as an RL
+/// round is: the warm start's teacher trajectories (those of the first
+/// `teach` users), and with `tune`, the settings of [`ranker_candidates`]
+/// tried as tiers beside it on the same requests and memory. The targets
 /// come back as outcomes only so that the reward stage hands each
-/// trajectory over; the rule's answers never read them. Empty when the
-/// data has no validation request.
-async fn rule_trajectories(
+/// trajectory over; the rule's answers never read them (and its turns do
+/// not depend on the ranker, so the trajectories are the teacher's
+/// whichever ranker is chosen). Nothing when the data has no validation
+/// request.
+async fn rule_pass(
     data: &EvalData,
     rule: &Config,
     args: &EvalArgs,
     users: usize,
-) -> Result<Vec<Trajectory>> {
+    teach: usize,
+    tune: bool,
+) -> Result<(Vec<Trajectory>, Option<RankerTuning>)> {
     let chosen = first_users(data, users);
     if chosen.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
-    let pass = validation_pass(data, rule, &args.dir, "eval-sft", &chosen).await?;
-    let answered = pass.answered;
-    pass.pipeline.stop().await?;
-    let _ = std::fs::remove_dir_all(&pass.root);
-    let trajectories: Vec<Trajectory> = pass
-        .rewards
+    let trials = if tune {
+        ranker_candidates(rule)
+    } else {
+        Vec::new()
+    };
+    let tiers: Vec<PassTier> = trials
+        .iter()
+        .skip(1)
+        .map(|t| PassTier {
+            name: format!("tune-{}", t.name),
+            config: t.config.clone(),
+            memory: t.memory,
+        })
+        .collect();
+    let started = Instant::now();
+    let ValidationPass {
+        pipeline,
+        root,
+        rewards,
+        answered,
+        answers,
+    } = validation_pass(data, rule, &args.dir, "eval-sft", &chosen, &tiers).await?;
+    pipeline.stop().await?;
+    let _ = std::fs::remove_dir_all(&root);
+    let teachers = first_users(data, teach);
+    let trajectories: Vec<Trajectory> = rewards
         .into_iter()
         .filter_map(|b| b.reward.trajectory)
+        .filter(|t| teachers.contains(t.user_id.as_str()))
         .collect();
     eprintln!(
-        "warm start: the rule answered {} validation requests of {} users ({answered} answers)",
-        trajectories.len(),
-        chosen.len()
+        "the rule's validation pass: {} users, {answered} answers, {} rankers, {:.0} s",
+        chosen.len(),
+        tiers.len() + 1,
+        started.elapsed().as_secs_f64()
     );
-    Ok(trajectories)
+    if teach > 0 {
+        eprintln!(
+            "warm start: {} teacher trajectories of {} users",
+            trajectories.len(),
+            teachers.len()
+        );
+    }
+    let tuning = tune.then(|| choose_ranker(data, &chosen, trials, answers));
+    Ok((trajectories, tuning))
 }
 
 /// RL on validation targets: one replay per round, a training round after
@@ -637,15 +917,20 @@ async fn learn(
             root,
             rewards,
             ..
-        } = validation_pass(data, config, &args.dir, &tag, &training).await?;
+        } = validation_pass(data, config, &args.dir, &tag, &training, &[]).await?;
         let (served, all) = means(&rewards);
+        let contrast = groups_with_contrast(&rewards);
         eprintln!(
-            "v{version:04}: validation reward {served:.4} (served), {all:.4} (all {})",
-            rewards.len()
+            "v{version:04}: validation reward {served:.4} (served), {all:.4} (all {}); \
+             {:.1}% of {} request groups have rewards that differ",
+            rewards.len(),
+            100.0 * contrast.0 as f64 / contrast.1.max(1) as f64,
+            contrast.1,
         );
         let point = curve_point(curve, version);
         point.validation_reward = Some(served);
         point.validation_reward_all = Some(all);
+        point.validation_groups = Some(contrast);
         // The last pass only measures the last version.
         let last = round == args.rounds;
         let mut stop = last;
@@ -683,6 +968,112 @@ fn split_name(split: Split) -> &'static str {
     }
 }
 
+/// One replay of the rule on validation requests gives the warm start its
+/// teacher (when a policy is to be warm-started) and tries the ranker
+/// settings (not when the rows score the validation targets themselves:
+/// choosing on them would be circular). The chosen ranker is applied to
+/// every config of `configs` (the base, greedy and rule configs).
+async fn teach_and_tune(
+    data: &EvalData,
+    args: &EvalArgs,
+    scored: Split,
+    configs: [&mut Config; 3],
+) -> Result<(Vec<Trajectory>, Option<RankerTuning>)> {
+    let base = &*configs[0];
+    let teach = if base.llm.backend != LlmBackend::Rule && base.llm.model_dir.is_empty() {
+        args.sft
+    } else {
+        0
+    };
+    let tune = scored == Split::Test && args.tune_users > 0;
+    let users = teach.max(if tune { args.tune_users } else { 0 });
+    if users == 0 {
+        return Ok((Vec::new(), None));
+    }
+    let (teacher, tuning) = rule_pass(data, &*configs[2], args, users, teach, tune).await?;
+    if let Some(tuning) = &tuning {
+        print_tuning(tuning);
+        if let Some(chosen) = tuning.trials.iter().find(|t| t.name == tuning.chosen) {
+            for config in configs {
+                config.recommend = chosen.config.recommend.clone();
+                config.distill = chosen.config.distill.clone();
+            }
+        }
+    }
+    Ok((teacher, tuning))
+}
+
+/// The policy's rows: the warm start (imitating `teacher`, or synthetic
+/// trajectories without one), RL on validation targets (not with
+/// `--targets valid`), then a greedy row per version and
+/// `pipeline_no_memory` for the last.
+async fn policy_rows(
+    data: &EvalData,
+    args: &EvalArgs,
+    scored: Split,
+    base: &Config,
+    greedy: &Config,
+    teacher: Vec<Trajectory>,
+    curve: &mut BTreeMap<u32, VersionFigures>,
+) -> Result<Vec<TestRow>> {
+    let epochs = args.sft_epochs.max(1);
+    let warm = if args.sft == 0 || !base.llm.model_dir.is_empty() {
+        None
+    } else if teacher.is_empty() {
+        Some(WarmStart::Synthetic {
+            trajectories: args.sft,
+            epochs,
+        })
+    } else {
+        let mut trajectories = teacher;
+        if args.sft_synthetic > 0 {
+            let synthetic =
+                super::model::synthetic_trajectories(base, &data.items, args.sft_synthetic).await?;
+            eprintln!(
+                "warm start: {} synthetic teacher trajectories beside {} real ones",
+                synthetic.len(),
+                trajectories.len()
+            );
+            trajectories.extend(synthetic);
+        }
+        Some(WarmStart::Imitate {
+            trajectories,
+            epochs,
+        })
+    };
+    let first = ensure_policy(base, &data.items, warm).await?;
+    let versions = match scored {
+        Split::Test => learn(data, base, args, first, curve).await?,
+        Split::Valid => vec![first],
+    };
+    let registry = mrrec_policy::PolicyRegistry::new(&base.policy.dir);
+    let mut rows = Vec::new();
+    for (i, version) in versions.iter().enumerate() {
+        let mut pinned = greedy.clone();
+        pinned.llm.model_dir = registry.path(*version).display().to_string();
+        let name = if i == 0 {
+            "pipeline_untrained".to_owned()
+        } else {
+            format!("pipeline_v{version}")
+        };
+        rows.push(TestRow {
+            name,
+            version: Some(*version),
+            config: pinned,
+        });
+    }
+    let last = *versions.last().unwrap_or(&first);
+    let mut blind = greedy.clone();
+    blind.llm.model_dir = registry.path(last).display().to_string();
+    blind.agent.use_memory = false;
+    rows.push(TestRow {
+        name: "pipeline_no_memory".into(),
+        version: Some(last),
+        config: blind,
+    });
+    Ok(rows)
+}
+
 pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     check_outputs(args)?;
     let started = Instant::now();
@@ -711,7 +1102,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let base = eval_config(config, &args.dir)?;
+    let mut base = eval_config(config, &args.dir)?;
     let mut curve: BTreeMap<u32, VersionFigures> = BTreeMap::new();
     // The rule first: its recommend stage is the loop's own, the
     // policies' are tiers beside it.
@@ -721,59 +1112,16 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     greedy.agent.temperature = 0.0;
     let mut rule = greedy.clone();
     rule.llm.backend = LlmBackend::Rule;
+    let (teacher, tuning) =
+        teach_and_tune(&data, args, scored, [&mut base, &mut greedy, &mut rule]).await?;
     let mut test_rows = vec![TestRow {
         name: "rule".into(),
         version: None,
         config: rule,
     }];
     if base.llm.backend != LlmBackend::Rule {
-        let epochs = args.sft_epochs.max(1);
-        let warm = if args.sft == 0 || !base.llm.model_dir.is_empty() {
-            None
-        } else {
-            let trajectories =
-                rule_trajectories(&data, &test_rows[0].config, args, args.sft).await?;
-            Some(if trajectories.is_empty() {
-                WarmStart::Synthetic {
-                    trajectories: args.sft,
-                    epochs,
-                }
-            } else {
-                WarmStart::Imitate {
-                    trajectories,
-                    epochs,
-                }
-            })
-        };
-        let first = ensure_policy(&base, &data.items, warm).await?;
-        let versions = match scored {
-            Split::Test => learn(&data, &base, args, first, &mut curve).await?,
-            Split::Valid => vec![first],
-        };
-        let registry = mrrec_policy::PolicyRegistry::new(&base.policy.dir);
-        for (i, version) in versions.iter().enumerate() {
-            let mut pinned = greedy.clone();
-            pinned.llm.model_dir = registry.path(*version).display().to_string();
-            let name = if i == 0 {
-                "pipeline_untrained".to_owned()
-            } else {
-                format!("pipeline_v{version}")
-            };
-            test_rows.push(TestRow {
-                name,
-                version: Some(*version),
-                config: pinned,
-            });
-        }
-        let last = *versions.last().unwrap_or(&first);
-        let mut blind = greedy.clone();
-        blind.llm.model_dir = registry.path(last).display().to_string();
-        blind.agent.use_memory = false;
-        test_rows.push(TestRow {
-            name: "pipeline_no_memory".into(),
-            version: Some(last),
-            config: blind,
-        });
+        let rows = policy_rows(&data, args, scored, &base, &greedy, teacher, &mut curve).await?;
+        test_rows.extend(rows);
     }
     let mut runs = test_runs(&data, &args.dir, &test_rows, scored).await?;
     let rule_run = runs.remove(0);
@@ -837,10 +1185,13 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         "skipped_lines": data.report.skipped.len(),
         "normalized_lines": data.report.normalized,
         "rule_behaviour": behaviour(&rule_run, None),
+        "ranker_tuning": tuning,
         "curve": curve.values().map(|p| serde_json::json!({
             "version": p.version,
             "validation_reward": p.validation_reward,
             "validation_reward_all": p.validation_reward_all,
+            "validation_groups_with_contrast": p.validation_groups.map(|(d, _)| d),
+            "validation_groups": p.validation_groups.map(|(_, n)| n),
             "test_ndcg@10": p.test_ndcg_at_10,
             "test_ndcg@10_interval": p.test_interval.map(|i| [i.lo, i.hi]),
             "vs_rule": p.vs_rule,
@@ -902,6 +1253,28 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The ranker trials on validation targets, and the one every row runs.
+fn print_tuning(tuning: &RankerTuning) {
+    eprintln!(
+        "ranker on validation targets ({} users, {} requests), the rule answering:",
+        tuning.users, tuning.requests
+    );
+    for t in &tuning.trials {
+        let vs = t.vs_configured.map_or(String::new(), |vs| {
+            format!(" ({:+.4} [{:+.4}, {:+.4}])", vs.diff, vs.lo, vs.hi)
+        });
+        let mark = if t.name == tuning.chosen {
+            "  <- chosen"
+        } else {
+            ""
+        };
+        eprintln!(
+            "  {:<20} NDCG@10 {:.4}{vs}  {}{mark}",
+            t.name, t.ndcg_at_10, t.change
+        );
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!("| row | Recall@10 | NDCG@10 | Recall@100 | NDCG@100 | NDCG@10 vs rule [95% CI] |");
     println!("|---|---|---|---|---|---|");
@@ -921,6 +1294,204 @@ mod tests {
     use super::*;
     use mrrec_testkit::replay::write_jsonl;
 
+    /// The world of `mrrec_testkit::replay::hit_between_requests` written
+    /// to `dir`: `asker` asks for item 29 at ts 5,000 (`{v|t}-before`),
+    /// before the hit, and `newcomer` at ts 20,000 (`{v|t}-after`), after
+    /// it, both under `split`; then `more` requests.
+    fn hit_world(dir: &Path, split: &str, more: &[serde_json::Value]) -> EvalData {
+        let (items, events) = mrrec_testkit::replay::hit_between_requests();
+        let id = |when: &str| format!("{}-{when}", &split[..1]);
+        let request = |id: String, user: &str, ts: i64| {
+            serde_json::json!({
+                "request_id": id, "user_id": user, "query": "Looking for Gear", "k": 100,
+                "ts": ts, "target_item_id": "29", "split": split,
+            })
+        };
+        let mut requests = vec![
+            request(id("before"), "asker", 5_000),
+            request(id("after"), "newcomer", 20_000),
+        ];
+        requests.extend_from_slice(more);
+        let paths = ["items.jsonl", "events.jsonl", "requests.jsonl"].map(|f| dir.join(f));
+        write_jsonl(&paths[0], &items).unwrap();
+        write_jsonl(&paths[1], &events).unwrap();
+        write_jsonl(&paths[2], &requests).unwrap();
+        EvalData::jsonl(&paths[0], &paths[1], &paths[2]).unwrap()
+    }
+
+    /// The rule, answering greedily, with no metrics listener.
+    fn greedy_rule() -> Config {
+        let mut config = Config::defaults();
+        config.metrics.listen = String::new();
+        config.llm.backend = LlmBackend::Rule;
+        config.agent.group_size = 1;
+        config.agent.temperature = 0.0;
+        config
+    }
+
+    /// `n` validation requests, one per user, each targeting item `t`.
+    fn validation_world(n: usize) -> EvalData {
+        let requests = (0..n)
+            .map(|i| EvalRequest {
+                request: mrrec_messages::Request {
+                    request_id: format!("v-{i}"),
+                    user_id: format!("u{i:03}"),
+                    query: None,
+                    k: 10,
+                    exclude_seen: true,
+                    ts: i as i64,
+                },
+                target: "t".into(),
+                split: Split::Valid,
+                at: 0,
+            })
+            .collect();
+        EvalData {
+            name: "world".into(),
+            items: Vec::new(),
+            events: Vec::new(),
+            requests,
+            category_row: "category_popularity",
+            report: Default::default(),
+        }
+    }
+
+    /// Answers that rank the target at `rank(i)` for request `i` (none: not at all).
+    fn answers(
+        data: &EvalData,
+        rank: impl Fn(usize) -> Option<usize>,
+    ) -> HashMap<String, Response> {
+        data.requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut items: Vec<mrrec_messages::ScoredItem> = (0..10)
+                    .map(|j| mrrec_messages::ScoredItem {
+                        item_id: format!("x{j}"),
+                        score: 1.0,
+                    })
+                    .collect();
+                if let Some(rank) = rank(i) {
+                    items[rank - 1].item_id = "t".into();
+                }
+                let response = Response {
+                    request_id: r.request.request_id.clone(),
+                    user_id: r.request.user_id.clone(),
+                    items,
+                    profile: String::new(),
+                    memory_ids: Vec::new(),
+                    steps: Vec::new(),
+                    policy_version: 0,
+                    latency_ms: 0.0,
+                    error: None,
+                    ts: 0,
+                };
+                (r.request.request_id.clone(), response)
+            })
+            .collect()
+    }
+
+    /// The ranker is chosen on validation targets only when its gain over
+    /// the configured one is outside the noise: a clear gain is taken, the
+    /// best of several; a gain on a few users only (interval holding 0)
+    /// is not; and the choice carries every trial's figures.
+    #[test]
+    fn a_ranker_is_chosen_only_for_a_gain_beyond_its_interval() {
+        let data = validation_world(200);
+        let users: HashSet<&str> = data
+            .requests
+            .iter()
+            .map(|r| r.request.user_id.as_str())
+            .collect();
+        let candidates = || {
+            ["configured", "lucky", "better", "best"]
+                .map(|name| RankerTrial {
+                    name: name.into(),
+                    change: String::new(),
+                    ndcg_at_10: 0.0,
+                    vs_configured: None,
+                    config: Config::defaults(),
+                    memory: None,
+                })
+                .to_vec()
+        };
+        // Configured: rank 5 for every user. Lucky: rank 1 for 2 users.
+        // Better: rank 2 for 3 users in 4. Best: rank 1 for everyone.
+        let all = vec![
+            answers(&data, |_| Some(5)),
+            answers(&data, |i| Some(if i < 2 { 1 } else { 5 })),
+            answers(&data, |i| Some(if i % 4 == 0 { 5 } else { 2 })),
+            answers(&data, |_| Some(1)),
+        ];
+        let tuning = choose_ranker(&data, &users, candidates(), all);
+        assert_eq!(tuning.chosen, "best", "{tuning:?}");
+        assert_eq!((tuning.users, tuning.requests), (200, 200));
+        assert_eq!(tuning.trials.len(), 4);
+        assert!(tuning.trials[0].vs_configured.is_none());
+        assert!((tuning.trials[3].ndcg_at_10 - 1.0).abs() < 1e-12);
+        let lucky = tuning.trials[1].vs_configured.unwrap();
+        assert!(lucky.diff > 0.0 && lucky.lo <= 0.0, "{lucky:?}");
+        assert!(tuning.trials[2].vs_configured.unwrap().above_zero());
+
+        // Without the clear winners, the lucky one is still not taken.
+        let few = vec![
+            answers(&data, |_| Some(5)),
+            answers(&data, |i| Some(if i < 2 { 1 } else { 5 })),
+        ];
+        let tuning = choose_ranker(&data, &users, candidates()[..2].to_vec(), few);
+        assert_eq!(tuning.chosen, "configured", "{tuning:?}");
+        // A worse ranker (the target missing for everyone) is never taken.
+        let worse = vec![answers(&data, |_| Some(5)), answers(&data, |_| None)];
+        let tuning = choose_ranker(&data, &users, candidates()[..2].to_vec(), worse);
+        assert_eq!(tuning.chosen, "configured", "{tuning:?}");
+        assert!(tuning.trials[1].vs_configured.unwrap().hi < 0.0);
+    }
+
+    /// A shadow memory (a tier's own store and index, filled by a distill
+    /// stage of its own from the loop's topics) keeps step with the loop's:
+    /// a tier reading it answers exactly as the loop does, hit included
+    /// only at the second request, and its store lies beside the loop's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shadow_memory_keeps_step_with_the_loop() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A data set needs a test request; the pass asks the validation ones.
+        let later = serde_json::json!({
+            "request_id": "t-later", "user_id": "asker", "query": "Looking for Gear",
+            "ts": 30_000, "target_item_id": "29", "split": "test",
+        });
+        let data = hit_world(tmp.path(), "valid", &[later]);
+        let dir = tmp.path().join("state");
+        let base = eval_config(&greedy_rule(), &dir).unwrap();
+        let tiers = [PassTier {
+            name: "shadow".into(),
+            config: base.clone(),
+            memory: Some("copy"),
+        }];
+        let users: HashSet<&str> = ["asker", "newcomer"].into();
+        let pass = validation_pass(&data, &base, &dir, "loop", &users, &tiers)
+            .await
+            .unwrap();
+        assert!(pass.root.join("store-copy").is_dir());
+        assert!(pass.root.join("index-copy").is_dir());
+        pass.pipeline.stop().await.unwrap();
+        let [own, shadow] = &pass.answers[..] else {
+            panic!("{} answer sets", pass.answers.len());
+        };
+        let items = |r: &Response| {
+            assert!(r.error.is_none(), "{r:?}");
+            r.items
+                .iter()
+                .map(|s| s.item_id.clone())
+                .collect::<Vec<_>>()
+        };
+        for id in ["v-before", "v-after"] {
+            assert_eq!(items(&own[id]), items(&shadow[id]), "{id}");
+        }
+        let rank = |r: &Response| r.items.iter().position(|s| s.item_id == "29");
+        assert!(rank(&own["v-before"]).is_none_or(|p| p >= 10), "{own:?}");
+        assert_eq!(rank(&own["v-after"]), Some(0), "{own:?}");
+    }
+
     /// A tier answers from the memory of its moment, as the loop's own
     /// stage does: the rule asked as the loop's stage and as a tier in one
     /// replay gives the same answers, and both see a hit that arrives
@@ -929,28 +1500,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tiers_answer_from_the_memory_of_their_moment() {
         let tmp = tempfile::tempdir().unwrap();
-        let (items, events) = mrrec_testkit::replay::hit_between_requests();
-        let request = |id: &str, user: &str, ts: i64| {
-            serde_json::json!({
-                "request_id": id, "user_id": user, "query": "Looking for Gear", "k": 100,
-                "ts": ts, "target_item_id": "29", "split": "test",
-            })
-        };
-        let paths = ["items.jsonl", "events.jsonl", "requests.jsonl"].map(|f| tmp.path().join(f));
-        write_jsonl(&paths[0], &items).unwrap();
-        write_jsonl(&paths[1], &events).unwrap();
-        let requests = [
-            request("t-before", "asker", 5_000),
-            request("t-after", "newcomer", 20_000),
-        ];
-        write_jsonl(&paths[2], &requests).unwrap();
-        let data = EvalData::jsonl(&paths[0], &paths[1], &paths[2]).unwrap();
-        let mut config = Config::defaults();
-        config.metrics.listen = String::new();
-        config.llm.backend = LlmBackend::Rule;
-        config.agent.group_size = 1;
-        config.agent.temperature = 0.0;
-        let base = eval_config(&config, &tmp.path().join("state")).unwrap();
+        let data = hit_world(tmp.path(), "test", &[]);
+        let base = eval_config(&greedy_rule(), &tmp.path().join("state")).unwrap();
         let rows: Vec<TestRow> = ["rule", "rule_again"]
             .into_iter()
             .map(|name| TestRow {

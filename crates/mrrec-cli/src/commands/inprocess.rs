@@ -4,7 +4,7 @@
 //! rewards are collected from `mrrec.rewards`, and the trainer's rounds are
 //! driven by the caller. `bench learn` and `demo` are built on it.
 //!
-//! [`InProcess::start_live`] keeps distill running instead, for a replay in
+//! [`InProcess::start_tiers`] keeps distill running instead, for a replay in
 //! time (`mrrec eval`, DESIGN §13): the caller feeds events
 //! ([`InProcess::feed`]), asks requests between them
 //! ([`InProcess::ask_tiers`]) and sends outcomes, and each feed returns
@@ -22,9 +22,13 @@ use mrrec_messages::{encode, Event, EventKind, Item, Outcome, Request, Response,
 use mrrec_recommend::RecommendClient;
 use mrrec_stream::{Bootstrap, KafkaClients, OutgoingRecord, Publisher, Shutdown, StageRunner};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A memory store, the loop's or a shadow tier's.
+type Memory = mrrec_memory::MemoryStore<mrrec_store::AnyStore>;
 
 /// Rewards read from `mrrec.rewards`, by trajectory id.
 type Collected = Arc<Mutex<BTreeMap<String, Buffered>>>;
@@ -98,7 +102,7 @@ pub(super) struct InProcess {
     stop: Shutdown,
     /// What tiers are started on.
     clients: KafkaClients,
-    memory: mrrec_memory::MemoryStore<mrrec_store::AnyStore>,
+    memory: Memory,
     /// The embedded broker lives as long as the loop.
     bootstrap: Bootstrap,
 }
@@ -111,7 +115,7 @@ impl InProcess {
         let records = super::load::records(&opened.prefix, items, history)?;
         let total = records.len() as u64;
         super::load::publish_with_progress(&opened.publisher, records, "producing history").await?;
-        let runner = opened.distill_runner(config).await?;
+        let runner = opened.distill_runner(config, &opened.memory).await?;
         let progress = runner.progress();
         let stop_distill = Shutdown::new();
         let started = Instant::now();
@@ -141,24 +145,33 @@ impl InProcess {
     /// Produces `items` and starts every stage, distill included, which
     /// keeps running: memory then grows only by what [`Self::feed`] and
     /// [`Self::send_outcomes`] send, and each returns once it is stored.
-    pub async fn start_live(config: &Config, items: &[Item]) -> Result<Self> {
-        Self::start_tiers(config, items, &[]).await
-    }
-
-    /// [`Self::start_live`] plus a recommend tier per config in `tiers`
-    /// (see [`tier_config`]), asked with [`Self::ask_tiers`].
+    /// Beside the loop's recommend stage, a recommend tier per config in
+    /// `tiers` (see [`tier_config`]), asked with [`Self::ask_tiers`].
+    /// A tier with memory of its own (see [`shadow_tier_config`]) gets it
+    /// filled by a distill stage of its own, which every feed waits for too.
     pub async fn start_tiers(config: &Config, items: &[Item], tiers: &[Config]) -> Result<Self> {
         let opened = Opened::open(config, tiers).await?;
-        let runner = opened.distill_runner(config).await?;
-        let progress = runner.progress();
-        let stop_distill = Shutdown::new();
-        let task = tokio::spawn(runner.run(stop_distill.clone()));
         let mut live = LiveDistill {
-            progress,
-            stop: stop_distill,
-            task,
+            progress: Vec::new(),
+            stop: Shutdown::new(),
+            tasks: Vec::new(),
             sent: 0,
         };
+        live.start(opened.distill_runner(config, &opened.memory).await?);
+        // Each shadow memory once, however many tiers read it.
+        let mut memories: Vec<(PathBuf, Memory)> = Vec::new();
+        for tier in tiers.iter().filter(|t| t.store.path != config.store.path) {
+            if memories.iter().any(|(path, _)| *path == tier.store.path) {
+                continue;
+            }
+            let memory = super::store::open(tier).await?;
+            // It reads the loop's topics, in the consumer group of the
+            // first tier that reads it (its distill group).
+            let mut shadow = tier.clone();
+            shadow.topics = config.topics.clone();
+            live.start(opened.distill_runner(&shadow, &memory).await?);
+            memories.push((tier.store.path.clone(), memory));
+        }
         let started = Instant::now();
         let records = super::load::records(&opened.prefix, items, &[])?;
         live.sent += records.len() as u64;
@@ -170,7 +183,13 @@ impl InProcess {
             .serve(config, items.len(), distill_seconds, Some(live))
             .await?;
         for tier in tiers {
-            running.tiers.push(Tier::start(tier, &running).await?);
+            let memory = memories
+                .iter()
+                .find(|(path, _)| *path == tier.store.path)
+                .map_or_else(|| running.memory.clone(), |(_, memory)| memory.clone());
+            running
+                .tiers
+                .push(Tier::start(tier, &running, memory).await?);
         }
         Ok(running)
     }
@@ -390,7 +409,9 @@ impl InProcess {
         }
         if let Some(live) = self.live {
             live.stop.trigger();
-            live.task.await??;
+            for task in live.tasks {
+                task.await??;
+            }
         }
         drop(self.client);
         drop(self.trainer);
@@ -403,7 +424,8 @@ impl InProcess {
 }
 
 /// A recommend stage beside the loop's own: its config's policy and
-/// agent settings, the loop's memory and index, and topics of its own.
+/// agent settings, the loop's memory and index (or a shadow memory, see
+/// [`shadow_tier_config`]), and topics of its own.
 struct Tier {
     client: RecommendClient,
     stage: super::recommend::RunningStage,
@@ -423,11 +445,27 @@ pub(super) fn tier_config(base: &Config, row: &Config, name: &str) -> Config {
     tier
 }
 
+/// `row` as a tier named `name` with memory of its own, kept the way
+/// `row`'s distill settings say: [`tier_config`], but an embedded store and
+/// an index named `memory` beside the loop's (tiers that name the same
+/// `memory` share it). A distill stage of its own fills it from the loop's
+/// topics, so it holds what the loop's memory holds, distilled another way.
+pub(super) fn shadow_tier_config(base: &Config, row: &Config, name: &str, memory: &str) -> Config {
+    let beside = |path: &Path| {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!("-{memory}"));
+        path.with_file_name(name)
+    };
+    let mut tier = tier_config(base, row, name);
+    tier.store.path = beside(&base.store.path);
+    tier.index.path = beside(&base.index.path);
+    tier
+}
+
 impl Tier {
-    async fn start(config: &Config, running: &InProcess) -> Result<Self> {
+    async fn start(config: &Config, running: &InProcess, memory: Memory) -> Result<Self> {
         let clients = running.clients.clone();
-        let stage =
-            super::recommend::start(config, &clients, running.memory.clone(), false).await?;
+        let stage = super::recommend::start(config, &clients, memory, false).await?;
         let client = RecommendClient::connect(&clients, &config.topics.prefix).await?;
         Ok(Self { client, stage })
     }
@@ -439,7 +477,7 @@ struct Opened {
     bootstrap: Bootstrap,
     clients: KafkaClients,
     prefix: String,
-    memory: mrrec_memory::MemoryStore<mrrec_store::AnyStore>,
+    memory: Memory,
     publisher: Publisher,
 }
 
@@ -462,12 +500,13 @@ impl Opened {
         })
     }
 
-    /// A distill stage over the store, not yet running.
+    /// A distill stage over `memory`, not yet running.
     async fn distill_runner(
         &self,
         config: &Config,
+        memory: &Memory,
     ) -> Result<StageRunner<mrrec_distill::Distill<mrrec_store::AnyStore>>> {
-        let distill = super::run::distill_stage(config, self.memory.clone()).await?;
+        let distill = super::run::distill_stage(config, memory.clone()).await?;
         Ok(StageRunner::new(
             self.clients.clone(),
             mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
@@ -532,25 +571,32 @@ fn settled(progress: &mrrec_stream::Progress) -> u64 {
         + progress.skipped.load(Ordering::Relaxed)
 }
 
-/// A distill stage that keeps running, and how much was sent to it.
+/// Distill stages that keep running (the loop's, then one per shadow
+/// memory, all reading the same topics), and how much was sent to them.
 struct LiveDistill {
-    progress: Arc<mrrec_stream::Progress>,
+    progress: Vec<Arc<mrrec_stream::Progress>>,
     stop: Shutdown,
-    task: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
-    /// Records produced to its topics so far.
+    tasks: Vec<tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>>,
+    /// Records produced to their topics so far.
     sent: u64,
 }
 
 impl LiveDistill {
-    /// Returns once distill has stored (or dead-lettered) every record sent.
+    fn start(&mut self, runner: StageRunner<mrrec_distill::Distill<mrrec_store::AnyStore>>) {
+        self.progress.push(runner.progress());
+        self.tasks.push(tokio::spawn(runner.run(self.stop.clone())));
+    }
+
+    /// Returns once every distill stage has stored (or dead-lettered)
+    /// every record sent.
     async fn wait(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let done = settled(&self.progress);
+            let done = self.progress.iter().map(|p| settled(p)).min().unwrap_or(0);
             if done >= self.sent {
                 return Ok(());
             }
-            if self.task.is_finished() {
+            if self.tasks.iter().any(|t| t.is_finished()) {
                 bail!(
                     "the distill stage stopped after {done} of {} records",
                     self.sent

@@ -117,7 +117,7 @@ pub(crate) async fn warm_start(
 /// `n` teacher trajectories, each for a synthetic user who liked a few
 /// items of one category and asks for it in DESIGN §11's words, run through
 /// the real agent loop with the `rule` policy.
-async fn synthetic_trajectories(
+pub(crate) async fn synthetic_trajectories(
     config: &mrrec_config::Config,
     items: &[Item],
     n: usize,
