@@ -9,7 +9,8 @@
 //! like an RL round's. A fresh policy imitates those trajectories (the
 //! warm start): real prompts, real memory, the requests it will serve. (No
 //! target is read: the rule's answer does not depend on it.) Without
-//! validation requests it imitates synthetic ones. Beside the rule, in the
+//! validation requests it imitates synthetic ones (and with
+//! `--sft-synthetic N`, N of them beside the real ones). Beside the rule, in the
 //! same replay, rule tiers try other ranker settings; every row then runs
 //! the one chosen on those validation targets (see [`choose_ranker`]), so
 //! the fusion fits the data set instead of being fixed for one.
