@@ -85,7 +85,8 @@ pub enum Command {
         /// `bench recommend`: only the LLM call, ours vs. bare mistral.rs.
         #[arg(long)]
         llm_only: bool,
-        /// `bench ingest`: events to produce and consume.
+        /// `bench ingest`: events to produce and consume; `bench reopen`:
+        /// ratings distilled into its store.
         #[arg(long, default_value_t = 200_000)]
         events: usize,
         /// `bench ingest`: soak instead — stream ratings into distill for
@@ -341,6 +342,9 @@ pub enum Targets {
 pub enum BenchKind {
     Ingest,
     Retrieve,
+    /// A distill restart whose indexes are behind the store (another
+    /// instance moved on): caught up against rebuilt, one run.
+    Reopen,
     Recommend,
     Train,
     /// The RL loop on MovieLens-100K: held-out reward per policy version.

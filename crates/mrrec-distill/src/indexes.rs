@@ -1,16 +1,26 @@
 //! The tantivy side of distill: memory entries and items indexed after each
 //! stored batch, on a worker thread of its own (the stage goes on with the
 //! next batch meanwhile), committed at most once a second and when the stage
-//! stops, each with the store offsets it reflects as its commit payload. At
-//! start an index whose payload differs from the store's offsets is rebuilt
-//! from the store, which is the source of truth: the memory index and the
-//! item index each on its own evidence.
-
+//! stops, each with the store offsets it reflects as its commit payload.
+//!
+//! At start each index is brought up to date with the store, the source of
+//! truth, on its own evidence, and by what changed rather than from scratch
+//! (several distill instances write one store, so an instance's index is
+//! behind the store whenever it restarts):
+//! - the memory index records, per user, the stored `version` its entries
+//!   reflect; users whose version moved (or who are new, or gone) are
+//!   re-indexed from their stored hash, the others are not read;
+//! - the item index stores a fingerprint of what it indexed per item; items
+//!   of the catalog whose fingerprint differs are indexed again, items gone
+//!   from it removed.
+//!
+//! Only an index with no commit yet, or one that has seen offsets the store
+//! has not (a store restored from an older copy), is rebuilt whole.
 use mrrec_index::{IndexError, ItemIndex, MemoryIndex};
 use mrrec_memory::{MemoryEntry, MemoryStore};
 use mrrec_messages::Item;
-use mrrec_store::{Batch, KvStore, Op, StoreError};
-use std::collections::BTreeMap;
+use mrrec_store::{unescape, Batch, KvStore, Op, StoreError};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -21,6 +31,8 @@ use std::time::{Duration, Instant};
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// Stored batches waiting for the worker before the stage waits for it.
 const QUEUED_BATCHES: usize = 2;
+/// Users read from the store per round trip while catching up.
+const LOAD_CHUNK: usize = 256;
 
 /// The memory and item indexes kept by one distill instance, behind a worker thread.
 pub struct Indexes {
@@ -29,17 +41,52 @@ pub struct Indexes {
     /// Why the worker stopped, if it failed.
     failure: Arc<Mutex<Option<String>>>,
     offsets_key: String,
+    /// The store's key of a user, less the (escaped) id.
+    user_prefix: String,
+    opened: Opened,
+}
+
+/// What a stored batch changed, for the indexes.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Entries known to be new (their events were above every stored offset).
+    pub added: Vec<MemoryEntry>,
+    /// Entries that supersede earlier versions.
+    pub replaced: Vec<MemoryEntry>,
+    /// Items catalogued.
+    pub items: Vec<Item>,
+    /// Items removed by a tombstone.
+    pub removed: Vec<String>,
+    /// Level-1 entries pruned from the store.
+    pub pruned: Vec<String>,
+    /// Users' stored versions after the batch (those of the batch's write
+    /// are read from it).
+    pub versions: Vec<(String, Option<String>)>,
+}
+
+/// How an index was brought up to date with the store when it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// It reflected the store already.
+    Current,
+    /// Only what changed was indexed again: `changed` users (or items)
+    /// re-indexed, `removed` ones taken out.
+    CaughtUp { changed: usize, removed: usize },
+    /// Rebuilt whole, from `documents` users (or items).
+    Rebuilt { documents: usize },
+}
+
+/// What opening did to each index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub memory: Refresh,
+    pub items: Refresh,
 }
 
 /// One stored batch for the worker.
 struct Job {
     offsets: Vec<(String, i64)>,
-    added: Vec<MemoryEntry>,
-    replaced: Vec<MemoryEntry>,
-    items: Vec<Item>,
-    removed: Vec<String>,
-    /// Level-1 entries pruned from the store.
-    pruned: Vec<String>,
+    changes: Changes,
 }
 
 /// The indexes themselves, owned by the worker.
@@ -53,18 +100,25 @@ struct Writer {
 
 impl Writer {
     fn apply(&mut self, job: Job) -> Result<(), IndexError> {
+        let changes = job.changes;
         self.offsets.extend(job.offsets);
-        self.memory.add(&job.added)?;
-        self.memory.upsert(&job.replaced)?;
-        if !job.items.is_empty() {
-            self.items.upsert(&job.items)?;
+        self.memory.add(&changes.added)?;
+        self.memory.upsert(&changes.replaced)?;
+        if !changes.items.is_empty() {
+            self.items.upsert(&changes.items)?;
         }
-        if !job.removed.is_empty() {
-            self.items.remove(&job.removed)?;
+        if !changes.removed.is_empty() {
+            self.items.remove(&changes.removed)?;
         }
-        if !job.pruned.is_empty() {
-            self.memory.remove(&job.pruned)?;
+        if !changes.pruned.is_empty() {
+            self.memory.remove(&changes.pruned)?;
         }
+        self.memory.set_versions(
+            changes
+                .versions
+                .iter()
+                .map(|(user, version)| (user.as_str(), version.as_deref())),
+        )?;
         self.dirty = true;
         Ok(())
     }
@@ -131,9 +185,164 @@ async fn store_offsets<S: KvStore>(
         .collect()
 }
 
+/// How an index's commit payload compares with the store's offsets.
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    /// The same offsets.
+    Current,
+    /// Behind on some partitions, ahead on none.
+    Behind,
+    /// No commit yet, an unreadable payload, or ahead of the store somewhere.
+    Unknown,
+}
+
+fn standing(payload: Option<&str>, store: &BTreeMap<String, i64>) -> Standing {
+    let Some(indexed) = payload.and_then(|p| serde_json::from_str::<BTreeMap<String, i64>>(p).ok())
+    else {
+        return Standing::Unknown;
+    };
+    if indexed == *store {
+        Standing::Current
+    } else if indexed
+        .iter()
+        .any(|(partition, offset)| store.get(partition).is_none_or(|stored| offset > stored))
+    {
+        Standing::Unknown
+    } else {
+        Standing::Behind
+    }
+}
+
+/// The memory entries of a stored user hash.
+fn entries_of(fields: &BTreeMap<String, String>) -> Result<Vec<MemoryEntry>, StoreError> {
+    fields
+        .iter()
+        .filter(|(f, _)| f.starts_with("e:"))
+        .map(|(_, v)| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .collect()
+}
+
+/// Stored user hashes, `LOAD_CHUNK` per round trip, with their user ids.
+async fn for_each_user<S: KvStore>(
+    memory: &MemoryStore<S>,
+    keys: &[String],
+    mut each: impl FnMut(&str, &BTreeMap<String, String>) -> Result<(), OpenError>,
+) -> Result<(), OpenError> {
+    let prefix = memory.keys().user("");
+    for chunk in keys.chunks(LOAD_CHUNK) {
+        for (key, fields) in chunk.iter().zip(memory.kv().get_all_many(chunk).await?) {
+            match key.strip_prefix(&prefix).and_then(unescape) {
+                Some(user) => each(&user, &fields)?,
+                None => {
+                    tracing::warn!(key = %key, "a user key that does not unescape; not indexed")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Indexes every user's stored memory into an emptied index.
+async fn rebuild_memory<S: KvStore>(
+    index: &mut MemoryIndex,
+    memory: &MemoryStore<S>,
+) -> Result<Refresh, OpenError> {
+    index.clear()?;
+    let keys = memory.kv().keys(&memory.keys().user("")).await?;
+    for_each_user(memory, &keys, |user, fields| {
+        index.add(&entries_of(fields)?)?;
+        index.set_versions([(user, fields.get("version").map(String::as_str))])?;
+        Ok(())
+    })
+    .await?;
+    Ok(Refresh::Rebuilt {
+        documents: keys.len(),
+    })
+}
+
+/// Re-indexes the users whose stored version differs from the one the
+/// index recorded (one read of every version, one read of each changed
+/// user's hash), and removes users the store no longer has.
+async fn catch_up_memory<S: KvStore>(
+    index: &mut MemoryIndex,
+    memory: &MemoryStore<S>,
+) -> Result<Refresh, OpenError> {
+    let mut indexed = index.versions()?;
+    let prefix = memory.keys().user("");
+    let mut stale = Vec::new();
+    for chunk in memory.kv().keys(&prefix).await?.chunks(LOAD_CHUNK) {
+        let pairs: Vec<(String, String)> = chunk
+            .iter()
+            .map(|key| (key.clone(), "version".to_owned()))
+            .collect();
+        for (key, stored) in chunk.iter().zip(memory.kv().get_fields(&pairs).await?) {
+            let was = key
+                .strip_prefix(&prefix)
+                .and_then(unescape)
+                .and_then(|user| indexed.remove(&user));
+            // A user without a stored version is always read again.
+            if stored.is_none() || was != stored {
+                stale.push(key.clone());
+            }
+        }
+    }
+    for_each_user(memory, &stale, |user, fields| {
+        index.replace_user(user, &entries_of(fields)?)?;
+        index.set_versions([(user, fields.get("version").map(String::as_str))])?;
+        Ok(())
+    })
+    .await?;
+    for user in indexed.keys() {
+        index.remove_user(user)?;
+    }
+    Ok(Refresh::CaughtUp {
+        changed: stale.len(),
+        removed: indexed.len(),
+    })
+}
+
+/// Indexes the catalog's items whose indexed fingerprint differs (all of
+/// them into an empty index) and removes items it no longer has.
+async fn catch_up_items<S: KvStore>(
+    index: &mut ItemIndex,
+    memory: &MemoryStore<S>,
+) -> Result<Refresh, OpenError> {
+    let stored: Vec<Item> = memory
+        .kv()
+        .get_all(&memory.keys().items())
+        .await?
+        .values()
+        .map(|v| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let mut indexed: HashMap<String, String> = index.fingerprints()?;
+    let was_empty = indexed.is_empty();
+    let changed: Vec<&Item> = stored
+        .iter()
+        .filter(|item| {
+            indexed.remove(&item.item_id).as_deref() != Some(&ItemIndex::fingerprint_of(item))
+        })
+        .collect();
+    let removed: Vec<String> = indexed.into_keys().collect();
+    if changed.is_empty() && removed.is_empty() {
+        return Ok(Refresh::Current);
+    }
+    index.upsert(changed.iter().copied())?;
+    index.remove(&removed)?;
+    Ok(if was_empty {
+        Refresh::Rebuilt {
+            documents: changed.len(),
+        }
+    } else {
+        Refresh::CaughtUp {
+            changed: changed.len(),
+            removed: removed.len(),
+        }
+    })
+}
+
 impl Indexes {
     /// Opens the indexes under `dir` (`memory/`, `items/`; in RAM when `None`),
-    /// rebuilds them from the store unless they reflect its offsets, and
+    /// brings each up to date with the store (see the module comment), and
     /// starts the worker.
     pub async fn open<S: KvStore>(
         dir: Option<&Path>,
@@ -146,51 +355,22 @@ impl Indexes {
             last_commit: Instant::now(),
             dirty: false,
         };
-        let current = serde_json::to_string(&writer.offsets).expect("offsets serialise");
-        let stored_items: Vec<Item> = memory
-            .kv()
-            .get_all(&memory.keys().items())
-            .await?
-            .values()
-            .map(|v| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        let memory_stale = writer.memory.payload()?.as_deref() != Some(current.as_str());
-        // The item index is checked on its own: its directory may be lost,
-        // or hold an older commit (even one with as many items), while the
-        // memory index is current.
-        let items_stale = writer.items.payload()?.as_deref() != Some(current.as_str())
-            || writer.items.len() != stored_items.len() as u64;
         let started = Instant::now();
-        let mut entries = 0;
-        if memory_stale {
-            writer.memory.clear()?;
-            for key in memory
-                .kv()
-                .keys(&format!("{}user:", memory.keys().prefix()))
-                .await?
-            {
-                let fields = memory.kv().get_all(&key).await?;
-                let batch: Vec<MemoryEntry> = fields
-                    .iter()
-                    .filter(|(f, _)| f.starts_with("e:"))
-                    .map(|(_, v)| {
-                        serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string()))
-                    })
-                    .collect::<Result<_, _>>()?;
-                entries += batch.len();
-                writer.memory.add(&batch)?;
-            }
-        }
-        if memory_stale || items_stale {
-            writer.items.clear()?;
-            writer.items.upsert(&stored_items)?;
+        let opened = Opened {
+            memory: match standing(writer.memory.payload()?.as_deref(), &writer.offsets) {
+                Standing::Current => Refresh::Current,
+                Standing::Behind => catch_up_memory(&mut writer.memory, memory).await?,
+                Standing::Unknown => rebuild_memory(&mut writer.memory, memory).await?,
+            },
+            items: catch_up_items(&mut writer.items, memory).await?,
+        };
+        if opened.memory != Refresh::Current || opened.items != Refresh::Current {
             writer.commit()?;
             tracing::info!(
-                memory = memory_stale,
-                entries,
-                items = stored_items.len(),
+                memory = ?opened.memory,
+                items = ?opened.items,
                 seconds = started.elapsed().as_secs_f64(),
-                "rebuilt the indexes from the store"
+                "brought the indexes up to date with the store"
             );
         }
         let (jobs, receiver) = sync_channel(QUEUED_BATCHES);
@@ -210,45 +390,40 @@ impl Indexes {
             worker: Some(worker),
             failure,
             offsets_key: memory.keys().offsets(),
+            user_prefix: memory.keys().user(""),
+            opened,
         })
     }
 
-    /// Hands what a stored batch wrote to the worker — `added` entries are new
-    /// (their events were above every stored offset, and an index behind the
-    /// store is rebuilt at start), `replaced` ones supersede earlier versions.
-    /// Waits only when the worker is [`QUEUED_BATCHES`] behind; fails once
-    /// the worker has failed.
-    pub fn record(
-        &mut self,
-        write: &Batch,
-        added: Vec<MemoryEntry>,
-        replaced: Vec<MemoryEntry>,
-        items: Vec<Item>,
-        removed: Vec<String>,
-        pruned: Vec<String>,
-    ) -> Result<(), String> {
+    /// What opening did to each index.
+    pub fn opened(&self) -> Opened {
+        self.opened
+    }
+
+    /// Hands what a stored batch wrote to the worker: `write` gives the
+    /// offsets and the users' new versions, `changes` the rest. Waits only
+    /// when the worker is [`QUEUED_BATCHES`] behind; fails once the worker
+    /// has failed.
+    pub fn record(&mut self, write: &Batch, mut changes: Changes) -> Result<(), String> {
         let mut offsets = Vec::new();
         for op in &write.ops {
-            if let Op::Set { key, field, value } = op {
-                if *key == self.offsets_key {
-                    if let Ok(offset) = value.parse() {
-                        offsets.push((field.clone(), offset));
-                    }
+            let Op::Set { key, field, value } = op else {
+                continue;
+            };
+            if *key == self.offsets_key {
+                if let Ok(offset) = value.parse() {
+                    offsets.push((field.clone(), offset));
+                }
+            } else if field == "version" {
+                if let Some(user) = key.strip_prefix(&self.user_prefix).and_then(unescape) {
+                    changes.versions.push((user, Some(value.clone())));
                 }
             }
         }
-        let job = Job {
-            offsets,
-            added,
-            replaced,
-            items,
-            removed,
-            pruned,
-        };
         let sent = self
             .jobs
             .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok());
+            .is_some_and(|jobs| jobs.send(Job { offsets, changes }).is_ok());
         if sent {
             Ok(())
         } else {
@@ -269,5 +444,40 @@ impl Drop for Indexes {
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{standing, Standing};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn an_index_behind_is_caught_up_and_one_ahead_or_unreadable_rebuilt() {
+        let store: BTreeMap<String, i64> = [("t:0".into(), 5), ("t:1".into(), 7)].into();
+        let at = |pairs: &[(&str, i64)]| {
+            let map: BTreeMap<&str, i64> = pairs.iter().copied().collect();
+            serde_json::to_string(&map).unwrap()
+        };
+        assert_eq!(
+            standing(Some(&at(&[("t:0", 5), ("t:1", 7)])), &store),
+            Standing::Current
+        );
+        assert_eq!(
+            standing(Some(&at(&[("t:0", 5), ("t:1", 3)])), &store),
+            Standing::Behind
+        );
+        assert_eq!(standing(Some(&at(&[("t:0", 5)])), &store), Standing::Behind);
+        assert_eq!(standing(Some(&at(&[])), &store), Standing::Behind);
+        assert_eq!(
+            standing(Some(&at(&[("t:0", 6), ("t:1", 3)])), &store),
+            Standing::Unknown
+        );
+        assert_eq!(
+            standing(Some(&at(&[("t:2", 0)])), &store),
+            Standing::Unknown
+        );
+        assert_eq!(standing(Some("not json"), &store), Standing::Unknown);
+        assert_eq!(standing(None, &store), Standing::Unknown);
     }
 }

@@ -26,7 +26,7 @@
 
 mod indexes;
 
-pub use indexes::Indexes;
+pub use indexes::{Changes, Indexes, Opened, Refresh};
 
 use mrrec_memory::render::{self, Catalog};
 use mrrec_memory::{
@@ -287,8 +287,22 @@ impl<S: KvStore + 'static> Distill<S> {
         if replayed.is_empty() {
             return Ok(());
         }
+        // Versions before entries: should another writer come between the
+        // reads, the index records an older version than its entries and
+        // a later start reads the user again (never the other way round).
+        let users: Vec<String> = replayed.users.iter().cloned().collect();
+        let pairs: Vec<(String, String)> = users
+            .iter()
+            .map(|user| (self.memory.keys().user(user), "version".to_owned()))
+            .collect();
+        let versions = self
+            .memory
+            .kv()
+            .get_fields(&pairs)
+            .await
+            .map_err(store_error)?;
         let mut entries = Vec::new();
-        for user in &replayed.users {
+        for user in &users {
             entries.extend(self.memory.user(user).await.map_err(store_error)?.entries);
         }
         let ids: Vec<String> = replayed.items.into_iter().collect();
@@ -303,15 +317,15 @@ impl<S: KvStore + 'static> Distill<S> {
             items = ids.len(),
             "distill: re-indexing a replayed batch from the store"
         );
+        let changes = Changes {
+            replaced: entries,
+            items: found.into_values().collect(),
+            removed: gone,
+            versions: users.into_iter().zip(versions).collect(),
+            ..Changes::default()
+        };
         indexes
-            .record(
-                &Batch::default(),
-                Vec::new(),
-                entries,
-                found.into_values().collect(),
-                gone,
-                Vec::new(),
-            )
+            .record(&Batch::default(), changes)
             .map_err(|e| StageError::Fatal(format!("indexing: {e}")))
     }
 }
@@ -374,15 +388,16 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
             if applied {
                 let mut composed = composed;
                 if let Some(indexes) = self.indexes.as_mut() {
+                    let changes = Changes {
+                        added: std::mem::take(&mut composed.added),
+                        replaced: std::mem::take(&mut composed.replaced),
+                        items: std::mem::take(&mut composed.items),
+                        removed: composed.removed.clone(),
+                        pruned: std::mem::take(&mut composed.pruned),
+                        versions: Vec::new(),
+                    };
                     indexes
-                        .record(
-                            &composed.write,
-                            std::mem::take(&mut composed.added),
-                            std::mem::take(&mut composed.replaced),
-                            std::mem::take(&mut composed.items),
-                            composed.removed.clone(),
-                            std::mem::take(&mut composed.pruned),
-                        )
+                        .record(&composed.write, changes)
                         .map_err(|e| StageError::Fatal(format!("indexing: {e}")))?;
                 }
                 tracing::debug!(

@@ -1,11 +1,15 @@
 //! The item catalog index: BM25 over title, categories, description and
 //! attributes, and each item's categories as exact terms (lower-cased), so
 //! the ranker can find every item filed under a category a profile names.
+//! Each document also stores a fingerprint of what was indexed for it, so
+//! an owner can bring the index up to date with the catalog item by item
+//! ([`ItemIndex::fingerprints`]) instead of rebuilding it.
 
 use crate::{open_reader, open_with_writer, words, IndexError};
 use mrrec_messages::Item;
-use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use std::collections::HashMap;
+use tantivy::collector::{DocSetCollector, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TantivyDocument, Value, STORED, STRING, TEXT,
 };
@@ -20,6 +24,7 @@ pub struct ItemIndex {
     id: Field,
     text: Field,
     category: Field,
+    fingerprint: Field,
 }
 
 /// The exact term a category is indexed and looked up under.
@@ -42,7 +47,7 @@ pub fn names_as_words(text: &str, phrase: &str) -> bool {
 impl ItemIndex {
     /// Opens (or creates) the index in `dir`; `None` keeps it in memory.
     pub fn open(dir: Option<&std::path::Path>) -> Result<Self, IndexError> {
-        let (schema, id, text, category) = Self::schema();
+        let (schema, [id, text, category, fingerprint]) = Self::schema();
         let (index, writer, reader) = open_with_writer(dir, schema, 32 * 1024 * 1024)?;
         Ok(Self {
             index,
@@ -51,13 +56,14 @@ impl ItemIndex {
             id,
             text,
             category,
+            fingerprint,
         })
     }
 
     /// Opens the index in `dir` for searching only, following the commits of
     /// whoever writes it.
     pub fn open_read_only(dir: &std::path::Path) -> Result<Self, IndexError> {
-        let (schema, id, text, category) = Self::schema();
+        let (schema, [id, text, category, fingerprint]) = Self::schema();
         let (index, reader) = open_reader(dir, schema)?;
         Ok(Self {
             index,
@@ -66,15 +72,42 @@ impl ItemIndex {
             id,
             text,
             category,
+            fingerprint,
         })
     }
 
-    fn schema() -> (Schema, Field, Field, Field) {
+    fn schema() -> (Schema, [Field; 4]) {
         let mut builder = Schema::builder();
         let id = builder.add_text_field("id", STRING | STORED);
         let text = builder.add_text_field("text", TEXT);
         let category = builder.add_text_field("category", STRING);
-        (builder.build(), id, text, category)
+        let fingerprint = builder.add_text_field("fingerprint", STORED);
+        (builder.build(), [id, text, category, fingerprint])
+    }
+
+    /// A fingerprint of what the index holds for `item` (its searchable
+    /// text and its category terms).
+    pub fn fingerprint_of(item: &Item) -> String {
+        let mut indexed = Self::text_of(item);
+        for category in &item.categories {
+            indexed.push('\u{1f}');
+            indexed.push_str(&category_key(category));
+        }
+        mrrec_memory::fingerprint(&indexed)
+    }
+
+    /// Each committed item's id and [`ItemIndex::fingerprint_of`] as indexed.
+    pub fn fingerprints(&self) -> Result<HashMap<String, String>, IndexError> {
+        let searcher = self.reader.searcher();
+        let mut out = HashMap::new();
+        for address in searcher.search(&AllQuery, &DocSetCollector)? {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let text = |field| doc.get_first(field).and_then(|v| v.as_str());
+            if let (Some(id), Some(fingerprint)) = (text(self.id), text(self.fingerprint)) {
+                out.insert(id.to_owned(), fingerprint.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// The searchable text of an item: title, categories, description, attribute values.
@@ -107,6 +140,7 @@ impl ItemIndex {
             let mut document = doc!(
                 self.id => item.item_id.as_str(),
                 self.text => Self::text_of(item),
+                self.fingerprint => Self::fingerprint_of(item),
             );
             for category in &item.categories {
                 document.add_text(self.category, category_key(category));

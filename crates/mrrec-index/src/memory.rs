@@ -1,8 +1,14 @@
 //! The memory-entry index.
+//!
+//! Beside the entries it keeps one marker document per user: the stored
+//! `version` of the user's state its entries reflect ([`MemoryIndex::versions`]),
+//! committed with them. An owner that finds the index behind the store
+//! re-indexes only the users whose version moved, instead of everything.
 
 use crate::{open_reader, open_with_writer, words, IndexError};
 use mrrec_memory::{Level, MemoryEntry};
-use tantivy::collector::TopDocs;
+use std::collections::HashMap;
+use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TantivyDocument, TextFieldIndexing, TextOptions, Value, FAST,
@@ -39,6 +45,11 @@ struct Fields {
     /// The category as words, so a query naming it favours entries about it.
     topic: Field,
     ts: Field,
+    /// Marker documents: the user whose version they record (entries have
+    /// no such field, and markers no `user`, so a search never meets one).
+    marker: Field,
+    marker_user: Field,
+    marker_version: Field,
 }
 
 /// Memory entries in tantivy.
@@ -63,6 +74,9 @@ impl MemoryIndex {
             text: builder.add_text_field("text", words_only().set_stored()),
             topic: builder.add_text_field("topic", words_only()),
             ts: builder.add_i64_field("ts", STORED),
+            marker: builder.add_u64_field("marker", INDEXED),
+            marker_user: builder.add_text_field("marker_user", STRING | STORED),
+            marker_version: builder.add_text_field("marker_version", STORED),
         };
         (builder.build(), fields)
     }
@@ -153,6 +167,60 @@ impl MemoryIndex {
         self.write(entries, false)
     }
 
+    /// Records the stored `version` each user's indexed entries reflect
+    /// (`None`: the user has none). Visible after the next commit.
+    pub fn set_versions<'a>(
+        &mut self,
+        versions: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Result<(), IndexError> {
+        let f = self.fields;
+        let writer = self.writer()?;
+        for (user, version) in versions {
+            writer.delete_term(Term::from_field_text(f.marker_user, user));
+            if let Some(version) = version {
+                writer.add_document(doc!(
+                    f.marker => 1u64,
+                    f.marker_user => user,
+                    f.marker_version => version,
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The version recorded for each user in the committed index.
+    pub fn versions(&self) -> Result<HashMap<String, String>, IndexError> {
+        let f = self.fields;
+        let searcher = self.reader.searcher();
+        let mut out = HashMap::new();
+        for address in searcher.search(&self.markers(), &DocSetCollector)? {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let text = |field| doc.get_first(field).and_then(|v| v.as_str());
+            if let (Some(user), Some(version)) = (text(f.marker_user), text(f.marker_version)) {
+                out.insert(user.to_owned(), version.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every marker document.
+    fn markers(&self) -> TermQuery {
+        TermQuery::new(
+            Term::from_field_u64(self.fields.marker, 1),
+            IndexRecordOption::Basic,
+        )
+    }
+
+    /// Removes a user: every entry and the version marker. Visible after
+    /// the next commit.
+    pub fn remove_user(&mut self, user: &str) -> Result<(), IndexError> {
+        let f = self.fields;
+        let writer = self.writer()?;
+        writer.delete_term(Term::from_field_text(f.user, user));
+        writer.delete_term(Term::from_field_text(f.marker_user, user));
+        Ok(())
+    }
+
     /// Removes entries by id. Visible after the next commit.
     pub fn remove(&mut self, ids: &[String]) -> Result<(), IndexError> {
         let id_field = self.fields.id;
@@ -190,9 +258,11 @@ impl MemoryIndex {
         Ok(())
     }
 
-    /// Documents in the committed index.
+    /// Entries in the committed index (version markers are not counted).
     pub fn len(&self) -> u64 {
-        self.reader.searcher().num_docs()
+        let searcher = self.reader.searcher();
+        let markers = searcher.search(&self.markers(), &Count).unwrap_or(0) as u64;
+        searcher.num_docs().saturating_sub(markers)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -233,3 +233,60 @@ fn an_index_of_another_schema_is_started_afresh_by_its_writer() {
     let index = ItemIndex::open(Some(&path)).unwrap();
     assert!(index.is_empty(), "its owner rebuilds it from the store");
 }
+
+#[test]
+fn version_markers_are_kept_apart_from_entries_and_go_with_their_user() {
+    let mut index = memory();
+    let entries = index.len();
+    index
+        .set_versions([("1", Some("v1")), ("2", Some("v2")), ("3", None)])
+        .unwrap();
+    index.commit("").unwrap();
+    assert_eq!(index.len(), entries, "markers are not entries");
+    let versions = index.versions().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions["1"], "v1");
+    for query in ["", "v1 comedy", "1"] {
+        let hits = index.search("1", query, &[], None, 50).unwrap();
+        assert!(
+            hits.iter().all(|h| !h.entry.id.is_empty()),
+            "no marker comes back from a search: {hits:?}"
+        );
+    }
+    index.set_versions([("1", Some("v1b"))]).unwrap();
+    index.remove_user("2").unwrap();
+    index.commit("").unwrap();
+    let versions = index.versions().unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions["1"], "v1b", "a new version replaces the old one");
+    assert!(index.search("2", "", &[], None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn an_item_fingerprint_follows_what_is_indexed() {
+    let mut index = ItemIndex::open(None).unwrap();
+    let mut item = Item {
+        item_id: "i1".into(),
+        title: "Toy Story".into(),
+        categories: vec!["Comedy".into()],
+        description: None,
+        attrs: None,
+    };
+    index.upsert([&item]).unwrap();
+    index.commit().unwrap();
+    let before = ItemIndex::fingerprint_of(&item);
+    assert_eq!(index.fingerprints().unwrap()["i1"], before);
+    item.categories = vec!["Drama".into()];
+    assert_ne!(
+        ItemIndex::fingerprint_of(&item),
+        before,
+        "a category changes it"
+    );
+    item.categories = vec!["Comedy".into()];
+    item.description = Some("Toys come alive".into());
+    assert_ne!(
+        ItemIndex::fingerprint_of(&item),
+        before,
+        "so does a description"
+    );
+}

@@ -4,6 +4,7 @@ mod bench;
 mod bench_learn;
 mod bench_llm;
 mod bench_recommend;
+mod bench_reopen;
 pub(crate) mod bench_soak;
 mod bench_train;
 mod demo;
@@ -105,6 +106,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 None => bench::ingest(&config, events, seed).await,
             },
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
+            BenchKind::Reopen => bench_reopen::run(events, seed).await,
             BenchKind::Recommend if llm_only => bench_llm::llm_only(&config, calls).await,
             BenchKind::Recommend => {
                 bench_recommend::run(
