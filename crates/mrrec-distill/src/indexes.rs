@@ -16,6 +16,15 @@
 //!
 //! Only an index with no commit yet, or one that has seen offsets the store
 //! has not (a store restored from an older copy), is rebuilt whole.
+//!
+//! While running, the item index also follows the catalog other instances
+//! write ([`Indexes::follow_catalog`]): every few seconds the store's offsets
+//! of the `items` topic are read (one small read), and when a partition has
+//! moved beyond what this instance indexed for two checks in a row (its own
+//! batches reach the worker within a second), the catalog is read and the
+//! item index caught up item by item. Memory entries need no such follower:
+//! with several instances recommend reads them from the store
+//! (`recommend.memory_index = "partitions"`).
 use mrrec_index::{IndexError, ItemIndex, MemoryIndex};
 use mrrec_memory::{MemoryEntry, MemoryStore};
 use mrrec_messages::Item;
@@ -33,6 +42,9 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 const QUEUED_BATCHES: usize = 2;
 /// Users read from the store per round trip while catching up.
 const LOAD_CHUNK: usize = 256;
+/// How often [`Indexes::follow_catalog`] checks the store's `items` offsets
+/// by default.
+pub const FOLLOW_CATALOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The memory and item indexes kept by one distill instance, behind a worker thread.
 pub struct Indexes {
@@ -44,6 +56,9 @@ pub struct Indexes {
     /// The store's key of a user, less the (escaped) id.
     user_prefix: String,
     opened: Opened,
+    /// Offsets whose items the item index reflects (shared with the worker).
+    items_seen: Arc<Mutex<BTreeMap<String, i64>>>,
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What a stored batch changed, for the indexes.
@@ -83,10 +98,26 @@ pub struct Opened {
     pub items: Refresh,
 }
 
-/// One stored batch for the worker.
-struct Job {
-    offsets: Vec<(String, i64)>,
-    changes: Changes,
+/// One stored batch for the worker, or the catalog as the store has it.
+enum Job {
+    Stored {
+        offsets: Vec<(String, i64)>,
+        changes: Changes,
+    },
+    Catalog {
+        items: Vec<Item>,
+        /// The `items` offsets the catalog was read at (or after).
+        offsets: Vec<(String, i64)>,
+    },
+}
+
+/// Raises each of `offsets` in `seen`.
+fn note_seen(seen: &Mutex<BTreeMap<String, i64>>, offsets: &[(String, i64)]) {
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    for (partition, offset) in offsets {
+        let at = seen.entry(partition.clone()).or_insert(*offset);
+        *at = (*at).max(*offset);
+    }
 }
 
 /// The indexes themselves, owned by the worker.
@@ -94,14 +125,19 @@ struct Writer {
     memory: MemoryIndex,
     items: ItemIndex,
     offsets: BTreeMap<String, i64>,
+    items_seen: Arc<Mutex<BTreeMap<String, i64>>>,
     last_commit: Instant,
     dirty: bool,
 }
 
 impl Writer {
     fn apply(&mut self, job: Job) -> Result<(), IndexError> {
-        let changes = job.changes;
-        self.offsets.extend(job.offsets);
+        let (offsets, changes) = match job {
+            Job::Stored { offsets, changes } => (offsets, changes),
+            Job::Catalog { items, offsets } => return self.follow(&items, &offsets),
+        };
+        note_seen(&self.items_seen, &offsets);
+        self.offsets.extend(offsets);
         self.memory.add(&changes.added)?;
         self.memory.upsert(&changes.replaced)?;
         if !changes.items.is_empty() {
@@ -120,6 +156,22 @@ impl Writer {
                 .map(|(user, version)| (user.as_str(), version.as_deref())),
         )?;
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Brings the item index up to date with `catalog`, read from the store
+    /// at `offsets` of the `items` topic.
+    fn follow(&mut self, catalog: &[Item], offsets: &[(String, i64)]) -> Result<(), IndexError> {
+        if self.dirty {
+            // What is queued goes in first: the comparison reads commits.
+            self.commit()?;
+        }
+        let refresh = catch_up_items(&mut self.items, catalog)?;
+        if refresh != Refresh::Current {
+            self.commit()?;
+            tracing::info!(items = ?refresh, "the item index followed the catalog other instances wrote");
+        }
+        note_seen(&self.items_seen, offsets);
         Ok(())
     }
 
@@ -301,19 +353,20 @@ async fn catch_up_memory<S: KvStore>(
     })
 }
 
-/// Indexes the catalog's items whose indexed fingerprint differs (all of
-/// them into an empty index) and removes items it no longer has.
-async fn catch_up_items<S: KvStore>(
-    index: &mut ItemIndex,
-    memory: &MemoryStore<S>,
-) -> Result<Refresh, OpenError> {
-    let stored: Vec<Item> = memory
+/// The store's catalog.
+async fn load_catalog<S: KvStore>(memory: &MemoryStore<S>) -> Result<Vec<Item>, StoreError> {
+    memory
         .kv()
         .get_all(&memory.keys().items())
         .await?
         .values()
         .map(|v| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
+
+/// Indexes the catalog's items whose indexed fingerprint differs (all of
+/// them into an empty index) and removes items it no longer has.
+fn catch_up_items(index: &mut ItemIndex, stored: &[Item]) -> Result<Refresh, IndexError> {
     let mut indexed: HashMap<String, String> = index.fingerprints()?;
     let was_empty = indexed.is_empty();
     let changed: Vec<&Item> = stored
@@ -340,6 +393,69 @@ async fn catch_up_items<S: KvStore>(
     })
 }
 
+/// The follower of [`Indexes::follow_catalog`].
+async fn follow_catalog<S: KvStore>(
+    memory: MemoryStore<S>,
+    items_topic: String,
+    every: Duration,
+    jobs: SyncSender<Job>,
+    seen: Arc<Mutex<BTreeMap<String, i64>>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Partitions found ahead at the previous check, and how far.
+    let mut ahead_before: BTreeMap<String, i64> = BTreeMap::new();
+    loop {
+        tick.tick().await;
+        let stored = match store_offsets(&memory).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the store's offsets to follow the catalog");
+                continue;
+            }
+        };
+        let ahead: BTreeMap<String, i64> = {
+            let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            stored
+                .into_iter()
+                .filter(|(partition, _)| {
+                    partition
+                        .rsplit_once(':')
+                        .is_some_and(|(topic, _)| topic == items_topic)
+                })
+                .filter(|(partition, offset)| seen.get(partition).is_none_or(|s| offset > s))
+                .collect()
+        };
+        // Still ahead of what this instance indexed a whole check later:
+        // another instance wrote those items.
+        let foreign: Vec<(String, i64)> = ahead
+            .iter()
+            .filter(|(partition, _)| ahead_before.contains_key(*partition))
+            .map(|(partition, offset)| (partition.clone(), *offset))
+            .collect();
+        ahead_before = ahead;
+        if foreign.is_empty() {
+            continue;
+        }
+        let items = match load_catalog(&memory).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the catalog to follow it");
+                continue;
+            }
+        };
+        match jobs.try_send(Job::Catalog {
+            items,
+            offsets: foreign,
+        }) {
+            Ok(()) => ahead_before.clear(),
+            // Busy: the next check tries again.
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+        }
+    }
+}
+
 impl Indexes {
     /// Opens the indexes under `dir` (`memory/`, `items/`; in RAM when `None`),
     /// brings each up to date with the store (see the module comment), and
@@ -352,6 +468,7 @@ impl Indexes {
             memory: MemoryIndex::open(dir.map(|d| d.join("memory")).as_deref())?,
             items: ItemIndex::open(dir.map(|d| d.join("items")).as_deref())?,
             offsets: store_offsets(memory).await?,
+            items_seen: Arc::default(),
             last_commit: Instant::now(),
             dirty: false,
         };
@@ -362,7 +479,7 @@ impl Indexes {
                 Standing::Behind => catch_up_memory(&mut writer.memory, memory).await?,
                 Standing::Unknown => rebuild_memory(&mut writer.memory, memory).await?,
             },
-            items: catch_up_items(&mut writer.items, memory).await?,
+            items: catch_up_items(&mut writer.items, &load_catalog(memory).await?)?,
         };
         if opened.memory != Refresh::Current || opened.items != Refresh::Current {
             writer.commit()?;
@@ -373,6 +490,10 @@ impl Indexes {
                 "brought the indexes up to date with the store"
             );
         }
+        // The catalog is as read now up to the store's offsets at open.
+        let offsets: Vec<(String, i64)> = writer.offsets.clone().into_iter().collect();
+        note_seen(&writer.items_seen, &offsets);
+        let items_seen = writer.items_seen.clone();
         let (jobs, receiver) = sync_channel(QUEUED_BATCHES);
         let failure = Arc::new(Mutex::new(None));
         let reported = failure.clone();
@@ -392,7 +513,41 @@ impl Indexes {
             offsets_key: memory.keys().offsets(),
             user_prefix: memory.keys().user(""),
             opened,
+            items_seen,
+            follower: None,
         })
+    }
+
+    /// Follows the catalog other instances write (see the module comment),
+    /// checking the store's offsets of `items_topic` every `every`. Needs a
+    /// tokio runtime (without one it logs and does nothing); a second call
+    /// replaces the first follower.
+    pub fn follow_catalog<S: KvStore + 'static>(
+        &mut self,
+        memory: MemoryStore<S>,
+        items_topic: &str,
+        every: Duration,
+    ) {
+        let (Some(jobs), Ok(runtime)) = (self.jobs.clone(), tokio::runtime::Handle::try_current())
+        else {
+            tracing::warn!("no runtime: the item index will not follow other instances' catalog");
+            return;
+        };
+        if let Some(before) = self.follower.take() {
+            before.abort();
+        }
+        self.follower = Some(runtime.spawn(follow_catalog(
+            memory,
+            items_topic.to_owned(),
+            every,
+            jobs,
+            self.items_seen.clone(),
+        )));
+    }
+
+    /// Whether [`Indexes::follow_catalog`] was called.
+    pub fn follows_catalog(&self) -> bool {
+        self.follower.is_some()
     }
 
     /// What opening did to each index.
@@ -423,7 +578,7 @@ impl Indexes {
         let sent = self
             .jobs
             .as_ref()
-            .is_some_and(|jobs| jobs.send(Job { offsets, changes }).is_ok());
+            .is_some_and(|jobs| jobs.send(Job::Stored { offsets, changes }).is_ok());
         if sent {
             Ok(())
         } else {
@@ -440,6 +595,9 @@ impl Indexes {
 impl Drop for Indexes {
     /// Lets the worker index and commit what it has queued, then joins it.
     fn drop(&mut self) {
+        if let Some(follower) = self.follower.take() {
+            follower.abort();
+        }
         self.jobs.take();
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();

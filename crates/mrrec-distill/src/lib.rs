@@ -26,7 +26,7 @@
 
 mod indexes;
 
-pub use indexes::{Changes, Indexes, Opened, Refresh};
+pub use indexes::{Changes, Indexes, Opened, Refresh, FOLLOW_CATALOG_EVERY};
 
 use mrrec_memory::render::{self, Catalog};
 use mrrec_memory::{
@@ -251,8 +251,20 @@ impl<S: KvStore> Distill<S> {
         self
     }
 
-    /// Also keeps the memory and item indexes in `indexes`.
-    pub fn with_indexes(mut self, indexes: Indexes) -> Self {
+    /// Also keeps the memory and item indexes in `indexes`; the item index
+    /// follows the catalog other instances write every
+    /// [`FOLLOW_CATALOG_EVERY`] unless `indexes` follows it already.
+    pub fn with_indexes(mut self, mut indexes: Indexes) -> Self
+    where
+        S: 'static,
+    {
+        if !indexes.follows_catalog() {
+            indexes.follow_catalog(
+                self.memory.clone(),
+                &Topic::Items.name(&self.prefix),
+                FOLLOW_CATALOG_EVERY,
+            );
+        }
         self.indexes = Some(indexes);
         self
     }

@@ -942,3 +942,58 @@ async fn a_restarted_instance_catches_its_indexes_up_without_a_rebuild() {
     assert_eq!(again.opened().memory, Refresh::Current);
     assert_eq!(again.opened().items, Refresh::Current);
 }
+
+/// Issue 19, point 7: with two instances, the items the other instance
+/// distills reach this instance's item index while it runs (the follower
+/// reads the store's `items` offsets and, when another instance moved them,
+/// the catalog). Before, they reached it only at its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_item_index_follows_items_another_instance_distills() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = MemoryStore::new(
+        EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        Keyspace::default(),
+    );
+    let index_dir = dir.path().join("a");
+    let mut indexes = mrrec_distill::Indexes::open(Some(&index_dir), &memory)
+        .await
+        .unwrap();
+    indexes.follow_catalog(
+        memory.clone(),
+        "mrrec.items",
+        std::time::Duration::from_millis(100),
+    );
+    let mut a = Distill::new(memory.clone(), "mrrec.").with_indexes(indexes);
+    let mut b = Distill::new(memory.clone(), "mrrec.");
+    a.process(&batch(vec![(
+        meta("mrrec.items", 0, 0),
+        item("i1", "Toy Story (1995)", &["Comedy"]),
+    )]))
+    .await
+    .unwrap();
+    b.process(&batch(vec![
+        (
+            meta("mrrec.items", 1, 0),
+            item("i2", "Fargo (1996)", &["Crime"]),
+        ),
+        (
+            meta("mrrec.items", 1, 1),
+            item("i3", "Heat (1995)", &["Action"]),
+        ),
+    ]))
+    .await
+    .unwrap();
+    let items = mrrec_index::ItemIndex::open_read_only(&index_dir.join("items")).unwrap();
+    let started = std::time::Instant::now();
+    while items.search("fargo heat", 10).unwrap().len() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the other instance's items never reached this index"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        items.reload().unwrap();
+    }
+    assert_eq!(items.search("toy", 10).unwrap()[0].0, "i1");
+    assert_eq!(items.len(), 3);
+    drop(a);
+}
