@@ -202,6 +202,11 @@ fn eval_runs_on_json_lines_it_has_never_seen() {
     // answering), and the one chosen is among the trials.
     let tuning = &report["ranker_tuning"];
     assert_eq!(tuning["users"], split.users.len(), "{report}");
+    assert_eq!(
+        report["policy_shape"],
+        serde_json::json!({"hidden": 128, "layers": 2}),
+        "{report}"
+    );
     let trials = tuning["trials"].as_array().unwrap();
     assert!(trials.len() >= 5, "{report}");
     assert_eq!(trials[0]["name"], "configured", "{report}");

@@ -46,7 +46,13 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
         training.len(),
         config.agent.group_size
     );
-    let mut version = ensure_policy(config, &dataset.items, None).await?;
+    let mut version = ensure_policy(
+        config,
+        &dataset.items,
+        &mrrec_policy::ModelSpec::default(),
+        None,
+    )
+    .await?;
     let pipeline = InProcess::start(config, &dataset.items, &split.valid_history).await?;
     let query = |u: &UserTargets| {
         mrrec_datasets::query_for(

@@ -56,7 +56,13 @@ pub async fn run(config: &Config, data_dir: Option<&Path>, dir: &Path, seed: u64
         trajectories,
         epochs,
     };
-    ensure_policy(&config, &dataset.items, Some(warm)).await?;
+    ensure_policy(
+        &config,
+        &dataset.items,
+        &mrrec_policy::ModelSpec::default(),
+        Some(warm),
+    )
+    .await?;
     let pipeline = InProcess::start(&config, &dataset.items, &split.valid_history).await?;
     let events_per_s = pipeline.distilled as f64 / pipeline.distill_seconds.max(1e-9);
     println!(

@@ -1004,6 +1004,24 @@ async fn teach_and_tune(
     Ok((teacher, tuning))
 }
 
+/// The fresh policy's shape (`--policy-hidden`, `--policy-layers`): the
+/// hidden size rounded down to whole heads of 32 (at least one).
+fn policy_spec(args: &EvalArgs) -> mrrec_policy::ModelSpec {
+    shape(args.policy_hidden, args.policy_layers)
+}
+
+fn shape(hidden: usize, layers: usize) -> mrrec_policy::ModelSpec {
+    let hidden = hidden.max(32) / 32 * 32;
+    mrrec_policy::ModelSpec {
+        hidden_size: hidden,
+        intermediate_size: 4 * hidden,
+        num_layers: layers.max(1),
+        num_heads: hidden / 32,
+        num_kv_heads: hidden / 32,
+        ..mrrec_policy::ModelSpec::default()
+    }
+}
+
 /// The policy's rows: the warm start (imitating `teacher`, or synthetic
 /// trajectories without one), RL on validation targets (not with
 /// `--targets valid`), then a greedy row per version and
@@ -1042,7 +1060,7 @@ async fn policy_rows(
             epochs,
         })
     };
-    let first = ensure_policy(base, &data.items, warm).await?;
+    let first = ensure_policy(base, &data.items, &policy_spec(args), warm).await?;
     let versions = match scored {
         Split::Test => learn(data, base, args, first, curve).await?,
         Split::Valid => vec![first],
@@ -1187,6 +1205,10 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         "normalized_lines": data.report.normalized,
         "rule_behaviour": behaviour(&rule_run, None),
         "ranker_tuning": tuning,
+        "policy_shape": {
+            "hidden": policy_spec(args).hidden_size,
+            "layers": policy_spec(args).num_layers,
+        },
         "curve": curve.values().map(|p| serde_json::json!({
             "version": p.version,
             "validation_reward": p.validation_reward,
@@ -1294,6 +1316,38 @@ fn print_table(rows: &[Row]) {
 mod tests {
     use super::*;
     use mrrec_testkit::replay::write_jsonl;
+
+    #[test]
+    fn the_policy_shape_is_whole_heads_of_32() {
+        let default = mrrec_policy::ModelSpec::default();
+        let same = shape(128, 2);
+        assert_eq!(
+            (
+                same.hidden_size,
+                same.intermediate_size,
+                same.num_layers,
+                same.num_heads
+            ),
+            (
+                default.hidden_size,
+                default.intermediate_size,
+                default.num_layers,
+                default.num_heads
+            ),
+            "the flags' defaults are the default policy"
+        );
+        let larger = shape(300, 3);
+        assert_eq!(
+            (larger.hidden_size, larger.num_heads, larger.num_kv_heads),
+            (288, 9, 9)
+        );
+        assert_eq!(larger.intermediate_size, 4 * 288);
+        let least = shape(0, 0);
+        assert_eq!(
+            (least.hidden_size, least.num_heads, least.num_layers),
+            (32, 1, 1)
+        );
+    }
 
     /// The world of `mrrec_testkit::replay::hit_between_requests` written
     /// to `dir`: `asker` asks for item 29 at ts 5,000 (`{v|t}-before`),

@@ -52,6 +52,7 @@ pub(super) enum WarmStart {
 pub(super) async fn ensure_policy(
     config: &Config,
     items: &[Item],
+    spec: &mrrec_policy::ModelSpec,
     warm: Option<WarmStart>,
 ) -> Result<u32> {
     let registry = mrrec_policy::PolicyRegistry::new(&config.policy.dir);
@@ -64,7 +65,7 @@ pub(super) async fn ensure_policy(
     let texts: Vec<String> = items.iter().map(super::model::item_text).collect();
     let staging = registry.staging_dir(0)?;
     let meta = mrrec_policy::PolicyMeta::new(Some(0), None, "init");
-    mrrec_policy::init_model(&staging, &mrrec_policy::ModelSpec::default(), &texts, &meta)?;
+    mrrec_policy::init_model(&staging, spec, &texts, &meta)?;
     match warm {
         Some(WarmStart::Synthetic {
             trajectories,
