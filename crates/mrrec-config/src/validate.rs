@@ -186,6 +186,7 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     for (key, weight) in [
         ("recommend.weight_bm25", recommend.weight_bm25),
         ("recommend.weight_category", recommend.weight_category),
+        ("recommend.category_refine", recommend.category_refine),
         (
             "recommend.weight_collaborative",
             recommend.weight_collaborative,

@@ -126,7 +126,10 @@ fn recommender(dir: &Path, memory: MemoryStore<EmbeddedStore>) -> Recommender<Em
     recommender_with(
         dir,
         memory,
-        Arc::new(RuleLlm { version: 3 }),
+        Arc::new(RuleLlm {
+            version: 3,
+            ..Default::default()
+        }),
         RecommendSettings::from_config(&Config::defaults()),
     )
 }
