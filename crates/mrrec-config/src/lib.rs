@@ -177,11 +177,6 @@ pub struct LlmConfig {
     /// §9); empty: none. A secret: never logged or shown.
     #[serde(default)]
     pub api_key: String,
-    /// The `rule` policy also names up to this many further categories
-    /// that the liked items it retrieved share with the requested one (0:
-    /// the requested category alone). An experiment (docs/BENCHMARKS.md).
-    #[serde(default)]
-    pub rule_co_categories: u32,
 }
 
 impl fmt::Debug for LlmConfig {
@@ -193,7 +188,6 @@ impl fmt::Debug for LlmConfig {
             .field("url", &self.url)
             .field("max_batch_sequences", &self.max_batch_sequences)
             .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
-            .field("rule_co_categories", &self.rule_co_categories)
             .finish()
     }
 }
@@ -247,12 +241,6 @@ pub struct RecommendConfig {
     /// Fusion weight of the catalog categories the profile names (items
     /// filed under them).
     pub weight_category: f64,
-    /// When > 0, the first category a profile names is the one asked for:
-    /// only items under it get the category signal (1), plus this much
-    /// times the share of the profile's further categories they are also
-    /// under. 0: every named category counts alike (items under more first).
-    #[serde(default)]
-    pub category_refine: f64,
     /// Fusion weight of co-occurrence with the user's recent positive items.
     pub weight_collaborative: f64,
     /// How co-occurrence counts become the collaborative signal.

@@ -186,7 +186,6 @@ pub(crate) fn validate(config: &Config) -> Vec<ConfigIssue> {
     for (key, weight) in [
         ("recommend.weight_bm25", recommend.weight_bm25),
         ("recommend.weight_category", recommend.weight_category),
-        ("recommend.category_refine", recommend.category_refine),
         (
             "recommend.weight_collaborative",
             recommend.weight_collaborative,

@@ -176,7 +176,7 @@ pub async fn from_config(config: &mrrec_config::Config) -> Result<Arc<dyn Llm>, 
         mrrec_config::LlmBackend::Http => Ok(Arc::new(
             HttpLlm::new(&config.llm.url)?.with_api_key(&config.llm.api_key),
         )),
-        mrrec_config::LlmBackend::Rule => Ok(Arc::new(RuleLlm::from_config(&config.llm, 0))),
+        mrrec_config::LlmBackend::Rule => Ok(Arc::new(RuleLlm::default())),
     }
 }
 

@@ -18,9 +18,7 @@
 //!    words, letters, digits and spaces only; `anything` without a request
 //!    or when nothing is left).
 //! 2. Second turn, the answer. With global memory, the profile is that
-//!    category (then, with `llm.rule_co_categories` = N > 0, up to N further
-//!    categories that at least two liked items it retrieved are also filed
-//!    under, the most shared first) and the answer cites nothing. Without, the profile is the
+//!    category and the answer cites nothing. Without, the profile is the
 //!    request's words plus the first eight words of the first memory entry
 //!    retrieved, and the answer cites up to three retrieved entries.
 //!
@@ -38,18 +36,6 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default)]
 pub struct RuleLlm {
     pub version: u32,
-    /// `llm.rule_co_categories`: further categories a profile may name.
-    pub co_categories: usize,
-}
-
-impl RuleLlm {
-    /// The rule as configured, answering as `version`.
-    pub fn from_config(config: &mrrec_config::LlmConfig, version: u32) -> Self {
-        Self {
-            version,
-            co_categories: config.rule_co_categories as usize,
-        }
-    }
 }
 
 /// The request's query, from the first user turn the agent writes.
@@ -105,53 +91,8 @@ fn memory_entries(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Whether a behaviour entry's text records a liked item: not dismissed,
-/// and rated 4/5 or more when rated.
-fn liked(text: &str) -> bool {
-    if text.starts_with("dismissed") {
-        return false;
-    }
-    let rating = text
-        .split_once("/5")
-        .and_then(|(before, _)| before.rsplit(' ').next())
-        .and_then(|n| n.parse::<f64>().ok());
-    rating.is_none_or(|r| r >= 4.0)
-}
-
-/// Up to `n` categories besides `asked` that at least two liked entries
-/// list (a behaviour entry ends with its item's categories in brackets),
-/// the most shared first (ties by name).
-fn co_categories(entries: &[(String, String)], asked: &str, n: usize) -> Vec<String> {
-    let asked = asked.to_lowercase();
-    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
-    for (_, text) in entries.iter().filter(|(_, t)| liked(t)) {
-        let Some(listed) = text
-            .trim_end()
-            .strip_suffix(']')
-            .and_then(|t| t.rsplit_once(" ["))
-            .map(|(_, list)| list)
-        else {
-            continue;
-        };
-        for category in listed.split(", ").map(str::trim) {
-            let key = category.to_lowercase();
-            if !category.is_empty() && !asked.contains(&key) && !key.contains(&asked) {
-                *counts.entry(category.to_owned()).or_default() += 1;
-            }
-        }
-    }
-    let mut shared: Vec<(String, usize)> = counts.into_iter().filter(|(_, c)| *c >= 2).collect();
-    shared.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    shared.into_iter().take(n).map(|(c, _)| c).collect()
-}
-
 /// The rule's next turn for a chat.
 pub fn rule_turn(messages: &[crate::ChatMessage]) -> String {
-    rule_turn_with(messages, 0)
-}
-
-/// [`rule_turn`], naming up to `co` further categories (`llm.rule_co_categories`).
-pub fn rule_turn_with(messages: &[crate::ChatMessage], co: usize) -> String {
     let query = request_query(messages);
     let retrieved = messages
         .iter()
@@ -183,11 +124,7 @@ pub fn rule_turn_with(messages: &[crate::ChatMessage], co: usize) -> String {
     // forfeits DESIGN §5's small memory term.
     let cited = if category.is_some() { 0 } else { 3 };
     if let Some(category) = category {
-        let further = co_categories(&entries, &category, co);
-        profile = std::iter::once(category)
-            .chain(further)
-            .collect::<Vec<_>>()
-            .join(", ");
+        profile = category;
     } else if let Some((_, text)) = entries.first() {
         let words: String = text
             .chars()
@@ -218,7 +155,7 @@ pub fn rule_turn_with(messages: &[crate::ChatMessage], co: usize) -> String {
 impl Llm for RuleLlm {
     async fn generate(&self, request: GenerationRequest) -> Result<Generation, LlmError> {
         crate::validate_request(&request)?;
-        let text = rule_turn_with(&request.messages, self.co_categories);
+        let text = rule_turn(&request.messages);
         Ok(Generation {
             completions: vec![
                 Completion {
@@ -248,26 +185,6 @@ impl Llm for RuleLlm {
 mod tests {
     use super::*;
     use crate::ChatMessage;
-
-    #[test]
-    fn further_categories_are_those_liked_items_share() {
-        let entry = |text: &str| ("b1".to_owned(), text.to_owned());
-        let entries = [
-            entry("rated \"A\" 5/5 [Comedy, Romance, Drama]"),
-            entry("rated \"B\" 4/5 [Comedy, Romance]"),
-            entry("rated \"C\" 2/5 [Comedy, Drama]"),
-            entry("bought \"D\" [Comedy, Drama]"),
-            entry("dismissed \"E\" [Comedy, War]"),
-            entry("Comedy: 40 interactions, 30 liked"),
-        ];
-        assert_eq!(co_categories(&entries, "Comedy", 2), ["Drama", "Romance"]);
-        assert_eq!(co_categories(&entries, "Comedy", 1), ["Drama"]);
-        assert!(co_categories(&entries, "Comedy", 0).is_empty());
-        assert!(
-            co_categories(&entries[..1], "Comedy", 2).is_empty(),
-            "one item is no pattern"
-        );
-    }
 
     /// A request of punctuation or emoji still gets a turn that follows
     /// the protocol.

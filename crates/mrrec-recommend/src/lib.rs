@@ -46,8 +46,6 @@ pub struct RecommendSettings {
     pub weights: FusionWeights,
     /// How co-occurrence counts become the collaborative signal.
     pub collaborative: mrrec_config::CollaborativeScore,
-    /// `recommend.category_refine` (0: every named category alike).
-    pub category_refine: f64,
     pub refresh: Duration,
 }
 
@@ -88,7 +86,6 @@ impl RecommendSettings {
                 },
             },
             collaborative: r.collaborative,
-            category_refine: r.category_refine,
             refresh: Duration::from_millis(r.refresh_ms),
         }
     }

@@ -49,45 +49,9 @@ pub struct Ranker<S> {
     recent_items: usize,
     weights: FusionWeights,
     collaborative: CollaborativeScore,
-    category_refine: f64,
 }
 
 impl<S: KvStore> Ranker<S> {
-    /// Items under the categories a profile `named`: how many of them each
-    /// is under or, with `recommend.category_refine`, under the first one
-    /// named (1) plus the refinement share of the others.
-    fn category_signal(
-        &self,
-        profile: &str,
-        named: &[String],
-        candidates: usize,
-    ) -> Result<HashMap<String, f64>, mrrec_index::IndexError> {
-        let Some((asked, further)) =
-            split_asked(profile, named).filter(|_| self.category_refine > 0.0)
-        else {
-            let items = self.items.in_categories(named, candidates)?;
-            return Ok(items.into_iter().map(|(id, n)| (id, n as f64)).collect());
-        };
-        let mut scores: HashMap<String, f64> = self
-            .items
-            .in_categories(std::slice::from_ref(&asked), candidates)?
-            .into_iter()
-            .map(|(id, _)| (id, 1.0))
-            .collect();
-        if !further.is_empty() {
-            let share = self.category_refine / further.len() as f64;
-            for (id, n) in self
-                .items
-                .in_categories(&further, candidates.saturating_mul(4))?
-            {
-                if let Some(score) = scores.get_mut(&id) {
-                    *score += share * n as f64;
-                }
-            }
-        }
-        Ok(scores)
-    }
-
     pub fn new(
         memory: MemoryStore<S>,
         items: Arc<ItemIndex>,
@@ -101,7 +65,6 @@ impl<S: KvStore> Ranker<S> {
             recent_items: settings.recent_items,
             weights: settings.weights,
             collaborative: settings.collaborative,
-            category_refine: settings.category_refine,
         }
     }
 
@@ -202,8 +165,10 @@ impl<S: KvStore> Ranker<S> {
         let facts = self.facts().await?;
         let named = named_categories(profile, &facts.categories);
         if !named.is_empty() {
-            match self.category_signal(profile, &named, candidates) {
-                Ok(scores) => signals.category = scores,
+            match self.items.in_categories(&named, candidates) {
+                Ok(items) => {
+                    signals.category = items.into_iter().map(|(id, n)| (id, n as f64)).collect();
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "category lookup failed; ranking without it");
                 }
@@ -249,34 +214,6 @@ impl<S: KvStore> Ranker<S> {
     }
 }
 
-/// The category a profile asks for — of those it `named`, the one it names
-/// first (the longest at the same place) — and the others, less any whose
-/// name lies inside the asked one's (`Sci` in `Sci-Fi`).
-pub fn split_asked(profile: &str, named: &[String]) -> Option<(String, Vec<String>)> {
-    let text = profile.to_lowercase();
-    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
-    let at = |c: &String| {
-        let key = mrrec_index::category_key(c);
-        text.match_indices(&key)
-            .map(|(i, _)| i)
-            .find(|&i| {
-                !word(text[..i].chars().next_back()) && !word(text[i + key.len()..].chars().next())
-            })
-            .unwrap_or(usize::MAX)
-    };
-    let asked = named
-        .iter()
-        .min_by_key(|c| (at(c), std::cmp::Reverse(c.chars().count())))?
-        .clone();
-    let asked_key = mrrec_index::category_key(&asked);
-    let further = named
-        .iter()
-        .filter(|c| !asked_key.contains(&mrrec_index::category_key(c)))
-        .cloned()
-        .collect();
-    Some((asked, further))
-}
-
 /// The catalog categories `profile` names: each as whole words, in any case
 /// (`"sci-fi"` names `Sci-Fi`, `"science"` does not name `Sci`).
 pub fn named_categories(profile: &str, categories: &[String]) -> Vec<String> {
@@ -312,27 +249,7 @@ pub fn query_categories(query: &str, categories: &[String]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{named_categories, query_categories, split_asked};
-
-    #[test]
-    fn the_asked_category_is_the_first_a_profile_names() {
-        let named = |profile: &str| {
-            let categories: Vec<String> = ["Comedy", "Romance", "Sci-Fi", "Sci", "Drama"]
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
-            split_asked(profile, &named_categories(profile, &categories))
-        };
-        let (asked, further) = named("Comedy, also Romance and drama").unwrap();
-        assert_eq!(asked, "Comedy");
-        assert_eq!(further, ["Romance", "Drama"]);
-        let (asked, further) = named("romance comedy").unwrap();
-        assert_eq!((asked.as_str(), further.len()), ("Romance", 1));
-        let (asked, further) = named("Sci-Fi with some Drama").unwrap();
-        assert_eq!(asked, "Sci-Fi", "the longest name at the same place");
-        assert_eq!(further, ["Drama"], "Sci lies inside Sci-Fi");
-        assert!(named("nothing named").is_none());
-    }
+    use super::{named_categories, query_categories};
 
     #[test]
     fn a_query_names_categories_of_several_words_the_longest_first() {

@@ -126,10 +126,7 @@ fn recommender(dir: &Path, memory: MemoryStore<EmbeddedStore>) -> Recommender<Em
     recommender_with(
         dir,
         memory,
-        Arc::new(RuleLlm {
-            version: 3,
-            ..Default::default()
-        }),
+        Arc::new(RuleLlm { version: 3 }),
         RecommendSettings::from_config(&Config::defaults()),
     )
 }

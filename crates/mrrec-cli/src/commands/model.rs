@@ -136,10 +136,7 @@ pub(crate) async fn synthetic_trajectories(
     }
     let categories: Vec<(&str, Vec<&Item>)> = by_category.into_iter().collect();
     let settings = mrrec_recommend::RecommendSettings::from_config(config).agent;
-    let teacher = RuleLlm {
-        version: 0,
-        ..Default::default()
-    };
+    let teacher = RuleLlm { version: 0 };
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move |bound: usize| {
         state ^= state << 13;

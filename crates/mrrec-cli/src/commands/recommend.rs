@@ -33,7 +33,7 @@ pub async fn open_llm(config: &Config) -> Result<(Arc<dyn Llm>, Option<Arc<dyn P
             None,
         )),
         // The rule has no versions to follow.
-        LlmBackend::Rule => Ok((Arc::new(RuleLlm::from_config(&config.llm, 0)), None)),
+        LlmBackend::Rule => Ok((Arc::new(RuleLlm::default()), None)),
     }
 }
 
