@@ -26,7 +26,7 @@
 //! with several instances recommend reads them from the store
 //! (`recommend.memory_index = "partitions"`).
 use mrrec_index::{IndexError, ItemIndex, MemoryIndex};
-use mrrec_memory::{MemoryEntry, MemoryStore};
+use mrrec_memory::{entries_in, MemoryEntry, MemoryStore};
 use mrrec_messages::Item;
 use mrrec_store::{unescape, Batch, KvStore, Op, StoreError};
 use std::collections::{BTreeMap, HashMap};
@@ -265,15 +265,6 @@ fn standing(payload: Option<&str>, store: &BTreeMap<String, i64>) -> Standing {
     }
 }
 
-/// The memory entries of a stored user hash.
-fn entries_of(fields: &BTreeMap<String, String>) -> Result<Vec<MemoryEntry>, StoreError> {
-    fields
-        .iter()
-        .filter(|(f, _)| f.starts_with("e:"))
-        .map(|(_, v)| serde_json::from_str(v).map_err(|e| StoreError::Corrupt(e.to_string())))
-        .collect()
-}
-
 /// Stored user hashes, `LOAD_CHUNK` per round trip, with their user ids.
 async fn for_each_user<S: KvStore>(
     memory: &MemoryStore<S>,
@@ -302,7 +293,7 @@ async fn rebuild_memory<S: KvStore>(
     index.clear()?;
     let keys = memory.kv().keys(&memory.keys().user("")).await?;
     for_each_user(memory, &keys, |user, fields| {
-        index.add(&entries_of(fields)?)?;
+        index.add(&entries_in(fields)?)?;
         index.set_versions([(user, fields.get("version").map(String::as_str))])?;
         Ok(())
     })
@@ -339,7 +330,7 @@ async fn catch_up_memory<S: KvStore>(
         }
     }
     for_each_user(memory, &stale, |user, fields| {
-        index.replace_user(user, &entries_of(fields)?)?;
+        index.replace_user(user, &entries_in(fields)?)?;
         index.set_versions([(user, fields.get("version").map(String::as_str))])?;
         Ok(())
     })
@@ -403,7 +394,8 @@ async fn follow_catalog<S: KvStore>(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Partitions found ahead at the previous check, and how far.
+    // Partitions found ahead at the previous check, and the store's offset
+    // of each then.
     let mut ahead_before: BTreeMap<String, i64> = BTreeMap::new();
     loop {
         tick.tick().await;
@@ -414,25 +406,33 @@ async fn follow_catalog<S: KvStore>(
                 continue;
             }
         };
-        let ahead: BTreeMap<String, i64> = {
+        let (ahead, foreign) = {
             let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            stored
+            let behind =
+                |partition: &String, offset: i64| seen.get(partition).is_none_or(|s| *s < offset);
+            let ahead: BTreeMap<String, i64> = stored
                 .into_iter()
                 .filter(|(partition, _)| {
                     partition
                         .rsplit_once(':')
                         .is_some_and(|(topic, _)| topic == items_topic)
                 })
-                .filter(|(partition, offset)| seen.get(partition).is_none_or(|s| offset > s))
-                .collect()
+                .filter(|(partition, offset)| behind(partition, *offset))
+                .collect();
+            // What the store held a whole check ago and this instance has
+            // still not indexed: another instance wrote those items (its
+            // own reach the worker within a second, however fast they come).
+            let foreign: Vec<(String, i64)> = ahead
+                .iter()
+                .filter(|(partition, _)| {
+                    ahead_before
+                        .get(*partition)
+                        .is_some_and(|before| behind(partition, *before))
+                })
+                .map(|(partition, offset)| (partition.clone(), *offset))
+                .collect();
+            (ahead, foreign)
         };
-        // Still ahead of what this instance indexed a whole check later:
-        // another instance wrote those items.
-        let foreign: Vec<(String, i64)> = ahead
-            .iter()
-            .filter(|(partition, _)| ahead_before.contains_key(*partition))
-            .map(|(partition, offset)| (partition.clone(), *offset))
-            .collect();
         ahead_before = ahead;
         if foreign.is_empty() {
             continue;

@@ -299,23 +299,21 @@ impl<S: KvStore + 'static> Distill<S> {
         if replayed.is_empty() {
             return Ok(());
         }
-        // Versions before entries: should another writer come between the
-        // reads, the index records an older version than its entries and
-        // a later start reads the user again (never the other way round).
+        // Each user's hash in one read: its entries and the version they
+        // are of, together.
         let users: Vec<String> = replayed.users.iter().cloned().collect();
-        let pairs: Vec<(String, String)> = users
-            .iter()
-            .map(|user| (self.memory.keys().user(user), "version".to_owned()))
-            .collect();
-        let versions = self
+        let keys: Vec<String> = users.iter().map(|u| self.memory.keys().user(u)).collect();
+        let hashes = self
             .memory
             .kv()
-            .get_fields(&pairs)
+            .get_all_many(&keys)
             .await
             .map_err(store_error)?;
         let mut entries = Vec::new();
-        for user in &users {
-            entries.extend(self.memory.user(user).await.map_err(store_error)?.entries);
+        let mut versions = Vec::with_capacity(users.len());
+        for (user, fields) in users.into_iter().zip(hashes) {
+            entries.extend(mrrec_memory::entries_in(&fields).map_err(store_error)?);
+            versions.push((user, fields.get("version").cloned()));
         }
         let ids: Vec<String> = replayed.items.into_iter().collect();
         let found = self.memory.load_items(&ids).await.map_err(store_error)?;
@@ -333,7 +331,7 @@ impl<S: KvStore + 'static> Distill<S> {
             replaced: entries,
             items: found.into_values().collect(),
             removed: gone,
-            versions: users.into_iter().zip(versions).collect(),
+            versions,
             ..Changes::default()
         };
         indexes

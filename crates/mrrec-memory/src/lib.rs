@@ -25,4 +25,6 @@ pub use state::{
     aspects_of, BehaviorRecord, CategoryStats, CoOccurrence, GlobalDelta, Sentiment, UserState,
     CO_OCCURRENCE_WINDOW, RECENT_POSITIVE,
 };
-pub use store::{Keyspace, LoadedUser, MemoryStore, Popularity, UserMemory, Waiting, WAITING_MARK};
+pub use store::{
+    entries_in, Keyspace, LoadedUser, MemoryStore, Popularity, UserMemory, Waiting, WAITING_MARK,
+};

@@ -135,6 +135,16 @@ pub struct MemoryStore<S> {
     keys: Keyspace,
 }
 
+/// The memory entries of a stored `user:{id}` hash (its `e:` fields), in
+/// field order; one that does not parse is a corrupt store.
+pub fn entries_in(fields: &BTreeMap<String, String>) -> Result<Vec<MemoryEntry>, StoreError> {
+    fields
+        .iter()
+        .filter(|(field, _)| field.starts_with("e:"))
+        .map(|(_, value)| serde_json::from_str(value).map_err(|e| corrupt("memory entry", e)))
+        .collect()
+}
+
 fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -260,16 +270,12 @@ impl<S: KvStore> MemoryStore<S> {
     /// category, then behavior records newest first).
     pub async fn user(&self, user: &str) -> Result<UserMemory, StoreError> {
         let fields = self.store.get_all(&self.keys.user(user)).await?;
-        let mut memory = UserMemory::default();
-        for (field, value) in fields {
-            if field == "state" {
-                memory.state =
-                    Some(serde_json::from_str(&value).map_err(|e| corrupt("user state", e))?);
-            } else if field.starts_with("e:") {
-                memory
-                    .entries
-                    .push(serde_json::from_str(&value).map_err(|e| corrupt("memory entry", e))?);
-            }
+        let mut memory = UserMemory {
+            entries: entries_in(&fields)?,
+            ..UserMemory::default()
+        };
+        if let Some(state) = fields.get("state") {
+            memory.state = Some(serde_json::from_str(state).map_err(|e| corrupt("user state", e))?);
         }
         // Profile, then preferences by category, then behavior newest first.
         memory.entries.sort_by(|a, b| {
