@@ -68,6 +68,9 @@ pub struct Changes {
     pub added: Vec<MemoryEntry>,
     /// Entries that supersede earlier versions.
     pub replaced: Vec<MemoryEntry>,
+    /// Users whose whole memory is now these entries (read back from the
+    /// store): whatever the index held for them is replaced.
+    pub rewritten: Vec<(String, Vec<MemoryEntry>)>,
     /// Items catalogued.
     pub items: Vec<Item>,
     /// Items removed by a tombstone.
@@ -140,6 +143,9 @@ impl Writer {
         self.offsets.extend(offsets);
         self.memory.add(&changes.added)?;
         self.memory.upsert(&changes.replaced)?;
+        for (user, entries) in &changes.rewritten {
+            self.memory.replace_user(user, entries)?;
+        }
         if !changes.items.is_empty() {
             self.items.upsert(&changes.items)?;
         }

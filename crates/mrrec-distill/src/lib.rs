@@ -290,8 +290,8 @@ fn store_error(e: StoreError) -> StageError {
 
 impl<S: KvStore + 'static> Distill<S> {
     /// Indexes again, from the store, what a replayed batch had written
-    /// ([`Replayed`]): the users' entries and the items (upserts, so what
-    /// the index already holds is unchanged).
+    /// ([`Replayed`]): each user's memory replaces what the index holds for
+    /// them (entries the batch pruned go too), and the items are upserted.
     async fn reindex(&mut self, replayed: Replayed) -> Result<(), StageError> {
         let Some(indexes) = self.indexes.as_mut() else {
             return Ok(());
@@ -309,11 +309,12 @@ impl<S: KvStore + 'static> Distill<S> {
             .get_all_many(&keys)
             .await
             .map_err(store_error)?;
-        let mut entries = Vec::new();
+        let mut rewritten = Vec::with_capacity(users.len());
         let mut versions = Vec::with_capacity(users.len());
         for (user, fields) in users.into_iter().zip(hashes) {
-            entries.extend(mrrec_memory::entries_in(&fields).map_err(store_error)?);
-            versions.push((user, fields.get("version").cloned()));
+            let entries = mrrec_memory::entries_in(&fields).map_err(store_error)?;
+            versions.push((user.clone(), fields.get("version").cloned()));
+            rewritten.push((user, entries));
         }
         let ids: Vec<String> = replayed.items.into_iter().collect();
         let found = self.memory.load_items(&ids).await.map_err(store_error)?;
@@ -328,7 +329,7 @@ impl<S: KvStore + 'static> Distill<S> {
             "distill: re-indexing a replayed batch from the store"
         );
         let changes = Changes {
-            replaced: entries,
+            rewritten,
             items: found.into_values().collect(),
             removed: gone,
             versions,
@@ -401,6 +402,7 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
                     let changes = Changes {
                         added: std::mem::take(&mut composed.added),
                         replaced: std::mem::take(&mut composed.replaced),
+                        rewritten: Vec::new(),
                         items: std::mem::take(&mut composed.items),
                         removed: composed.removed.clone(),
                         pruned: std::mem::take(&mut composed.pruned),

@@ -997,3 +997,67 @@ async fn the_item_index_follows_items_another_instance_distills() {
     assert_eq!(items.len(), 3);
     drop(a);
 }
+
+/// Issue 19, point 7: a write whose reply was lost had pruned a level-1
+/// entry; the re-index from the store replaces the user's memory in the
+/// index, so the pruned entry goes too (the index records the user's
+/// version with it, so no later start would read the user again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_write_that_pruned_leaves_no_pruned_entry_in_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = LosesFirstReply {
+        inner: EmbeddedStore::open(&dir.path().join("store")).unwrap(),
+        lost: lost.clone(),
+    };
+    let memory = MemoryStore::new(store, Keyspace::default());
+    let indexes = mrrec_distill::Indexes::open(Some(&dir.path().join("index")), &memory)
+        .await
+        .unwrap();
+    let mut stage = Distill::new(memory.clone(), "mrrec.")
+        .with_indexes(indexes)
+        .with_max_behavior_entries(1);
+    stage
+        .process(&batch(vec![
+            (
+                meta("mrrec.items", 0, 0),
+                item("i1", "Toy Story (1995)", &["Comedy"]),
+            ),
+            (
+                meta("mrrec.events", 0, 0),
+                rating("e1", "u1", "i1", 5.0, 1000),
+            ),
+        ]))
+        .await
+        .unwrap();
+    // The next write (a newer event, which prunes e1's entry) is stored
+    // but its reply is lost; the retry finds it stored.
+    lost.store(false, std::sync::atomic::Ordering::SeqCst);
+    let newer = batch(vec![(
+        meta("mrrec.events", 0, 1),
+        rating("e2", "u1", "i1", 4.0, 2000),
+    )]);
+    assert!(stage.process(&newer).await.is_err());
+    stage.process(&newer).await.unwrap();
+    drop(stage);
+
+    let stored: Vec<String> = memory
+        .user("u1")
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .filter(|e| e.level == Level::Behavior)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(stored.len(), 1, "the store keeps the newest only");
+    let index =
+        mrrec_index::MemoryIndex::open(Some(&dir.path().join("index").join("memory"))).unwrap();
+    let indexed: Vec<String> = index
+        .search("u1", "toy story", &[Level::Behavior], None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.entry.id)
+        .collect();
+    assert_eq!(indexed, stored, "the pruned entry left the index too");
+}
