@@ -318,6 +318,16 @@ pub struct EvalArgs {
     /// seldom name. 0: the real ones alone.
     #[arg(long, default_value_t = 0)]
     pub sft_synthetic: usize,
+    /// Warm start on the best of the rule's plans (expert iteration): the
+    /// rule answers each teacher request with its four plans (category,
+    /// cite, favourite, titles; DESIGN §4's rule, docs/LLM.md), the reward
+    /// stage scores each against the validation target, and the policy
+    /// imitates, per request, the plan that ranked the target best (the
+    /// category plan, which the rule serves, on a tie). The teacher users'
+    /// validation targets are then read: with `--targets valid` the
+    /// comparison with the rule is also given over the other users.
+    #[arg(long)]
+    pub sft_plans: bool,
     /// Hidden size of the fresh policy (its MLP is 4 ×, one attention head
     /// per 32). 128 answers in ~0.3 s a request on two cores.
     #[arg(long, default_value_t = 128)]

@@ -37,7 +37,7 @@ use mrrec_config::{Config, LlmBackend};
 use mrrec_eval::{
     bootstrap, ndcg_at_10, Baselines, EvalData, EvalRequest, Interval, Metrics, Row, Split, VsRule,
 };
-use mrrec_messages::{Event, EventKind, Outcome, Response, StepKind, Trajectory};
+use mrrec_messages::{Event, EventKind, Outcome, Response, Reward, StepKind, Trajectory};
 use mrrec_train::Decision;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -861,6 +861,15 @@ async fn rule_pass(
             memory: t.memory,
         })
         .collect();
+    // With plans the rule samples each of them once per request; it
+    // still serves the category plan (sample 0), so the tiers' comparison
+    // with it is unchanged.
+    let plans = args.sft_plans && teach > 0;
+    let mut teacher = rule.clone();
+    if plans {
+        teacher.agent.group_size = mrrec_llm::rule::Plan::ALL.len() as u32;
+        teacher.agent.temperature = 1.0;
+    }
     let started = Instant::now();
     let ValidationPass {
         pipeline,
@@ -868,15 +877,20 @@ async fn rule_pass(
         rewards,
         answered,
         answers,
-    } = validation_pass(data, rule, &args.dir, "eval-sft", &chosen, &tiers).await?;
+    } = validation_pass(data, &teacher, &args.dir, "eval-sft", &chosen, &tiers).await?;
     pipeline.stop().await?;
     let _ = std::fs::remove_dir_all(&root);
     let teachers = first_users(data, teach);
-    let trajectories: Vec<Trajectory> = rewards
+    let rewards: Vec<Reward> = rewards
         .into_iter()
-        .filter_map(|b| b.reward.trajectory)
-        .filter(|t| teachers.contains(t.user_id.as_str()))
+        .map(|b| b.reward)
+        .filter(|r| teachers.contains(r.user_id.as_str()))
         .collect();
+    let trajectories = if plans {
+        best_plans(rewards)
+    } else {
+        rewards.into_iter().filter_map(|r| r.trajectory).collect()
+    };
     eprintln!(
         "the rule's validation pass: {} users, {answered} answers, {} rankers, {:.0} s",
         chosen.len(),
@@ -892,6 +906,64 @@ async fn rule_pass(
     }
     let tuning = tune.then(|| choose_ranker(data, &chosen, trials, answers));
     Ok((trajectories, tuning))
+}
+
+/// Per request, the trajectory of the rule's plan that ranked its target
+/// best (NDCG@100 + NDCG@1000, DESIGN §5's ranking terms: the memory term
+/// would favour citing on a tie), the category plan (sample 0, what the
+/// rule serves) unless another beats it. Prints how often each plan won
+/// and the validation reward of the chosen answers against the served.
+fn best_plans(rewards: Vec<Reward>) -> Vec<Trajectory> {
+    use mrrec_llm::rule::Plan;
+    let ranking = |r: &Reward| r.components.ndcg_100 + r.components.ndcg_1000;
+    let mut groups: BTreeMap<String, Vec<Reward>> = BTreeMap::new();
+    for reward in rewards.into_iter().filter(|r| r.trajectory.is_some()) {
+        groups
+            .entry(reward.request_id.clone())
+            .or_default()
+            .push(reward);
+    }
+    let mut wins = [0usize; Plan::ALL.len()];
+    let mut sums = [(0.0, 0usize); Plan::ALL.len()];
+    let (mut served, mut best) = (0.0, 0.0);
+    let mut out = Vec::with_capacity(groups.len());
+    for (_, mut group) in groups {
+        group.sort_by_key(|r| r.trajectory.as_ref().map_or(0, |t| t.index));
+        for r in &group {
+            let index = r.trajectory.as_ref().map_or(0, |t| t.index) as usize;
+            let sum = &mut sums[index % Plan::ALL.len()];
+            *sum = (sum.0 + ranking(r), sum.1 + 1);
+        }
+        let first = ranking(&group[0]);
+        let mut chosen = 0;
+        for (i, r) in group.iter().enumerate().skip(1) {
+            if ranking(r) > ranking(&group[chosen]).max(first) {
+                chosen = i;
+            }
+        }
+        served += first;
+        best += ranking(&group[chosen]);
+        let index = group[chosen].trajectory.as_ref().map_or(0, |t| t.index) as usize;
+        wins[index % Plan::ALL.len()] += 1;
+        out.extend(group.swap_remove(chosen).trajectory);
+    }
+    let n = out.len().max(1) as f64;
+    let shares: Vec<String> = Plan::ALL
+        .iter()
+        .zip(wins)
+        .zip(sums)
+        .map(|((p, w), (sum, n))| {
+            format!("{} best {w}, mean {:.4}", p.name(), sum / n.max(1) as f64)
+        })
+        .collect();
+    eprintln!(
+        "warm start on the best plan of {} requests (NDCG@100+@1000): {}; {:.4} served, {:.4} best",
+        out.len(),
+        shares.join(", "),
+        served / n,
+        best / n
+    );
+    out
 }
 
 /// RL on validation targets: one replay per round, a training round after
@@ -1179,6 +1251,37 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         rows.push(row);
     }
 
+    // The warm start on the best plan read the teacher users' validation
+    // targets: scored on validation targets, only the others are held out.
+    let mut held_out_vs_rule = BTreeMap::new();
+    if args.sft_plans && scored == Split::Valid && !runs.is_empty() {
+        let teachers = first_users(&data, args.sft);
+        let held_out: Vec<String> = users
+            .iter()
+            .filter(|u| !teachers.contains(u.as_str()))
+            .cloned()
+            .collect();
+        let rule_held_out = per_user_ndcg(&data, &rule_run, &held_out);
+        for run in &runs {
+            let ndcg = per_user_ndcg(&data, run, &held_out);
+            let diffs: Vec<f64> = ndcg
+                .iter()
+                .zip(&rule_held_out)
+                .map(|(a, b)| a - b)
+                .collect();
+            let vs = VsRule::from_diffs(&diffs);
+            eprintln!(
+                "{} on the {} users outside the warm start: NDCG@10 {:+.4} vs rule [{:+.4}, {:+.4}]",
+                run.name,
+                held_out.len(),
+                vs.diff,
+                vs.lo,
+                vs.hi
+            );
+            held_out_vs_rule.insert(run.name.clone(), vs);
+        }
+    }
+
     print_table(&rows);
     for (row, vs) in rows.iter().filter_map(|r| Some((r, r.vs_rule?))) {
         let verdict = if vs.above_zero() {
@@ -1205,6 +1308,7 @@ pub async fn run(config: &Config, args: &EvalArgs) -> Result<()> {
         "normalized_lines": data.report.normalized,
         "rule_behaviour": behaviour(&rule_run, None),
         "ranker_tuning": tuning,
+        "vs_rule_outside_warm_start": (!held_out_vs_rule.is_empty()).then_some(&held_out_vs_rule),
         "policy_shape": {
             "hidden": policy_spec(args).hidden_size,
             "layers": policy_spec(args).num_layers,
@@ -1316,6 +1420,71 @@ fn print_table(rows: &[Row]) {
 mod tests {
     use super::*;
     use mrrec_testkit::replay::write_jsonl;
+
+    /// A reward of sample `index` of request `request` whose ranking terms
+    /// sum to `ranking` and whose memory term is `memory`.
+    fn plan_reward(request: &str, index: u32, ranking: f64, memory: f64) -> Reward {
+        Reward {
+            trajectory_id: format!("{request}#{index}"),
+            request_id: request.into(),
+            user_id: "u".into(),
+            policy_version: 0,
+            target_item_id: "t".into(),
+            target_rank: None,
+            components: mrrec_messages::RewardComponents {
+                format_ok: 1.0,
+                ndcg_100: ranking,
+                ndcg_1000: 0.0,
+                used_memory: memory,
+            },
+            total: 0.0,
+            ts: 0,
+            trajectory: Some(Trajectory {
+                trajectory_id: format!("{request}#{index}"),
+                request_id: request.into(),
+                user_id: "u".into(),
+                index,
+                group_size: 4,
+                served: index == 0,
+                policy_version: 0,
+                prompt: String::new(),
+                segments: Vec::new(),
+                profile: format!("plan {index}"),
+                memory_ids: Vec::new(),
+                format_ok: true,
+                ts: 0,
+            }),
+        }
+    }
+
+    /// Per request the plan that ranks the target best is imitated; on a
+    /// tie the category plan (sample 0, what the rule serves), whatever the
+    /// order rewards arrive in and whatever the memory term says.
+    #[test]
+    fn the_best_plan_wins_and_a_tie_keeps_the_served_one() {
+        let rewards = vec![
+            plan_reward("a", 2, 0.5, 0.0),
+            plan_reward("a", 0, 0.2, 0.0),
+            plan_reward("a", 1, 0.4, 1.0),
+            plan_reward("b", 1, 0.3, 1.0),
+            plan_reward("b", 0, 0.3, 0.0),
+            plan_reward("b", 3, 0.1, 0.0),
+            plan_reward("c", 3, 0.0, 0.0),
+            plan_reward("c", 0, 0.0, 0.0),
+        ];
+        let chosen: Vec<(String, u32)> = best_plans(rewards)
+            .into_iter()
+            .map(|t| (t.request_id, t.index))
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                ("a".to_owned(), 2),
+                ("b".to_owned(), 0),
+                ("c".to_owned(), 0)
+            ]
+        );
+    }
 
     #[test]
     fn the_policy_shape_is_whole_heads_of_32() {
