@@ -46,6 +46,9 @@ pub struct RecommendSettings {
     pub weights: FusionWeights,
     /// How co-occurrence counts become the collaborative signal.
     pub collaborative: mrrec_config::CollaborativeScore,
+    /// How distill counts co-occurrence (`distill.co_occurrence_*`): what
+    /// a stored outcome added, which the reward's ranking takes back out.
+    pub counting: mrrec_memory::CoOccurrence,
     pub refresh: Duration,
 }
 
@@ -86,6 +89,10 @@ impl RecommendSettings {
                 },
             },
             collaborative: r.collaborative,
+            counting: mrrec_memory::CoOccurrence {
+                window: config.distill.co_occurrence_window,
+                both_ways: config.distill.co_occurrence_both_ways,
+            },
             refresh: Duration::from_millis(r.refresh_ms),
         }
     }

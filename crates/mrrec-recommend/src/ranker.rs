@@ -49,6 +49,18 @@ pub struct Ranker<S> {
     recent_items: usize,
     weights: FusionWeights,
     collaborative: CollaborativeScore,
+    counting: mrrec_memory::CoOccurrence,
+}
+
+/// What a stored positive outcome for `target` added to the signals the
+/// reward's ranking reads (distill's `apply`): one co-occurrence from each
+/// of the user's `window` positive items before it (`after`), and one to
+/// its popularity. Taken back out, the reward ranks the target as the
+/// memory of the request's moment would, not with the user's own choice
+/// of it as evidence for it.
+struct StoredOutcome<'a> {
+    target: &'a str,
+    after: HashSet<String>,
 }
 
 impl<S: KvStore> Ranker<S> {
@@ -65,6 +77,7 @@ impl<S: KvStore> Ranker<S> {
             recent_items: settings.recent_items,
             weights: settings.weights,
             collaborative: settings.collaborative,
+            counting: settings.counting,
         }
     }
 
@@ -92,25 +105,28 @@ impl<S: KvStore> Ranker<S> {
             Some(state) if exclude_seen => self.memory.seen(state).await?,
             _ => HashSet::new(),
         };
-        self.rank_excluding(answer, state, &exclude, self.candidates, k)
+        self.rank_excluding(answer, state, &exclude, None, self.candidates, k)
             .await
     }
 
     /// The items whose co-occurrences are the collaborative signal: those
     /// behind the cited entries, else the user's recent positive items (at
-    /// most `recommend.recent_items` either way).
+    /// most `recommend.recent_items` either way), never `leave_out`.
     pub async fn seeds(
         &self,
         state: &UserState,
         cited: &[String],
+        leave_out: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
         let mut seeds = if cited.is_empty() {
             Vec::new()
         } else {
             self.memory.cited_items(&state.user, cited).await?
         };
+        seeds.retain(|s| Some(s.as_str()) != leave_out);
         if seeds.is_empty() {
             seeds = state.recent_positive.iter().rev().cloned().collect();
+            seeds.retain(|s| Some(s.as_str()) != leave_out);
         }
         seeds.truncate(self.recent_items);
         Ok(seeds)
@@ -119,7 +135,11 @@ impl<S: KvStore> Ranker<S> {
     /// 1-based rank of `target` in the ranking `answer` gives the catalog
     /// (what DESIGN §5's reward scores), looking `depth` deep. Seen items are
     /// left out as for the request, except the target itself: its outcome
-    /// has made it seen since. An item no signal scores at all is not
+    /// has made it seen since. For the same reason the target is never a
+    /// seed: once its outcome is stored it is the user's most recent
+    /// positive item (and an item of the entries that cite it), and a seed
+    /// gets no collaborative score of its own, so an answer whose seeds
+    /// took it in would rank its own target lower than at the request. An item no signal scores at all is not
     /// ranked (`None`); DESIGN §11's full ranking would place it after every
     /// scored item, by id — the reward stage has to add that.
     pub async fn target_rank(
@@ -134,8 +154,16 @@ impl<S: KvStore> Ranker<S> {
             None => HashSet::new(),
         };
         exclude.remove(target);
+        let stored = state.and_then(|state| self.stored_outcome(state, target));
         let ranked = self
-            .rank_excluding(answer, state, &exclude, depth.max(self.candidates), depth)
+            .rank_excluding(
+                answer,
+                state,
+                &exclude,
+                stored.as_ref(),
+                depth.max(self.candidates),
+                depth,
+            )
             .await?;
         Ok(ranked
             .iter()
@@ -143,11 +171,26 @@ impl<S: KvStore> Ranker<S> {
             .map(|i| i as u64 + 1))
     }
 
+    /// What the outcome for `target` added to memory, once `state` holds it
+    /// (the target is among the user's positive items); `None` while
+    /// distill has not stored it.
+    fn stored_outcome<'a>(&self, state: &UserState, target: &'a str) -> Option<StoredOutcome<'a>> {
+        let at = state.recent_positive.iter().position(|i| i == target)?;
+        let after = state.recent_positive[..at]
+            .iter()
+            .rev()
+            .take(self.counting.window)
+            .cloned()
+            .collect();
+        Some(StoredOutcome { target, after })
+    }
+
     async fn rank_excluding(
         &self,
         answer: Cited<'_>,
         state: Option<&UserState>,
         exclude: &HashSet<String>,
+        stored: Option<&StoredOutcome<'_>>,
         candidates: usize,
         k: usize,
     ) -> Result<Vec<mrrec_messages::ScoredItem>, StoreError> {
@@ -175,7 +218,8 @@ impl<S: KvStore> Ranker<S> {
             }
         }
         if let Some(state) = state {
-            let seeds = self.seeds(state, cited).await?;
+            let not_a_seed = stored.map(|o| o.target);
+            let seeds = self.seeds(state, cited, not_a_seed).await?;
             let popularity = |id: &str| facts.popularity.get(id).copied();
             let cosine: Option<&mrrec_memory::Popularity<'_>> = match self.collaborative {
                 CollaborativeScore::Count => None,
@@ -188,6 +232,23 @@ impl<S: KvStore> Ranker<S> {
                     .await?
                     .into_iter()
                     .collect();
+            }
+            if let Some(stored) = stored {
+                let n = |id: &str| match cosine {
+                    Some(count) => count(id).filter(|c| *c >= 1.0).unwrap_or(1.0),
+                    None => 1.0,
+                };
+                let own: f64 = seeds
+                    .iter()
+                    .filter(|s| stored.after.contains(*s))
+                    .map(|s| 1.0 / (n(s) * n(stored.target)).sqrt())
+                    .sum();
+                if let Some(score) = signals.collaborative.get_mut(stored.target) {
+                    *score -= own;
+                    if *score <= 1e-9 {
+                        signals.collaborative.remove(stored.target);
+                    }
+                }
             }
         }
         // Popularity scores every candidate of the other signals, and adds
@@ -202,6 +263,11 @@ impl<S: KvStore> Ranker<S> {
         for id in scored.chain(signals.collaborative.keys()) {
             if let Some(count) = facts.popularity.get(id) {
                 popularity.insert(id.clone(), *count);
+            }
+        }
+        if let Some(stored) = stored {
+            if let Some(count) = popularity.get_mut(stored.target) {
+                *count = (*count - 1.0).max(0.0);
             }
         }
         signals.popularity = popularity;

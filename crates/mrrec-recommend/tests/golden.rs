@@ -518,6 +518,102 @@ async fn distill_stage(dir: &Path, memory: MemoryStore<EmbeddedStore>) -> Distil
     Distill::new(memory, "mrrec.").with_indexes(indexes)
 }
 
+/// DESIGN §5's rank is recomputed after the outcome, which distill may
+/// have stored by then: the target is the user's latest positive item and
+/// co-occurs with the items the user liked before it. The reward's ranking
+/// takes what the outcome added back out, so it ranks the target where the
+/// request's memory would have (here i7, liked by u3 after i2; u1 liked
+/// i1 and i2 before rating it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reward_ranks_the_target_as_the_memory_of_the_request_would() {
+    use mrrec_memory::{entry_id, Level};
+    let tmp = tempfile::tempdir().unwrap();
+    let memory = distill_world(tmp.path()).await;
+    let mut config = Config::defaults();
+    config.recommend.refresh_ms = 1;
+    let recommender = recommender_with(
+        tmp.path(),
+        memory.clone(),
+        Arc::new(RuleLlm::default()),
+        RecommendSettings::from_config(&config),
+    );
+    let ranker = recommender.ranker();
+    let liked_i1 = vec![entry_id(Level::Behavior, "u1", "e0")];
+    let comedy = vec![entry_id(Level::Preference, "u1", "Comedy")];
+    let answers: [(&str, &[String]); 4] = [
+        ("zzz", &[]),
+        ("Annie Hall comedy", &[]),
+        ("zzz", &liked_i1),
+        ("romance", &comedy),
+    ];
+    let ranks = |state: mrrec_memory::UserState| async move {
+        let mut out = Vec::new();
+        for (profile, cited) in answers {
+            out.push(
+                ranker
+                    .target_rank(Cited::new(profile, cited), Some(&state), "i7", 1000)
+                    .await
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    let before = ranks(memory.user("u1").await.unwrap().state.unwrap()).await;
+
+    let mut stage = distill_stage(tmp.path(), memory.clone()).await;
+    let offset = RATINGS.len() as i64;
+    stage
+        .process(&Batch {
+            records: vec![Decoded {
+                meta: meta("mrrec.events", offset),
+                message: Input::Event(Event {
+                    event_id: "outcome".into(),
+                    user_id: "u1".into(),
+                    kind: EventKind::Rate,
+                    item_id: Some("i7".into()),
+                    value: Some(5.0),
+                    text: None,
+                    attrs: None,
+                    ts: 2_000_000,
+                }),
+            }],
+            ranges: vec![PartitionRange {
+                topic: Arc::from("mrrec.events"),
+                partition: 0,
+                first_offset: offset,
+                last_offset: offset,
+            }],
+        })
+        .await
+        .unwrap();
+    drop(stage);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let state = memory.user("u1").await.unwrap().state.unwrap();
+    assert_eq!(state.recent_positive.last().map(String::as_str), Some("i7"));
+    assert_eq!(ranks(state.clone()).await, before);
+
+    // A ranker that takes no co-occurrence back out (as if distill counted
+    // none) ranks i7 higher after the outcome: the user's own choice of
+    // it, counted as evidence for it — what the reward scored before.
+    config.distill.co_occurrence_window = 0;
+    let leaky = recommender_with(
+        tmp.path(),
+        memory.clone(),
+        Arc::new(RuleLlm::default()),
+        RecommendSettings::from_config(&config),
+    );
+    let leaked = leaky
+        .ranker()
+        .target_rank(Cited::profile("zzz"), Some(&state), "i7", 1000)
+        .await
+        .unwrap();
+    assert!(
+        leaked.is_some() && leaked < before[0],
+        "leaked {leaked:?}, at the request {:?}",
+        before[0]
+    );
+}
+
 /// DESIGN §4: the memory the answer cites shapes the ranking. The items
 /// behind the cited entries seed the collaborative signal (a liked item's
 /// record: that item; a preference: its latest liked items); citing
@@ -537,13 +633,22 @@ async fn cited_memory_seeds_the_collaborative_signal() {
     let animation = entry_id(Level::Preference, "u1", "Animation");
     let seeds = |cited: Vec<String>| {
         let state = &state;
-        async move { ranker.seeds(state, &cited).await.unwrap() }
+        async move { ranker.seeds(state, &cited, None).await.unwrap() }
     };
     assert_eq!(seeds(vec![]).await, ["i2", "i1"]);
     assert_eq!(seeds(vec![liked_i1.clone()]).await, ["i1"]);
     assert_eq!(seeds(vec![animation.clone()]).await, ["i1"]);
     assert_eq!(seeds(vec![disliked_i3.clone()]).await, ["i2", "i1"]);
     assert_eq!(seeds(vec!["b-no-such-entry".into()]).await, ["i2", "i1"]);
+    // The reward's target is never a seed (its outcome has made it a
+    // recent positive and an item of the entries about it since the
+    // request): citing only it falls back to the other recent positives.
+    let left_out = |cited: Vec<String>| {
+        let state = &state;
+        async move { ranker.seeds(state, &cited, Some("i1")).await.unwrap() }
+    };
+    assert_eq!(left_out(vec![]).await, ["i2"]);
+    assert_eq!(left_out(vec![animation.clone()]).await, ["i2"]);
 
     // A profile no title matches: co-occurrence and popularity decide. i7
     // was chosen after i2 only (by u3), so co-occurrence scores it when i2
