@@ -440,7 +440,7 @@ async fn a_tombstone_removes_an_item_from_every_answer() {
     let offset = CATALOG.len() as i64;
     let mut tombstone = meta("mrrec.items", offset);
     tombstone.key = Some(b"i6".to_vec());
-    let mut stage = distill_stage(tmp.path(), memory.clone()).await;
+    let stage = distill_stage(tmp.path(), memory.clone()).await;
     let removed = stage.decode(&tombstone, None).unwrap();
     assert!(matches!(&removed, Input::ItemRemoved(id) if id == "i6"));
     // A tombstone must name its item.
@@ -451,22 +451,7 @@ async fn a_tombstone_removes_an_item_from_every_answer() {
             .kind,
         "tombstone"
     );
-    stage
-        .process(&Batch {
-            records: vec![Decoded {
-                meta: tombstone,
-                message: removed,
-            }],
-            ranges: vec![PartitionRange {
-                topic: Arc::from("mrrec.items"),
-                partition: 0,
-                first_offset: offset,
-                last_offset: offset,
-            }],
-        })
-        .await
-        .unwrap();
-    drop(stage);
+    distill_one(stage, tombstone, removed).await;
     let dump = memory.dump().await.unwrap();
     assert!(!dump["mrrec:items"].contains_key("i6"));
     assert!(dump["mrrec:items:removed"].contains_key("i6"));
@@ -479,29 +464,15 @@ async fn a_tombstone_removes_an_item_from_every_answer() {
     assert!(after.iter().all(|i| i.item_id != "i6"), "{after:?}");
 
     // Published again: back in the catalog and the answers.
-    let mut stage = distill_stage(tmp.path(), memory.clone()).await;
-    stage
-        .process(&Batch {
-            records: vec![Decoded {
-                meta: meta("mrrec.items", offset + 1),
-                message: Input::Item(Item {
-                    item_id: "i6".into(),
-                    title: "Monty Python and the Holy Grail (1975)".into(),
-                    categories: vec!["Comedy".into()],
-                    description: None,
-                    attrs: None,
-                }),
-            }],
-            ranges: vec![PartitionRange {
-                topic: Arc::from("mrrec.items"),
-                partition: 0,
-                first_offset: offset + 1,
-                last_offset: offset + 1,
-            }],
-        })
-        .await
-        .unwrap();
-    drop(stage);
+    let item = Input::Item(Item {
+        item_id: "i6".into(),
+        title: "Monty Python and the Holy Grail (1975)".into(),
+        categories: vec!["Comedy".into()],
+        description: None,
+        attrs: None,
+    });
+    let stage = distill_stage(tmp.path(), memory.clone()).await;
+    distill_one(stage, meta("mrrec.items", offset + 1), item).await;
     let again = recommender(tmp.path(), memory.clone())
         .ranker()
         .rank(Cited::profile(profile), Some(&state), true, 10)
@@ -560,33 +531,18 @@ async fn the_reward_ranks_the_target_as_the_memory_of_the_request_would() {
     };
     let before = ranks(memory.user("u1").await.unwrap().state.unwrap()).await;
 
-    let mut stage = distill_stage(tmp.path(), memory.clone()).await;
-    let offset = RATINGS.len() as i64;
-    stage
-        .process(&Batch {
-            records: vec![Decoded {
-                meta: meta("mrrec.events", offset),
-                message: Input::Event(Event {
-                    event_id: "outcome".into(),
-                    user_id: "u1".into(),
-                    kind: EventKind::Rate,
-                    item_id: Some("i7".into()),
-                    value: Some(5.0),
-                    text: None,
-                    attrs: None,
-                    ts: 2_000_000,
-                }),
-            }],
-            ranges: vec![PartitionRange {
-                topic: Arc::from("mrrec.events"),
-                partition: 0,
-                first_offset: offset,
-                last_offset: offset,
-            }],
-        })
-        .await
-        .unwrap();
-    drop(stage);
+    let stage = distill_stage(tmp.path(), memory.clone()).await;
+    let outcome = Input::Event(Event {
+        event_id: "outcome".into(),
+        user_id: "u1".into(),
+        kind: EventKind::Rate,
+        item_id: Some("i7".into()),
+        value: Some(5.0),
+        text: None,
+        attrs: None,
+        ts: 2_000_000,
+    });
+    distill_one(stage, meta("mrrec.events", RATINGS.len() as i64), outcome).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let state = memory.user("u1").await.unwrap().state.unwrap();
     assert_eq!(state.recent_positive.last().map(String::as_str), Some("i7"));
@@ -612,6 +568,25 @@ async fn the_reward_ranks_the_target_as_the_memory_of_the_request_would() {
         "leaked {leaked:?}, at the request {:?}",
         before[0]
     );
+}
+
+/// `stage` distills one record, at `meta`'s offset, and lets its index
+/// worker commit.
+async fn distill_one(mut stage: Distill<EmbeddedStore>, meta: RecordMeta, message: Input) {
+    let range = PartitionRange {
+        topic: meta.topic.clone(),
+        partition: meta.partition,
+        first_offset: meta.offset,
+        last_offset: meta.offset,
+    };
+    stage
+        .process(&Batch {
+            records: vec![Decoded { meta, message }],
+            ranges: vec![range],
+        })
+        .await
+        .unwrap();
+    drop(stage);
 }
 
 /// DESIGN §4: the memory the answer cites shapes the ranking. The items
