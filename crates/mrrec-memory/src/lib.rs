@@ -26,5 +26,6 @@ pub use state::{
     CO_OCCURRENCE_WINDOW, RECENT_POSITIVE,
 };
 pub use store::{
-    entries_in, Keyspace, LoadedUser, MemoryStore, Popularity, UserMemory, Waiting, WAITING_MARK,
+    entries_in, pair_weight, Keyspace, LoadedUser, MemoryStore, Popularity, UserMemory, Waiting,
+    WAITING_MARK,
 };

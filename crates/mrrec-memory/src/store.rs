@@ -152,6 +152,14 @@ fn corrupt(what: &str, e: serde_json::Error) -> StoreError {
 /// An item's number of positive interactions, if known (item-kNN's norm).
 pub type Popularity<'a> = dyn Fn(&str) -> Option<f64> + 'a;
 
+/// What one co-occurrence of `a` with `b` adds to `b`'s collaborative
+/// score from seed `a`: 1 with raw counts, `1 / sqrt(n(a) n(b))` with
+/// cosine (an item's popularity counted as at least 1).
+pub fn pair_weight(cosine: Option<&Popularity<'_>>, a: &str, b: &str) -> f64 {
+    let n = |id: &str| cosine.map_or(1.0, |count| count(id).filter(|c| *c >= 1.0).unwrap_or(1.0));
+    1.0 / (n(a) * n(b)).sqrt()
+}
+
 impl<S: KvStore> MemoryStore<S> {
     pub fn new(store: S, keys: Keyspace) -> Self {
         Self { store, keys }
@@ -354,19 +362,16 @@ impl<S: KvStore> MemoryStore<S> {
         k: usize,
         cosine: Option<&Popularity<'_>>,
     ) -> Result<Vec<(String, f64)>, StoreError> {
-        let n =
-            |id: &str| cosine.map_or(1.0, |count| count(id).filter(|c| *c >= 1.0).unwrap_or(1.0));
         let mut scores: HashMap<String, f64> = HashMap::new();
         let keys: Vec<String> = items.iter().map(|i| self.keys.co_occurrence(i)).collect();
         // One round trip for all of them (this is on the recommend stage's hot path).
         let counts = self.store.get_all_many(&keys).await?;
         for (item, fields) in items.iter().zip(counts) {
-            let n_item = n(item);
             for (other, together) in fields {
                 let together: i64 = together
                     .parse()
                     .map_err(|_| StoreError::Corrupt(format!("co-occurrence count of {item}")))?;
-                let score = together as f64 / (n_item * n(&other)).sqrt();
+                let score = together as f64 * pair_weight(cosine, item, &other);
                 *scores.entry(other).or_default() += score;
             }
         }

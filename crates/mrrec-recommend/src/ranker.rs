@@ -234,14 +234,10 @@ impl<S: KvStore> Ranker<S> {
                     .collect();
             }
             if let Some(stored) = stored {
-                let n = |id: &str| match cosine {
-                    Some(count) => count(id).filter(|c| *c >= 1.0).unwrap_or(1.0),
-                    None => 1.0,
-                };
                 let own: f64 = seeds
                     .iter()
                     .filter(|s| stored.after.contains(*s))
-                    .map(|s| 1.0 / (n(s) * n(stored.target)).sqrt())
+                    .map(|s| mrrec_memory::pair_weight(cosine, s, stored.target))
                     .sum();
                 if let Some(score) = signals.collaborative.get_mut(stored.target) {
                     *score -= own;
