@@ -6,14 +6,10 @@
 //! runs out of tokens or says nothing usable, a deterministic fallback (query +
 //! profile) still answers, and the trace says so. The outcome records the
 //! trace, the chat, and which text the model wrote vs. the system inserted.
-//! [`rank`] turns the profile into a ranked list (BM25 fused with
-//! collaborative and popularity signals).
-
-pub mod rank;
+//! The profile becomes a ranked list in `mrrec-rank`, below this crate.
 
 pub use mrrec_policy::escape::{self, escape_text, safe_id};
 pub use mrrec_policy::turn::{self, parse_turn, Action, Turn};
-pub use rank::{fuse, FusionWeights, Scaling, Signals};
 
 use async_trait::async_trait;
 use mrrec_llm::{ChatMessage, Generation, GenerationRequest, Llm, LlmError, Sampling};

@@ -5,12 +5,11 @@
 //! `mrrec eval`): `cargo run --release --example rank_probe -- D [users]`.
 
 use anyhow::{Context, Result};
-use mrrec_agent::FusionWeights;
 use mrrec_distill::{Distill, Input};
 use mrrec_index::ItemIndex;
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::Topic;
-use mrrec_recommend::{Ranker, RecommendSettings};
+use mrrec_rank::{FusionWeights, RankSettings, Ranker};
 use mrrec_store::EmbeddedStore;
 use mrrec_stream::{Batch, Decoded, PartitionRange, RecordMeta, Stage};
 use std::collections::HashMap;
@@ -96,7 +95,7 @@ async fn main() -> Result<()> {
     let users: Vec<_> = split.users.iter().take(limit).collect();
     let ids: Vec<String> = users.iter().map(|u| u.user_id.clone()).collect();
     let states = memory.load_users(&ids).await?;
-    let base = RecommendSettings::from_config(&config);
+    let base = RankSettings::from_config(&config);
     let grid: Vec<FusionWeights> = [
         (1.0, 1.0, 0.5),
         (1.5, 1.0, 0.5),
@@ -112,7 +111,7 @@ async fn main() -> Result<()> {
         category: 0.0,
         collaborative,
         popularity,
-        scaling: mrrec_agent::Scaling::Max,
+        scaling: mrrec_rank::Scaling::Max,
     })
     .collect();
     type Strategy = fn(&str, &str, &mrrec_memory::UserState) -> String;

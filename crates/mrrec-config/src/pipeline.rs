@@ -96,6 +96,19 @@ pub struct PipelineStage {
     pub parallelism: Option<u32>,
 }
 
+/// `mrrec run --stage X` (and `mrrec train`): a pipeline of one stage.
+pub fn one_stage(stage: StageKind) -> Pipeline {
+    Pipeline {
+        name: stage.as_str().into(),
+        description: format!("the {stage} stage alone"),
+        group_prefix: None,
+        stages: vec![PipelineStage {
+            stage,
+            parallelism: None,
+        }],
+    }
+}
+
 /// The whole-process pipeline `mrrec run --stage all` runs.
 pub fn all_stages() -> Pipeline {
     Pipeline {

@@ -26,7 +26,7 @@
 
 mod indexes;
 
-pub use indexes::{Changes, Indexes, Opened, Refresh, FOLLOW_CATALOG_EVERY};
+pub use indexes::{Changes, Indexes, OpenError, Opened, Refresh, FOLLOW_CATALOG_EVERY};
 
 use mrrec_memory::render::{self, Catalog};
 use mrrec_memory::{
@@ -34,10 +34,9 @@ use mrrec_memory::{
     WAITING_MARK,
 };
 use mrrec_messages::{Event, Item, Outcome, Topic};
-use mrrec_store::{Batch, KvStore, StoreError};
+use mrrec_store::{Batch, KvStore, OffsetGuard, Range as OffsetRange, StoreError};
 use mrrec_stream::{decode_message, Poison, RecordMeta, Stage, StageError};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 /// The stage's name: group id suffix, metric label, dead-letter `stage`.
 pub const STAGE: &str = "distill";
@@ -52,6 +51,38 @@ pub fn runner_settings(config: &mrrec_config::Config, stage: &str) -> mrrec_stre
     settings.batch_max_keys = config.distill.batch_max_users;
     settings.batch_max_wait = std::time::Duration::from_millis(config.distill.batch_max_ms);
     settings
+}
+
+/// The distill stage over `memory`, from the configuration: the indexes
+/// under `index.path` (brought up to the store when they lag it), the user
+/// cache, the cap on behaviour entries and how co-occurrence is counted.
+pub async fn open_stage<S: KvStore + 'static>(
+    config: &mrrec_config::Config,
+    memory: MemoryStore<S>,
+) -> Result<Distill<S>, OpenStageError> {
+    let indexes = Indexes::open(Some(&config.index.path), &memory)
+        .await
+        .map_err(|source| OpenStageError {
+            path: config.index.path.clone(),
+            source,
+        })?;
+    Ok(Distill::new(memory, &config.topics.prefix)
+        .with_indexes(indexes)
+        .with_cache(config.distill.cache_bytes())
+        .with_max_behavior_entries(config.distill.max_behavior_entries)
+        .with_co_occurrence(mrrec_memory::CoOccurrence {
+            window: config.distill.co_occurrence_window,
+            both_ways: config.distill.co_occurrence_both_ways,
+        }))
+}
+
+/// Opening the stage's indexes failed.
+#[derive(Debug, thiserror::Error)]
+#[error("opening the indexes in {}: {source}", path.display())]
+pub struct OpenStageError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: OpenError,
 }
 
 /// Gauge: stored JSON bytes of the states and items distill keeps between batches.
@@ -444,18 +475,14 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
         topic: &str,
         partition: i32,
     ) -> Result<Option<i64>, StageError> {
-        let stored = self
-            .memory
-            .stored_offset(topic, partition)
-            .await
-            .map_err(store_error)?;
-        stored
-            .map(|s| {
-                s.parse::<i64>().map_err(|_| {
-                    StageError::Fatal(format!("stored offset {topic}:{partition} is {s:?}"))
-                })
-            })
-            .transpose()
+        OffsetGuard::stored(
+            self.memory.kv(),
+            &self.memory.keys().offsets(),
+            topic,
+            partition,
+        )
+        .await
+        .map_err(store_error)
     }
 }
 
@@ -567,38 +594,18 @@ impl<S: KvStore> Distill<S> {
         // Guards: the stored offset of every partition range, as read now. Only
         // records above it are applied (another writer may have got further
         // during a rebalance than this instance knew when it sealed the batch).
-        let offset_fields: Vec<(String, String)> = batch
+        let ranges: Vec<OffsetRange<'_>> = batch
             .ranges
             .iter()
-            .map(|r| {
-                (
-                    keys.offsets(),
-                    Keyspace::offset_field(&r.topic, r.partition),
-                )
+            .map(|r| OffsetRange {
+                topic: &r.topic,
+                partition: r.partition,
+                last_offset: r.last_offset,
             })
             .collect();
-        let stored_values = self.memory.kv().get_fields(&offset_fields).await?;
-        let mut stored_now: HashMap<(Arc<str>, i32), i64> = HashMap::new();
-        for ((range, (_, field)), stored) in
-            batch.ranges.iter().zip(offset_fields).zip(stored_values)
-        {
-            let stored_offset = match stored.as_deref() {
-                Some(s) => s
-                    .parse::<i64>()
-                    .map_err(|_| StoreError::Corrupt(format!("stored offset {s:?}")))?,
-                None => -1,
-            };
-            stored_now.insert((range.topic.clone(), range.partition), stored_offset);
-            if stored_offset < range.last_offset {
-                write.guard(keys.offsets(), field.clone(), stored);
-                write.set(keys.offsets(), field, range.last_offset.to_string());
-            }
-        }
-        let fresh = |meta: &RecordMeta| {
-            stored_now
-                .get(&(meta.topic.clone(), meta.partition))
-                .is_none_or(|stored| meta.offset > *stored)
-        };
+        let offsets = OffsetGuard::read(self.memory.kv(), &keys.offsets(), &ranges).await?;
+        offsets.advance(&mut write);
+        let fresh = |meta: &RecordMeta| offsets.is_fresh(&meta.topic, meta.partition, meta.offset);
 
         // Items first (catalogued, then linked to events that waited for them).
         let mut new_items: BTreeMap<String, Item> = BTreeMap::new();

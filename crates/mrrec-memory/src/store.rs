@@ -104,8 +104,9 @@ impl Keyspace {
         format!("{}offsets", self.prefix)
     }
 
+    /// A partition's field in `offsets` (see [`mrrec_store::OffsetGuard`]).
     pub fn offset_field(topic: &str, partition: i32) -> String {
-        format!("{topic}:{partition}")
+        mrrec_store::offset_field(topic, partition)
     }
 
     pub fn entry_field(entry_id: &str) -> String {
@@ -176,21 +177,6 @@ impl<S: KvStore> MemoryStore<S> {
     /// Applies a batch (see [`KvStore::apply`]).
     pub async fn apply(&self, batch: &Batch) -> Result<bool, StoreError> {
         self.store.apply(batch).await
-    }
-
-    /// The stored offset of a partition.
-    pub async fn stored_offset(
-        &self,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Option<String>, StoreError> {
-        let field = Keyspace::offset_field(topic, partition);
-        Ok(self
-            .store
-            .get_fields(&[(self.keys.offsets(), field)])
-            .await?
-            .pop()
-            .flatten())
     }
 
     /// States and versions of `users` (new users get an empty state), one round trip.

@@ -7,22 +7,20 @@
 //! `mrrec.requests` with bounded concurrency and a deadline per request,
 //! publishing responses and every sampled trajectory.
 
-pub mod catalog;
 mod client;
-mod ranker;
 mod recommender;
 pub mod shard;
 mod stage;
 mod tokens;
 
 pub use client::{ClientError, Received, RecommendClient};
-pub use ranker::{Cited, Ranker};
+pub use mrrec_rank::{Cited, RankSettings, Ranker};
 pub use recommender::{trajectory_id, Answer, MemorySearch, RecommendError, Recommender};
 pub use shard::{MemoryShard, ShardReport};
 pub use stage::{Incoming, RecommendStage, StageTotals, TOTALS};
 pub use tokens::{TokenizerLocator, Tokenizers};
 
-use mrrec_agent::{AgentSettings, FusionWeights};
+use mrrec_agent::AgentSettings;
 use mrrec_config::Config;
 use mrrec_llm::Sampling;
 use mrrec_messages::Topic;
@@ -41,15 +39,8 @@ pub struct RecommendSettings {
     pub use_memory: bool,
     pub timeout: Duration,
     pub concurrency: usize,
-    pub candidates: usize,
-    pub recent_items: usize,
-    pub weights: FusionWeights,
-    /// How co-occurrence counts become the collaborative signal.
-    pub collaborative: mrrec_config::CollaborativeScore,
-    /// How distill counts co-occurrence (`distill.co_occurrence_*`): what
-    /// a stored outcome added, which the reward's ranking takes back out.
-    pub counting: mrrec_memory::CoOccurrence,
-    pub refresh: Duration,
+    /// How the answer's profile and citations rank the catalog.
+    pub rank: RankSettings,
 }
 
 impl RecommendSettings {
@@ -76,24 +67,7 @@ impl RecommendSettings {
             use_memory: a.use_memory,
             timeout: Duration::from_millis(r.timeout_ms),
             concurrency: r.concurrency as usize,
-            candidates: r.candidates as usize,
-            recent_items: r.recent_items as usize,
-            weights: FusionWeights {
-                bm25: r.weight_bm25,
-                category: r.weight_category,
-                collaborative: r.weight_collaborative,
-                popularity: r.weight_popularity,
-                scaling: match r.fusion {
-                    mrrec_config::Fusion::Max => mrrec_agent::Scaling::Max,
-                    mrrec_config::Fusion::Zscore => mrrec_agent::Scaling::ZScore,
-                },
-            },
-            collaborative: r.collaborative,
-            counting: mrrec_memory::CoOccurrence {
-                window: config.distill.co_occurrence_window,
-                both_ways: config.distill.co_occurrence_both_ways,
-            },
-            refresh: Duration::from_millis(r.refresh_ms),
+            rank: RankSettings::from_config(config),
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Answering one request: the user's memory, the agent's trajectories, the
 //! fused ranking, the response and the logged trajectories. No Kafka here.
 
-use crate::ranker::{Cited, Ranker};
 use crate::shard::MemoryShard;
 use crate::tokens::Tokenizers;
 use crate::RecommendSettings;
@@ -13,6 +12,7 @@ use mrrec_index::{ItemIndex, MemoryIndex};
 use mrrec_llm::Llm;
 use mrrec_memory::{fingerprint, Keyspace, Level, MemoryStore, UserState};
 use mrrec_messages::{Request, Response, Step, StepKind, Trajectory};
+use mrrec_rank::{Cited, Ranker};
 use mrrec_store::{KvStore, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ impl<S: KvStore> Recommender<S> {
         settings: RecommendSettings,
         tokenizers: Tokenizers,
     ) -> Self {
-        let ranker = Ranker::new(memory.clone(), items, &settings);
+        let ranker = Ranker::new(memory.clone(), items, &settings.rank);
         Self {
             llm,
             memory,
@@ -183,7 +183,7 @@ impl<S: KvStore> Recommender<S> {
     }
 
     /// Global memory for the categories the query names (the longest name
-    /// first, see [`crate::ranker::query_categories`]), else for the user's
+    /// first, see [`mrrec_rank::query_categories`]), else for the user's
     /// strongest categories.
     async fn global_memory(
         &self,
@@ -192,7 +192,7 @@ impl<S: KvStore> Recommender<S> {
         categories: &[String],
     ) -> Result<Vec<String>, StoreError> {
         let mut chosen: Vec<String> = query
-            .map(|query| crate::ranker::query_categories(query, categories))
+            .map(|query| mrrec_rank::query_categories(query, categories))
             .unwrap_or_default();
         if chosen.is_empty() {
             if let Some(state) = state {

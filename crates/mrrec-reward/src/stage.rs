@@ -38,13 +38,15 @@ use crate::{is_positive, reward, DEEPEST_RANK};
 use mrrec_config::Config;
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{encode, Outcome, Topic, Trajectory};
-use mrrec_recommend::{Cited, Ranker};
-use mrrec_store::{escape, Batch as StoreBatch, KvStore, StoreError};
+use mrrec_rank::{Cited, RankSettings, Ranker};
+use mrrec_store::{
+    escape, Batch as StoreBatch, KvStore, OffsetGuard, Range as OffsetRange, StoreError,
+};
 use mrrec_stream::{
     decode_message, Batch, OutgoingRecord, Poison, Publisher, RecordMeta, Stage, StageError,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 pub const STAGE: &str = "reward";
 
@@ -340,19 +342,22 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
             ids.dedup();
             ids
         };
-        let offset_fields: Vec<String> = batch
+        let ranges: Vec<OffsetRange<'_>> = batch
             .ranges
             .iter()
-            .map(|r| Keyspace::offset_field(&r.topic, r.partition))
+            .map(|r| OffsetRange {
+                topic: &r.topic,
+                partition: r.partition,
+                last_offset: r.last_offset,
+            })
             .collect();
-        let mut pairs: Vec<(String, String)> = offset_fields
-            .iter()
-            .map(|f| (keys.offsets.clone(), f.clone()))
-            .collect();
+        let mut pairs = OffsetGuard::fields(&keys.offsets, &ranges);
         pairs.push((keys.meta.clone(), "oldest_bucket".into()));
         pairs.extend(ids.iter().map(|id| (keys.open.clone(), escape(id))));
         let values = memory.kv().get_fields(&pairs).await.map_err(store_error)?;
-        let (offset_values, rest) = values.split_at(offset_fields.len());
+        let (offset_values, rest) = values.split_at(ranges.len());
+        let offsets =
+            OffsetGuard::from_values(&keys.offsets, &ranges, offset_values).map_err(store_error)?;
         let oldest_value = rest[0].clone();
         let entry_values = &rest[1..];
         // Every partition's watermark: this batch's are guarded and moved,
@@ -363,16 +368,6 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
             .await
             .map_err(store_error)?;
 
-        let stored: HashMap<(String, i32), i64> = batch
-            .ranges
-            .iter()
-            .zip(offset_values)
-            .filter_map(|(r, v)| {
-                v.as_deref()
-                    .and_then(|s| s.parse().ok())
-                    .map(|o| ((r.topic.to_string(), r.partition), o))
-            })
-            .collect();
         let mut entries: BTreeMap<String, JoinEntry> = BTreeMap::new();
         for (id, value) in ids.iter().zip(entry_values) {
             if let Some(json) = value {
@@ -387,10 +382,11 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         // The join, record by record in the batch's order.
         let mut due: Vec<(Trajectory, Positive)> = Vec::new();
         for record in &batch.records {
-            let fresh = stored
-                .get(&(record.meta.topic.to_string(), record.meta.partition))
-                .is_none_or(|s| record.meta.offset > *s);
-            if !fresh {
+            if !offsets.is_fresh(
+                &record.meta.topic,
+                record.meta.partition,
+                record.meta.offset,
+            ) {
                 continue;
             }
             let id = record.message.request_id();
@@ -411,21 +407,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         }
 
         let mut write = StoreBatch::default();
-        for (range, (field, before)) in batch
-            .ranges
-            .iter()
-            .zip(offset_fields.iter().zip(offset_values))
-        {
-            let before_offset = before.as_deref().and_then(|s| s.parse::<i64>().ok());
-            if before_offset.is_none_or(|b| b < range.last_offset) {
-                write.guard(keys.offsets.clone(), field.clone(), before.clone());
-                write.set(
-                    keys.offsets.clone(),
-                    field.clone(),
-                    range.last_offset.to_string(),
-                );
-            }
-        }
+        offsets.advance(&mut write);
         for (id, before) in ids.iter().zip(entry_values) {
             let field = escape(id);
             write.guard(keys.open.clone(), field.clone(), before.clone());
@@ -503,21 +485,9 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         partition: i32,
     ) -> Result<Option<i64>, StageError> {
         let memory = self.ranker.memory();
-        let keys = keys(memory);
-        let value = memory
-            .kv()
-            .get_fields(&[(keys.offsets, Keyspace::offset_field(topic, partition))])
+        OffsetGuard::stored(memory.kv(), &keys(memory).offsets, topic, partition)
             .await
-            .map_err(store_error)?
-            .pop()
-            .flatten();
-        value
-            .map(|s| {
-                s.parse::<i64>().map_err(|_| {
-                    StageError::Fatal(format!("stored offset {topic}:{partition} is {s:?}"))
-                })
-            })
-            .transpose()
+            .map_err(store_error)
     }
 }
 
@@ -530,20 +500,31 @@ pub fn runner_settings(config: &Config) -> mrrec_stream::RunnerSettings {
     )
 }
 
+/// Opening the stage failed (both permanent: fix the setup and restart).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("opening the item index in {path}: {source}")]
+    Index {
+        path: String,
+        source: mrrec_index::IndexError,
+    },
+    #[error("creating the producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
 /// The reward stage from the configuration.
 pub fn open_stage<S: KvStore>(
     config: &Config,
     clients: &mrrec_stream::KafkaClients,
     memory: MemoryStore<S>,
-) -> Result<RewardStage<S>, mrrec_recommend::OpenError> {
+) -> Result<RewardStage<S>, OpenError> {
     let items_dir = config.index.path.join("items");
-    let items = mrrec_index::ItemIndex::open_read_only(&items_dir).map_err(|source| {
-        mrrec_recommend::OpenError::Index {
+    let items =
+        mrrec_index::ItemIndex::open_read_only(&items_dir).map_err(|source| OpenError::Index {
             path: items_dir.display().to_string(),
             source,
-        }
-    })?;
-    let settings = mrrec_recommend::RecommendSettings::from_config(config);
+        })?;
+    let settings = RankSettings::from_config(config);
     let ranker = Ranker::new(memory, std::sync::Arc::new(items), &settings);
     let publisher = Publisher::new(clients, STAGE)?;
     Ok(RewardStage::new(
@@ -731,7 +712,7 @@ mod tests {
         let memory = MemoryStore::new(store, Keyspace::new("t:"));
         let items = Arc::new(mrrec_index::ItemIndex::open(None).unwrap());
         let config = Config::defaults();
-        let settings = mrrec_recommend::RecommendSettings::from_config(&config);
+        let settings = RankSettings::from_config(&config);
         let ranker = Ranker::new(memory.clone(), items, &settings);
         let broker = mrrec_stream::EmbeddedBroker::start("mrrec.", 1).unwrap();
         let clients =

@@ -13,9 +13,11 @@
 //! conformance suite (`tests/conformance.rs`).
 
 mod embedded;
+pub mod offsets;
 mod redis_store;
 
 pub use embedded::EmbeddedStore;
+pub use offsets::{offset_field, OffsetGuard, Range};
 pub use redis_store::RedisStore;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,9 @@
 //! One conformance suite, run against both backends: the embedded store on a
 //! temporary directory and a real Redis server.
 
-use mrrec_store::{escape, Batch, EmbeddedStore, KvStore, RedisStore};
+use mrrec_store::{
+    escape, Batch, EmbeddedStore, KvStore, OffsetGuard, Range, RedisStore, StoreError,
+};
 use mrrec_testkit::Redis;
 use std::collections::BTreeMap;
 
@@ -164,12 +166,95 @@ async fn suite<S: KvStore>(store: &S, ns: &str) {
     );
 }
 
+/// The offset guard (exactly-once effect) over the backend: what a stage
+/// that stores its offsets with its state relies on.
+async fn offsets_suite<S: KvStore>(store: &S, ns: &str) {
+    let hash = format!("{ns}:offsets");
+    let range = |partition, last_offset| Range {
+        topic: "mrrec.events",
+        partition,
+        last_offset,
+    };
+
+    // Nothing stored: every record is fresh, and the batch stores its offsets.
+    let first = [range(0, 4), range(1, 9)];
+    let guard = OffsetGuard::read(store, &hash, &first).await.unwrap();
+    assert!(guard.is_fresh("mrrec.events", 0, 0));
+    assert_eq!(guard.stored_offset("mrrec.events", 1), None);
+    let mut write = Batch::default();
+    guard.advance(&mut write);
+    assert!(store.apply(&write).await.unwrap());
+    assert_eq!(
+        OffsetGuard::stored(store, &hash, "mrrec.events", 0)
+            .await
+            .unwrap(),
+        Some(4)
+    );
+
+    // A replay of the same batch finds it stored: nothing fresh, nothing to write.
+    let replay = OffsetGuard::read(store, &hash, &first).await.unwrap();
+    assert!(!replay.is_fresh("mrrec.events", 0, 4));
+    assert!(!replay.is_fresh("mrrec.events", 1, 9));
+    let mut write = Batch::default();
+    replay.advance(&mut write);
+    assert!(write.is_empty(), "a replay writes no offset");
+
+    // Two writers read the same offsets; the second to write loses as a
+    // whole (its state goes nowhere) and, read again, sees the first's.
+    let next = [range(0, 7)];
+    let a = OffsetGuard::read(store, &hash, &next).await.unwrap();
+    let b = OffsetGuard::read(store, &hash, &next).await.unwrap();
+    assert!(a.is_fresh("mrrec.events", 0, 5) && b.is_fresh("mrrec.events", 0, 5));
+    let mut write_a = Batch::default();
+    a.advance(&mut write_a);
+    write_a.set(format!("{ns}:state"), "by", "a");
+    assert!(store.apply(&write_a).await.unwrap());
+    let mut write_b = Batch::default();
+    b.advance(&mut write_b);
+    write_b.set(format!("{ns}:state"), "by", "b");
+    assert!(
+        !store.apply(&write_b).await.unwrap(),
+        "the stale guard fails"
+    );
+    assert_eq!(
+        store
+            .get_fields(&pairs(&[(&format!("{ns}:state"), "by")]))
+            .await
+            .unwrap(),
+        vec![Some("a".into())]
+    );
+    let again = OffsetGuard::read(store, &hash, &next).await.unwrap();
+    assert!(!again.is_fresh("mrrec.events", 0, 7));
+
+    // The values can come from a read of other fields too.
+    let mut fields = OffsetGuard::fields(&hash, &next);
+    fields.push((format!("{ns}:state"), "by".into()));
+    let values = store.get_fields(&fields).await.unwrap();
+    let shared = OffsetGuard::from_values(&hash, &next, &values[..1]).unwrap();
+    assert_eq!(shared.stored_offset("mrrec.events", 0), Some(7));
+
+    // A value that is not an offset is corrupt wherever it is read.
+    let mut write = Batch::default();
+    write.set(&hash, "mrrec.events:3", "seven");
+    assert!(store.apply(&write).await.unwrap());
+    let broken = [range(3, 1)];
+    assert!(matches!(
+        OffsetGuard::read(store, &hash, &broken).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        OffsetGuard::stored(store, &hash, "mrrec.events", 3).await,
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms() {
     let dir = std::env::temp_dir().join(format!("mrrec-store-conformance-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = EmbeddedStore::open(&dir).unwrap();
     suite(&store, "t").await;
+    offsets_suite(&store, "t").await;
     drop(store);
     // Reopening sees what was committed.
     let store = EmbeddedStore::open(&dir).unwrap();
@@ -185,6 +270,7 @@ async fn redis_store_conforms() {
     let redis = Redis::start().unwrap();
     let store = RedisStore::connect(&redis.url(), None).await.unwrap();
     suite(&store, "t").await;
+    offsets_suite(&store, "t").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,18 +4,22 @@
 //! log-probabilities recomputed; GRPO on the newest version; the candidate
 //! judged on a held-out slice of groups; `policy/vN+1/` written through the
 //! registry (staging + rename, never overwriting) only when it loads, is
-//! finite and does not regress. Announcing it on `mrrec.policy` and checking
-//! it in mistral.rs are the caller's (the CLI's train stage).
+//! finite and does not regress. [`stage`] is the train stage around it:
+//! the durable reward buffer, when a round is due, checking a candidate in
+//! mistral.rs, announcing it on `mrrec.policy`, and dead-lettering what a
+//! round left out.
 
 pub mod bench;
 pub mod grpo;
 pub mod model;
 pub mod samples;
 pub mod sft;
+pub mod stage;
 
 pub use grpo::{AdamW, GrpoSettings, UpdateReport};
 pub use model::{LlamaShape, PolicyModel};
 pub use samples::{build_sample, Rewarded, Sample};
+pub use stage::{Buffered, Once, OnceError, RewardBuffer, TrainStage, TrainStageError, Trainer};
 
 use mrrec_policy::{PolicyMeta, PolicyRegistry, PolicyVersion};
 use std::collections::{BTreeMap, HashMap};

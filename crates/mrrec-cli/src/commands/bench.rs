@@ -181,7 +181,7 @@ pub(crate) async fn start_distill(
     topics: &mrrec_config::TopicsConfig,
     run: &str,
 ) -> Result<BenchDistill> {
-    let memory = super::store::open(config).await?;
+    let memory = mrrec_service::open_store(config).await?;
     let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
     let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
     let indexes = Indexes::open(Some(&index_dir), &memory).await?;

@@ -77,7 +77,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
             Keyspace::default(),
         ),
         StoreBackend::Redis => {
-            let memory = super::store::open(&config).await?;
+            let memory = mrrec_service::open_store(&config).await?;
             MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")))
         }
     };
@@ -115,7 +115,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         .collect();
     let (model_dir, _model_tmp) = super::bench_llm::model_dir_for(&config, &titles)?;
     config.llm.model_dir = model_dir.display().to_string();
-    let running = super::recommend::start(&config, &clients, memory.clone(), false).await?;
+    let running = mrrec_service::start_recommend(&config, &clients, memory.clone(), false).await?;
     let client = Arc::new(RecommendClient::connect(&clients, &config.topics.prefix).await?);
     let users = (bench.events / 50).max(1);
     let request = |i: usize| Request {

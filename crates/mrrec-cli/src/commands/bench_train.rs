@@ -16,7 +16,7 @@ pub fn run(config: &Config, trajectories: usize, seed: u64) -> Result<()> {
     // `train.epochs` of them).
     let settings = mrrec_train::GrpoSettings {
         epochs: 1,
-        ..super::train::settings(config).grpo
+        ..mrrec_train::stage::settings(config).grpo
     };
     eprintln!(
         "one GRPO update over {} trajectories (groups of {group}) on {}",

@@ -453,7 +453,7 @@ fn behaviour(run: &Scored, rule: Option<&Scored>) -> Behaviour {
 /// `rewards`, how many hold rewards that differ, and how many there are.
 /// Only those teach GRPO anything: a group of equal rewards has no
 /// advantage to follow.
-fn groups_with_contrast(rewards: &[super::train::Buffered]) -> (usize, usize) {
+fn groups_with_contrast(rewards: &[mrrec_train::Buffered]) -> (usize, usize) {
     let mut groups: HashMap<&str, (f64, f64)> = HashMap::new();
     for b in rewards {
         let r = b.reward.total;
@@ -604,7 +604,7 @@ struct ValidationPass {
     pipeline: InProcess,
     /// The loop's store and index, for the caller to remove.
     root: PathBuf,
-    rewards: Vec<super::train::Buffered>,
+    rewards: Vec<mrrec_train::Buffered>,
     /// Requests answered without an error.
     answered: usize,
     /// The loop's answers, then each tier's, by the data set's request id.

@@ -14,13 +14,13 @@
 //! a shadow tier runs next to production; one replay then answers every
 //! request once per tier, from memory that is the same for all of them.
 
-use super::train::{Buffered, Trainer};
 use anyhow::{bail, Context, Result};
 use mrrec_config::Config;
 use mrrec_datasets::UserTargets;
 use mrrec_messages::{encode, Event, EventKind, Item, Outcome, Request, Response, Reward, Topic};
 use mrrec_recommend::RecommendClient;
 use mrrec_stream::{Bootstrap, KafkaClients, OutgoingRecord, Publisher, Shutdown, StageRunner};
+use mrrec_train::{Buffered, Trainer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -96,7 +96,7 @@ pub(super) struct InProcess {
     collected: Collected,
     /// A distill stage that keeps running (live mode only).
     live: Option<LiveDistill>,
-    recommend: super::recommend::RunningStage,
+    recommend: mrrec_service::RunningRecommend,
     /// Recommend stages of their own beside the loop's (see [`Tier`]).
     tiers: Vec<Tier>,
     rewarding: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
@@ -165,7 +165,7 @@ impl InProcess {
             if memories.iter().any(|(path, _)| *path == tier.store.path) {
                 continue;
             }
-            let memory = super::store::open(tier).await?;
+            let memory = mrrec_service::open_store(tier).await?;
             // It reads the loop's topics, in the consumer group of the
             // first tier that reads it (its distill group).
             let mut shadow = tier.clone();
@@ -429,7 +429,7 @@ impl InProcess {
 /// [`shadow_tier_config`]), and topics of its own.
 struct Tier {
     client: RecommendClient,
-    stage: super::recommend::RunningStage,
+    stage: mrrec_service::RunningRecommend,
 }
 
 /// `row` as a tier named `name` of a loop running `base`: the same store
@@ -466,7 +466,7 @@ pub(super) fn shadow_tier_config(base: &Config, row: &Config, name: &str, memory
 impl Tier {
     async fn start(config: &Config, running: &InProcess, memory: Memory) -> Result<Self> {
         let clients = running.clients.clone();
-        let stage = super::recommend::start(config, &clients, memory, false).await?;
+        let stage = mrrec_service::start_recommend(config, &clients, memory, false).await?;
         let client = RecommendClient::connect(&clients, &config.topics.prefix).await?;
         Ok(Self { client, stage })
     }
@@ -494,7 +494,7 @@ impl Opened {
         }
         Ok(Self {
             prefix: config.topics.prefix.clone(),
-            memory: super::store::open(config).await?,
+            memory: mrrec_service::open_store(config).await?,
             publisher: Publisher::new(&clients, "in-process")?,
             clients,
             bootstrap,
@@ -507,7 +507,7 @@ impl Opened {
         config: &Config,
         memory: &Memory,
     ) -> Result<StageRunner<mrrec_distill::Distill<mrrec_store::AnyStore>>> {
-        let distill = super::run::distill_stage(config, memory.clone()).await?;
+        let distill = mrrec_distill::open_stage(config, memory.clone()).await?;
         Ok(StageRunner::new(
             self.clients.clone(),
             mrrec_distill::runner_settings(config, mrrec_distill::STAGE),
@@ -531,7 +531,8 @@ impl Opened {
             memory,
             publisher,
         } = self;
-        let recommend = super::recommend::start(config, &clients, memory.clone(), true).await?;
+        let recommend =
+            mrrec_service::start_recommend(config, &clients, memory.clone(), true).await?;
         let reward_stage = mrrec_reward::open_stage(config, &clients, memory.clone())?;
         let stop = Shutdown::new();
         let rewarding = tokio::spawn(

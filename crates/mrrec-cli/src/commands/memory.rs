@@ -9,7 +9,7 @@ use mrrec_memory::Level;
 const SHOWN_RECORDS: usize = 20;
 
 pub async fn show(config: &Config, user: &str) -> Result<()> {
-    let memory = super::store::open(config).await?;
+    let memory = mrrec_service::open_store(config).await?;
     let stored = memory.user(user).await?;
     let Some(state) = stored.state else {
         bail!(
@@ -52,7 +52,7 @@ pub async fn show(config: &Config, user: &str) -> Result<()> {
 /// `mrrec memory search`: BM25 over the user's entries, read from the store
 /// (the source of truth) into an in-memory index, so it needs no running stage.
 pub async fn search(config: &Config, user: &str, query: &str, k: usize) -> Result<()> {
-    let memory = super::store::open(config).await?;
+    let memory = mrrec_service::open_store(config).await?;
     let stored = memory.user(user).await?;
     if stored.state.is_none() {
         bail!(

@@ -17,12 +17,12 @@ mod model;
 mod pipeline;
 mod recommend;
 mod run;
-mod store;
 mod topics;
 mod train;
 
 use crate::cli::{
-    BenchKind, Cli, Command, LlmCommand, LoadCommand, MemoryCommand, ModelCommand, TopicsCommand,
+    BenchKind, Cli, Command, LlmCommand, LoadCommand, MemoryCommand, ModelCommand, StageName,
+    TopicsCommand,
 };
 use anyhow::{bail, Result};
 use mrrec_config::Config;
@@ -79,7 +79,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             llm::serve(&config, listen.as_deref(), !no_follow).await
         }
         Command::Train { once: true } => train::once(&config).await,
-        Command::Train { once: false } => train::run_stage(&config).await,
+        Command::Train { once: false } => run::stage(&config, StageName::Train).await,
         Command::Eval(args) => eval::run(&config, &args).await,
         Command::Bench {
             which,

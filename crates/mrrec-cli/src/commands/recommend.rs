@@ -1,151 +1,13 @@
-//! `mrrec run --stage recommend` and `mrrec recommend`.
+//! `mrrec recommend`: one request through the topics, printed.
 
 use anyhow::{Context, Result};
-use mrrec_config::{Config, LlmBackend};
-use mrrec_llm::{EmbeddedLlm, EngineOptions, HttpLlm, Llm, PolicyTarget, RuleLlm};
+use mrrec_config::Config;
 use mrrec_memory::MemoryStore;
 use mrrec_messages::{Request, Response};
 use mrrec_recommend::RecommendClient;
-use mrrec_store::{AnyStore, KvStore};
-use mrrec_stream::{Bootstrap, KafkaClients, Shutdown, StageRunner};
-use std::sync::Arc;
+use mrrec_store::AnyStore;
+use mrrec_stream::{Bootstrap, KafkaClients};
 use std::time::Duration;
-
-/// The configured policy backend, and what follows `mrrec.policy` for it
-/// (the embedded engine; an http tier follows on its own).
-pub async fn open_llm(config: &Config) -> Result<(Arc<dyn Llm>, Option<Arc<dyn PolicyTarget>>)> {
-    match config.llm.backend {
-        LlmBackend::Embedded => {
-            let dir = mrrec_policy::registry::resolve_model_dir(
-                &config.llm.model_dir,
-                &config.policy.dir,
-            )?;
-            let llm = Arc::new(
-                EmbeddedLlm::open(&dir, EngineOptions::from_config(config))
-                    .await
-                    .with_context(|| format!("opening the policy in {}", dir.display()))?,
-            );
-            tracing::info!(version = llm.serving_version(), dir = %dir.display(), "policy loaded");
-            Ok((llm.clone(), Some(llm)))
-        }
-        LlmBackend::Http => Ok((
-            Arc::new(HttpLlm::new(&config.llm.url)?.with_api_key(&config.llm.api_key)),
-            None,
-        )),
-        // The rule has no versions to follow.
-        LlmBackend::Rule => Ok((Arc::new(RuleLlm::default()), None)),
-    }
-}
-
-/// A running recommend stage (and its policy follower) in this process.
-pub struct RunningStage {
-    pub shutdown: Shutdown,
-    runner: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
-    follower: Option<tokio::task::JoinHandle<Result<()>>>,
-}
-
-impl RunningStage {
-    /// Runs until SIGINT/SIGTERM (then drains) or until the stage stops by itself.
-    pub async fn until_signal(self) -> Result<mrrec_stream::RunReport> {
-        let signal = Shutdown::new();
-        signal.trigger_on_signals();
-        self.until(signal).await
-    }
-
-    /// Runs until `stop` is triggered (then drains) or until the stage
-    /// stops by itself.
-    pub async fn until(mut self, stop: Shutdown) -> Result<mrrec_stream::RunReport> {
-        let finished = tokio::select! {
-            _ = stop.wait() => None,
-            result = &mut self.runner => Some(result),
-        };
-        self.shutdown.trigger();
-        if let Some(follower) = self.follower {
-            follower.await??;
-        }
-        match finished {
-            Some(result) => Ok(result??),
-            None => Ok(self.runner.await??),
-        }
-    }
-
-    pub async fn stop(self) -> Result<mrrec_stream::RunReport> {
-        self.shutdown.trigger();
-        if let Some(follower) = self.follower {
-            follower.await??;
-        }
-        Ok(self.runner.await??)
-    }
-}
-
-/// Starts the stage over `memory` on `clients`.
-pub async fn start<S: KvStore + 'static>(
-    config: &Config,
-    clients: &KafkaClients,
-    memory: MemoryStore<S>,
-    follow: bool,
-) -> Result<RunningStage> {
-    let (llm, target) = open_llm(config).await?;
-    // Polling every few ms costs CPU that the in-process broker shares with
-    // the policy on the same cores; only a real broker gets the fast path.
-    let request_path = if config.kafka.is_embedded() {
-        clients.clone()
-    } else {
-        mrrec_recommend::low_latency(clients)
-    };
-    let stage = mrrec_recommend::open_stage(config, &request_path, llm, memory).await?;
-    let shutdown = Shutdown::new();
-    // A pinned version (llm.model_dir, a rollback) stays pinned.
-    let pinned = !config.llm.model_dir.is_empty();
-    let follower = match target {
-        Some(target) if follow && !pinned => {
-            let clients = clients.clone();
-            let prefix = config.topics.prefix.clone();
-            let stop = shutdown.clone();
-            let policy_dir = config.policy.dir.clone();
-            Some(tokio::spawn(async move {
-                mrrec_llm::follow_policy_topic(
-                    &clients,
-                    &prefix,
-                    mrrec_recommend::STAGE,
-                    &policy_dir,
-                    target,
-                    stop,
-                )
-                .await
-            }))
-        }
-        _ => None,
-    };
-    let runner = StageRunner::new(
-        request_path,
-        mrrec_recommend::runner_settings(config),
-        stage,
-    );
-    let runner = tokio::spawn(runner.run(shutdown.clone()));
-    Ok(RunningStage {
-        shutdown,
-        runner,
-        follower,
-    })
-}
-
-/// `mrrec run --stage recommend`.
-pub async fn run_stage(config: &Config) -> Result<()> {
-    super::run::start_metrics(config)?;
-    let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
-    let clients = KafkaClients::from_config(config, &bootstrap);
-    let memory = super::store::open(config).await?;
-    // The in-process broker is private to this process: nothing could announce to it.
-    let follow = !config.kafka.is_embedded();
-    let running = start(config, &clients, memory, follow).await?;
-    let report = running.until_signal().await?;
-    eprintln!(
-        "recommend stopped: {} requests answered, {} dead-lettered",
-        report.processed, report.dead_lettered
-    );
-    Ok(())
-}
 
 /// `mrrec recommend --user U [--query Q] [--k K]`: one request through the
 /// topics. With `kafka.brokers = embedded` the stage runs in this process.
@@ -158,9 +20,9 @@ pub async fn ask(
 ) -> Result<()> {
     let bootstrap = Bootstrap::resolve(config).context("starting the broker connection")?;
     let clients = KafkaClients::from_config(config, &bootstrap);
-    let memory = super::store::open(config).await?;
+    let memory = mrrec_service::open_store(config).await?;
     let running = if config.kafka.is_embedded() {
-        Some(start(config, &clients, memory.clone(), false).await?)
+        Some(mrrec_service::start_recommend(config, &clients, memory.clone(), false).await?)
     } else {
         None
     };

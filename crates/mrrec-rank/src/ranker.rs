@@ -8,8 +8,8 @@
 //! request's target (DESIGN §5).
 
 use crate::catalog::{CatalogFacts, Facts};
-use crate::RecommendSettings;
-use mrrec_agent::{fuse, FusionWeights, Signals};
+use crate::fusion::{fuse, FusionWeights, Signals};
+use crate::RankSettings;
 use mrrec_config::CollaborativeScore;
 use mrrec_index::{names_as_words, ItemIndex};
 use mrrec_memory::{MemoryStore, UserState};
@@ -64,11 +64,7 @@ struct StoredOutcome<'a> {
 }
 
 impl<S: KvStore> Ranker<S> {
-    pub fn new(
-        memory: MemoryStore<S>,
-        items: Arc<ItemIndex>,
-        settings: &RecommendSettings,
-    ) -> Self {
+    pub fn new(memory: MemoryStore<S>, items: Arc<ItemIndex>, settings: &RankSettings) -> Self {
         Self {
             memory,
             items,
