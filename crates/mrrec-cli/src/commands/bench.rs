@@ -37,11 +37,11 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
 
     let (items, events_data) = synthetic_world(seed, events);
     let users = (events / 50).max(1) as u64;
-    let records = super::load::records(&topics.prefix, &items, &events_data)?;
+    let records = mrrec_inprocess::produce::records(&topics.prefix, &items, &events_data)?;
     let total = records.len() as u64;
     let publisher = Publisher::new(&clients, "bench")?;
     let started = Instant::now();
-    super::load::publish_with_progress(&publisher, records, "producing").await?;
+    mrrec_inprocess::produce::publish_with_progress(&publisher, records, "producing").await?;
     let produce_s = started.elapsed().as_secs_f64();
 
     // (a) Raw: a plain group consumer reading every event.
@@ -53,7 +53,7 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
         tokio::task::spawn_blocking(move || -> Result<f64> {
             let consumer: BaseConsumer = clients.consumer(&group).create()?;
             consumer.subscribe(&[&topic])?;
-            let reading = super::load::progress_bar(events as u64, "raw consume");
+            let reading = mrrec_inprocess::produce::progress_bar(events as u64, "raw consume");
             let mut seen = 0usize;
             let mut started = None;
             let deadline = Instant::now() + Duration::from_secs(600);
@@ -83,7 +83,7 @@ pub async fn ingest(config: &Config, events: usize, seed: u64) -> Result<()> {
         running,
         index_dir,
     } = start_distill(config, &clients, &topics, &run).await?;
-    let distilling = super::load::progress_bar(total, "distill");
+    let distilling = mrrec_inprocess::produce::progress_bar(total, "distill");
     let mut started = None;
     let (mut last_done, mut last_change) = (0, Instant::now());
     loop {
@@ -236,7 +236,7 @@ pub fn retrieve(entries: usize, queries: usize, seed: u64) -> Result<()> {
         "music",
         "city",
     ];
-    let building = super::load::progress_bar(entries as u64, "indexing");
+    let building = mrrec_inprocess::produce::progress_bar(entries as u64, "indexing");
     let started = Instant::now();
     let mut chunk = Vec::with_capacity(10_000);
     for i in 0..entries {

@@ -9,10 +9,10 @@
 //! version is announced and the recommend stage switches to it. The last
 //! line is JSON: held-out mean reward per version.
 
-use super::inprocess::{ensure_policy, heldout_and_training, means, InProcess};
 use anyhow::{bail, Result};
 use mrrec_config::Config;
 use mrrec_datasets::UserTargets;
+use mrrec_inprocess::{ensure_policy, heldout_and_training, means, InProcess};
 use mrrec_train::Decision;
 use std::collections::HashMap;
 use std::path::Path;

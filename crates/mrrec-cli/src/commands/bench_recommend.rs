@@ -81,10 +81,11 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
             MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")))
         }
     };
-    let records = super::load::records(&config.topics.prefix, &items, &events)?;
+    let records = mrrec_inprocess::produce::records(&config.topics.prefix, &items, &events)?;
     let total = records.len() as u64;
     let publisher = Publisher::new(&clients, "bench")?;
-    super::load::publish_with_progress(&publisher, records, "producing the world").await?;
+    mrrec_inprocess::produce::publish_with_progress(&publisher, records, "producing the world")
+        .await?;
     {
         let indexes = Indexes::open(Some(&config.index.path), &memory).await?;
         let stage = Distill::new(memory.clone(), &config.topics.prefix).with_indexes(indexes);
@@ -93,7 +94,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         let progress = runner.progress();
         let shutdown = Shutdown::new();
         let running = tokio::spawn(runner.run(shutdown.clone()));
-        let bar = super::load::progress_bar(total, "distilling");
+        let bar = mrrec_inprocess::produce::progress_bar(total, "distilling");
         let deadline = Instant::now() + Duration::from_secs(600);
         while Progress::get(&progress.processed) + Progress::get(&progress.dead_lettered) < total {
             if running.is_finished() || Instant::now() > deadline {
@@ -140,7 +141,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         TOTALS.errors.load(Ordering::Relaxed),
     );
 
-    let bar = super::load::progress_bar(bench.requests as u64, "requests");
+    let bar = mrrec_inprocess::produce::progress_bar(bench.requests as u64, "requests");
     let interval = Duration::from_secs_f64(1.0 / bench.rate);
     let started = Instant::now();
     let mut waiting = Vec::with_capacity(bench.requests);

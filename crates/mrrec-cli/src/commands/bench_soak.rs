@@ -49,7 +49,11 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
     let (items, _) = super::bench::synthetic_world(seed, 0);
     let item_count = items.len();
     publisher
-        .publish_all(super::load::records(&topics.prefix, &items, &[])?)
+        .publish_all(mrrec_inprocess::produce::records(
+            &topics.prefix,
+            &items,
+            &[],
+        )?)
         .await
         .map_err(|(e, _)| e)?;
 
@@ -105,7 +109,11 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
             })
             .collect();
         publisher
-            .publish_all(super::load::records(&topics.prefix, &[], &chunk)?)
+            .publish_all(mrrec_inprocess::produce::records(
+                &topics.prefix,
+                &[],
+                &chunk,
+            )?)
             .await
             .map_err(|(e, _)| e)?;
         produced += CHUNK as u64;

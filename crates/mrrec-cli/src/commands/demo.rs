@@ -7,10 +7,10 @@
 //! outcomes and become rewards; one training round runs and the recommend
 //! stage switches to the new version; a summary closes.
 
-use super::inprocess::{ensure_policy, heldout_and_training, means, InProcess, WarmStart};
 use anyhow::{Context, Result};
 use mrrec_config::Config;
 use mrrec_datasets::{Dataset, UserTargets};
+use mrrec_inprocess::{ensure_policy, heldout_and_training, means, InProcess, WarmStart};
 use mrrec_messages::Response;
 use mrrec_train::Decision;
 use std::collections::HashMap;

@@ -30,13 +30,13 @@
 //! `pipeline_*` row is compared with `rule` on the same users (paired
 //! bootstrap, `vs_rule`).
 
-use super::inprocess::{ensure_policy, means, InProcess, WarmStart};
 use crate::cli::{EvalArgs, Targets};
 use anyhow::{bail, Context, Result};
 use mrrec_config::{Config, LlmBackend};
 use mrrec_eval::{
     bootstrap, ndcg_at_10, Baselines, EvalData, EvalRequest, Interval, Metrics, Row, Split, VsRule,
 };
+use mrrec_inprocess::{ensure_policy, means, InProcess, WarmStart};
 use mrrec_messages::{Event, EventKind, Outcome, Response, Reward, StepKind, Trajectory};
 use mrrec_train::Decision;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -187,7 +187,8 @@ impl<'a> Replay<'a> {
             fed: 0,
             pending: BTreeMap::new(),
         };
-        let bar = super::load::progress_bar(self.asked.len() as u64, &self.tags.join(" + "));
+        let bar =
+            mrrec_inprocess::produce::progress_bar(self.asked.len() as u64, &self.tags.join(" + "));
         let mut answers: Vec<HashMap<String, Response>> = self
             .tags
             .iter()
@@ -551,7 +552,7 @@ async fn test_runs(
     let (config, root) = run_config(&first.config, dir, "test")?;
     let tiers: Vec<Config> = rows[1..]
         .iter()
-        .map(|row| super::inprocess::tier_config(&config, &row.config, &row.name))
+        .map(|row| mrrec_inprocess::tier_config(&config, &row.config, &row.name))
         .collect();
     let started = Instant::now();
     let mut pipeline = InProcess::start_tiers(&config, &data.items, &tiers).await?;
@@ -573,7 +574,7 @@ async fn test_runs(
         .zip(answers)
         .map(|(row, answers)| {
             let errors = answers.values().filter(|r| r.error.is_some()).count();
-            let latency = super::inprocess::mean(answers.values().map(|r| r.latency_ms));
+            let latency = mrrec_inprocess::mean(answers.values().map(|r| r.latency_ms));
             eprintln!(
                 "{}: {} answered ({errors} with an error), {latency:.0} ms each on average",
                 row.name,
@@ -616,7 +617,7 @@ struct PassTier {
     name: String,
     config: Config,
     /// The shadow memory it reads (see
-    /// [`super::inprocess::shadow_tier_config`]); `None`: the loop's.
+    /// [`mrrec_inprocess::shadow_tier_config`]); `None`: the loop's.
     memory: Option<&'static str>,
 }
 
@@ -632,8 +633,8 @@ async fn validation_pass(
     let tier_configs: Vec<Config> = tiers
         .iter()
         .map(|t| match t.memory {
-            Some(memory) => super::inprocess::shadow_tier_config(&run, &t.config, &t.name, memory),
-            None => super::inprocess::tier_config(&run, &t.config, &t.name),
+            Some(memory) => mrrec_inprocess::shadow_tier_config(&run, &t.config, &t.name, memory),
+            None => mrrec_inprocess::tier_config(&run, &t.config, &t.name),
         })
         .collect();
     let mut pipeline = InProcess::start_tiers(&run, &data.items, &tier_configs).await?;
@@ -1119,7 +1120,8 @@ async fn policy_rows(
         let mut trajectories = teacher;
         if args.sft_synthetic > 0 {
             let synthetic =
-                super::model::synthetic_trajectories(base, &data.items, args.sft_synthetic).await?;
+                mrrec_inprocess::synthetic_trajectories(base, &data.items, args.sft_synthetic)
+                    .await?;
             eprintln!(
                 "warm start: {} synthetic teacher trajectories beside {} real ones",
                 synthetic.len(),

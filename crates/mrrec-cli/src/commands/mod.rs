@@ -9,7 +9,6 @@ pub(crate) mod bench_soak;
 mod bench_train;
 mod demo;
 mod eval;
-mod inprocess;
 mod llm;
 mod load;
 mod memory;

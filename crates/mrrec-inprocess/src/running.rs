@@ -14,7 +14,7 @@
 //! a shadow tier runs next to production; one replay then answers every
 //! request once per tier, from memory that is the same for all of them.
 
-use anyhow::{bail, Context, Result};
+use crate::LoopError;
 use mrrec_config::Config;
 use mrrec_datasets::UserTargets;
 use mrrec_messages::{encode, Event, EventKind, Item, Outcome, Request, Response, Reward, Topic};
@@ -33,59 +33,8 @@ type Memory = mrrec_memory::MemoryStore<mrrec_store::AnyStore>;
 /// Rewards read from `mrrec.rewards`, by trajectory id.
 type Collected = Arc<Mutex<BTreeMap<String, Buffered>>>;
 
-/// The warm start a fresh policy gets (DESIGN §7): what it imitates.
-pub(super) enum WarmStart {
-    /// `trajectories` synthetic teacher trajectories built from the catalog
-    /// (`model init --sft`), for `epochs` passes.
-    Synthetic { trajectories: usize, epochs: usize },
-    /// The `rule` policy's own trajectories on real requests, for `epochs`
-    /// passes.
-    Imitate {
-        trajectories: Vec<mrrec_messages::Trajectory>,
-        epochs: usize,
-    },
-}
-
-/// Makes sure the registry has a version to serve: `model init` on `items`
-/// (plus the warm start, if any) when it has none and no `llm.model_dir`
-/// is set. Returns the version served.
-pub(super) async fn ensure_policy(
-    config: &Config,
-    items: &[Item],
-    spec: &mrrec_policy::ModelSpec,
-    warm: Option<WarmStart>,
-) -> Result<u32> {
-    let registry = mrrec_policy::PolicyRegistry::new(&config.policy.dir);
-    if let Some(latest) = registry.latest()? {
-        return Ok(latest.version);
-    }
-    if !config.llm.model_dir.is_empty() {
-        return Ok(0);
-    }
-    let texts: Vec<String> = items.iter().map(super::model::item_text).collect();
-    let staging = registry.staging_dir(0)?;
-    let meta = mrrec_policy::PolicyMeta::new(Some(0), None, "init");
-    mrrec_policy::init_model(&staging, spec, &texts, &meta)?;
-    match warm {
-        Some(WarmStart::Synthetic {
-            trajectories,
-            epochs,
-        }) => {
-            super::model::warm_start(config, &staging, items, trajectories, epochs, &meta).await?
-        }
-        Some(WarmStart::Imitate {
-            trajectories,
-            epochs,
-        }) => super::model::imitate(&staging, trajectories, epochs, &meta).await?,
-        None => {}
-    }
-    registry.publish(&staging, 0)?;
-    eprintln!("initialised policy v0000 in {}", registry.dir().display());
-    Ok(0)
-}
-
 /// The running loop.
-pub(super) struct InProcess {
+pub struct InProcess {
     pub prefix: String,
     pub publisher: Publisher,
     pub client: RecommendClient,
@@ -111,17 +60,22 @@ pub(super) struct InProcess {
 impl InProcess {
     /// Produces `items` and `history`, distills them, then starts the
     /// recommend and reward stages, the reward collector and the trainer.
-    pub async fn start(config: &Config, items: &[Item], history: &[Event]) -> Result<Self> {
+    pub async fn start(
+        config: &Config,
+        items: &[Item],
+        history: &[Event],
+    ) -> Result<Self, LoopError> {
         let opened = Opened::open(config, &[]).await?;
-        let records = super::load::records(&opened.prefix, items, history)?;
+        let records = crate::produce::records(&opened.prefix, items, history)?;
         let total = records.len() as u64;
-        super::load::publish_with_progress(&opened.publisher, records, "producing history").await?;
+        crate::produce::publish_with_progress(&opened.publisher, records, "producing history")
+            .await?;
         let runner = opened.distill_runner(config, &opened.memory).await?;
         let progress = runner.progress();
         let stop_distill = Shutdown::new();
         let started = Instant::now();
         let distilling = tokio::spawn(runner.run(stop_distill.clone()));
-        let bar = super::load::progress_bar(total, "distilling");
+        let bar = crate::produce::progress_bar(total, "distilling");
         loop {
             let done = settled(&progress);
             bar.set_position(done);
@@ -129,14 +83,16 @@ impl InProcess {
                 break;
             }
             if distilling.is_finished() {
-                bail!("the distill stage stopped after {done} of {total} records");
+                return Err(LoopError::DistillStopped { done, total });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let distill_seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         stop_distill.trigger();
-        distilling.await??;
+        distilling
+            .await
+            .map_err(|_| LoopError::Panicked("the distill stage".into()))??;
 
         opened
             .serve(config, total as usize, distill_seconds, None)
@@ -150,7 +106,11 @@ impl InProcess {
     /// `tiers` (see [`tier_config`]), asked with [`Self::ask_tiers`].
     /// A tier with memory of its own (see [`shadow_tier_config`]) gets it
     /// filled by a distill stage of its own, which every feed waits for too.
-    pub async fn start_tiers(config: &Config, items: &[Item], tiers: &[Config]) -> Result<Self> {
+    pub async fn start_tiers(
+        config: &Config,
+        items: &[Item],
+        tiers: &[Config],
+    ) -> Result<Self, LoopError> {
         let opened = Opened::open(config, tiers).await?;
         let mut live = LiveDistill {
             progress: Vec::new(),
@@ -174,9 +134,9 @@ impl InProcess {
             memories.push((tier.store.path.clone(), memory));
         }
         let started = Instant::now();
-        let records = super::load::records(&opened.prefix, items, &[])?;
+        let records = crate::produce::records(&opened.prefix, items, &[])?;
         live.sent += records.len() as u64;
-        super::load::publish_with_progress(&opened.publisher, records, "producing the catalog")
+        crate::produce::publish_with_progress(&opened.publisher, records, "producing the catalog")
             .await?;
         live.wait().await?;
         let distill_seconds = started.elapsed().as_secs_f64();
@@ -197,11 +157,11 @@ impl InProcess {
 
     /// Live mode: produces `events` and returns once distill has stored
     /// them (and everything sent before).
-    pub async fn feed(&mut self, events: &[Event]) -> Result<()> {
+    pub async fn feed(&mut self, events: &[Event]) -> Result<(), LoopError> {
         if events.is_empty() {
             return Ok(());
         }
-        let records = super::load::records(&self.prefix, &[], events)?;
+        let records = crate::produce::records(&self.prefix, &[], events)?;
         self.distilled += events.len();
         self.send_to_distill(records).await
     }
@@ -209,7 +169,7 @@ impl InProcess {
     /// Live mode: produces `outcomes` (which distill stores as the user's
     /// events and the reward stage joins with their requests) and returns
     /// once distill has stored them.
-    pub async fn send_outcomes(&mut self, outcomes: &[Outcome]) -> Result<()> {
+    pub async fn send_outcomes(&mut self, outcomes: &[Outcome]) -> Result<(), LoopError> {
         let mut records = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             records.push(OutgoingRecord {
@@ -221,14 +181,14 @@ impl InProcess {
         self.send_to_distill(records).await
     }
 
-    async fn send_to_distill(&mut self, records: Vec<OutgoingRecord>) -> Result<()> {
-        let live = self
-            .live
-            .as_mut()
-            .context("feeding needs an InProcess started live")?;
+    async fn send_to_distill(&mut self, records: Vec<OutgoingRecord>) -> Result<(), LoopError> {
+        let live = self.live.as_mut().ok_or(LoopError::NotLive)?;
         live.sent += records.len() as u64;
-        if let Err((e, _)) = self.publisher.publish_all(records).await {
-            bail!("publishing to distill: {e}");
+        if let Err((source, _)) = self.publisher.publish_all(records).await {
+            return Err(LoopError::Publish {
+                what: "publishing to distill".into(),
+                source,
+            });
         }
         live.wait().await
     }
@@ -238,13 +198,15 @@ impl InProcess {
     /// `requests[i]` to tier `i - 1`, all before waiting for any answer (so
     /// the tiers answer side by side), and returns every response in the
     /// same shape, errors included.
-    pub async fn ask_tiers(&self, requests: &[Vec<Request>]) -> Result<Vec<Vec<Response>>> {
+    pub async fn ask_tiers(
+        &self,
+        requests: &[Vec<Request>],
+    ) -> Result<Vec<Vec<Response>>, LoopError> {
         if requests.len() > self.tiers.len() + 1 {
-            bail!(
-                "{} request lists for {} recommend stages",
-                requests.len(),
-                self.tiers.len() + 1
-            );
+            return Err(LoopError::TooManyRequestLists {
+                lists: requests.len(),
+                stages: self.tiers.len() + 1,
+            });
         }
         let clients = std::iter::once(&self.client).chain(self.tiers.iter().map(|t| &t.client));
         let mut waiting = Vec::with_capacity(requests.len());
@@ -259,10 +221,7 @@ impl InProcess {
         for sent in waiting {
             let mut responses = Vec::with_capacity(sent.len());
             for (request, rx) in sent {
-                let received = tokio::time::timeout(Duration::from_secs(600), rx)
-                    .await
-                    .with_context(|| format!("no response to {}", request.request_id))?
-                    .context("the response channel closed")?;
+                let received = answer(&request.request_id, rx).await?;
                 responses.push(received.response);
             }
             answers.push(responses);
@@ -280,7 +239,7 @@ impl InProcess {
         query: impl Fn(&UserTargets) -> String,
         tag: &str,
         outcomes: bool,
-    ) -> Result<Vec<Response>> {
+    ) -> Result<Vec<Response>, LoopError> {
         self.ask_k(users, query, tag, outcomes, 10).await
     }
 
@@ -292,8 +251,8 @@ impl InProcess {
         tag: &str,
         outcomes: bool,
         k: u32,
-    ) -> Result<Vec<Response>> {
-        let bar = super::load::progress_bar(users.len() as u64, tag);
+    ) -> Result<Vec<Response>, LoopError> {
+        let bar = crate::produce::progress_bar(users.len() as u64, tag);
         let mut waiting = Vec::new();
         for u in users {
             let request = Request {
@@ -309,10 +268,7 @@ impl InProcess {
         let mut answered = Vec::new();
         let mut records = Vec::new();
         for ((request, rx), u) in waiting.into_iter().zip(users) {
-            let received = tokio::time::timeout(Duration::from_secs(600), rx)
-                .await
-                .with_context(|| format!("no response to {}", request.request_id))?
-                .context("the response channel closed")?;
+            let received = answer(&request.request_id, rx).await?;
             bar.inc(1);
             if received.response.error.is_some() {
                 continue;
@@ -339,8 +295,11 @@ impl InProcess {
         }
         bar.finish_and_clear();
         if outcomes {
-            if let Err((e, _)) = self.publisher.publish_all(records).await {
-                bail!("publishing outcomes: {e}");
+            if let Err((source, _)) = self.publisher.publish_all(records).await {
+                return Err(LoopError::Publish {
+                    what: "publishing outcomes".into(),
+                    source,
+                });
             }
         }
         Ok(answered)
@@ -376,7 +335,7 @@ impl InProcess {
 
     /// Waits until the recommend stage serves `version` (probe requests for
     /// `user`, with no outcome: they earn no reward).
-    pub async fn wait_for_version(&self, user: &str, version: u32) -> Result<()> {
+    pub async fn wait_for_version(&self, user: &str, version: u32) -> Result<(), LoopError> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let request = Request {
@@ -392,7 +351,7 @@ impl InProcess {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the recommend stage did not switch to v{version:04} within two minutes");
+                return Err(LoopError::NoSwitch { version });
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -400,9 +359,11 @@ impl InProcess {
 
     /// Stops the stages, then drops every client before the broker they
     /// talk to (an embedded broker going first makes librdkafka log errors).
-    pub async fn stop(self) -> Result<()> {
+    pub async fn stop(self) -> Result<(), LoopError> {
         self.stop.trigger();
-        self.rewarding.await??;
+        self.rewarding
+            .await
+            .map_err(|_| LoopError::Panicked("the reward stage".into()))??;
         self.recommend.stop().await?;
         for tier in self.tiers {
             tier.stage.stop().await?;
@@ -411,7 +372,8 @@ impl InProcess {
         if let Some(live) = self.live {
             live.stop.trigger();
             for task in live.tasks {
-                task.await??;
+                task.await
+                    .map_err(|_| LoopError::Panicked("a distill stage".into()))??;
             }
         }
         drop(self.client);
@@ -435,7 +397,7 @@ struct Tier {
 /// `row` as a tier named `name` of a loop running `base`: the same store
 /// and index, its own topics (`{prefix}{name}.requests`, …, one partition
 /// each) and consumer groups (`{group_prefix}{name}-…`).
-pub(super) fn tier_config(base: &Config, row: &Config, name: &str) -> Config {
+pub fn tier_config(base: &Config, row: &Config, name: &str) -> Config {
     let mut tier = row.clone();
     tier.store = base.store.clone();
     tier.index = base.index.clone();
@@ -451,7 +413,7 @@ pub(super) fn tier_config(base: &Config, row: &Config, name: &str) -> Config {
 /// an index named `memory` beside the loop's (tiers that name the same
 /// `memory` share it). A distill stage of its own fills it from the loop's
 /// topics, so it holds what the loop's memory holds, distilled another way.
-pub(super) fn shadow_tier_config(base: &Config, row: &Config, name: &str, memory: &str) -> Config {
+pub fn shadow_tier_config(base: &Config, row: &Config, name: &str, memory: &str) -> Config {
     let beside = |path: &Path| {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(format!("-{memory}"));
@@ -464,7 +426,11 @@ pub(super) fn shadow_tier_config(base: &Config, row: &Config, name: &str, memory
 }
 
 impl Tier {
-    async fn start(config: &Config, running: &InProcess, memory: Memory) -> Result<Self> {
+    async fn start(
+        config: &Config,
+        running: &InProcess,
+        memory: Memory,
+    ) -> Result<Self, LoopError> {
         let clients = running.clients.clone();
         let stage = mrrec_service::start_recommend(config, &clients, memory, false).await?;
         let client = RecommendClient::connect(&clients, &config.topics.prefix).await?;
@@ -483,13 +449,14 @@ struct Opened {
 }
 
 impl Opened {
-    async fn open(config: &Config, tiers: &[Config]) -> Result<Self> {
-        let bootstrap =
-            Bootstrap::resolve_with(config, tiers).context("starting the broker connection")?;
+    async fn open(config: &Config, tiers: &[Config]) -> Result<Self, LoopError> {
+        let bootstrap = Bootstrap::resolve_with(config, tiers).map_err(LoopError::Broker)?;
         let clients = KafkaClients::from_config(config, &bootstrap);
         if !config.kafka.is_embedded() {
             for config in std::iter::once(config).chain(tiers) {
-                super::topics::create(config).await?;
+                mrrec_stream::create_topics(&clients, &config.topics)
+                    .await
+                    .map_err(LoopError::Topics)?;
             }
         }
         Ok(Self {
@@ -506,7 +473,7 @@ impl Opened {
         &self,
         config: &Config,
         memory: &Memory,
-    ) -> Result<StageRunner<mrrec_distill::Distill<mrrec_store::AnyStore>>> {
+    ) -> Result<StageRunner<mrrec_distill::Distill<mrrec_store::AnyStore>>, LoopError> {
         let distill = mrrec_distill::open_stage(config, memory.clone()).await?;
         Ok(StageRunner::new(
             self.clients.clone(),
@@ -523,7 +490,7 @@ impl Opened {
         distilled: usize,
         distill_seconds: f64,
         live: Option<LiveDistill>,
-    ) -> Result<InProcess> {
+    ) -> Result<InProcess, LoopError> {
         let Self {
             bootstrap,
             clients,
@@ -591,7 +558,7 @@ impl LiveDistill {
 
     /// Returns once every distill stage has stored (or dead-lettered)
     /// every record sent.
-    async fn wait(&mut self) -> Result<()> {
+    async fn wait(&mut self) -> Result<(), LoopError> {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let done = self.progress.iter().map(|p| settled(p)).min().unwrap_or(0);
@@ -599,23 +566,27 @@ impl LiveDistill {
                 return Ok(());
             }
             if self.tasks.iter().any(|t| t.is_finished()) {
-                bail!(
-                    "the distill stage stopped after {done} of {} records",
-                    self.sent
-                );
+                return Err(LoopError::DistillStopped {
+                    done,
+                    total: self.sent,
+                });
             }
             if Instant::now() > deadline {
-                bail!(
-                    "distill stored {done} of {} records in ten minutes",
-                    self.sent
-                );
+                return Err(LoopError::DistillTooSlow {
+                    done,
+                    total: self.sent,
+                });
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
 
-fn collect_rewards(clients: &KafkaClients, prefix: &str, stop: Shutdown) -> Result<Collected> {
+fn collect_rewards(
+    clients: &KafkaClients,
+    prefix: &str,
+    stop: Shutdown,
+) -> Result<Collected, LoopError> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message as _;
     let topic = Topic::Rewards.name(prefix);
@@ -653,7 +624,7 @@ fn collect_rewards(clients: &KafkaClients, prefix: &str, stop: Shutdown) -> Resu
 
 /// DESIGN §11 users split for measuring learning: every fifth user (by
 /// position) held out, up to `heldout`; the others train, up to `training`.
-pub(super) fn heldout_and_training(
+pub fn heldout_and_training(
     users: &[UserTargets],
     heldout: usize,
     training: usize,
@@ -669,7 +640,7 @@ pub(super) fn heldout_and_training(
     (held, train)
 }
 
-pub(super) fn mean(values: impl Iterator<Item = f64>) -> f64 {
+pub fn mean(values: impl Iterator<Item = f64>) -> f64 {
     let (s, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     if n == 0 {
         f64::NAN
@@ -679,7 +650,7 @@ pub(super) fn mean(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Mean reward of the served trajectories, and of all of them.
-pub(super) fn means(rewards: &[Buffered]) -> (f64, f64) {
+pub fn means(rewards: &[Buffered]) -> (f64, f64) {
     let served = mean(
         rewards
             .iter()
@@ -687,4 +658,15 @@ pub(super) fn means(rewards: &[Buffered]) -> (f64, f64) {
             .map(|b| b.reward.total),
     );
     (served, mean(rewards.iter().map(|b| b.reward.total)))
+}
+
+/// The answer to a sent request, waited for at most ten minutes.
+async fn answer(
+    request_id: &str,
+    rx: tokio::sync::oneshot::Receiver<mrrec_recommend::Received>,
+) -> Result<mrrec_recommend::Received, LoopError> {
+    tokio::time::timeout(Duration::from_secs(600), rx)
+        .await
+        .map_err(|_| LoopError::NoResponse(request_id.to_owned()))?
+        .map_err(|_| LoopError::NoResponse(format!("{request_id} (the response channel closed)")))
 }
