@@ -91,7 +91,7 @@ pub enum Command {
         events: usize,
         /// `bench ingest`: soak instead — stream ratings into distill for
         /// this long (e.g. 10m, 90s) and report resident memory over time.
-        #[arg(long, value_parser = crate::commands::bench_soak::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
         /// `bench ingest --duration`: users the ratings come from.
         #[arg(long, default_value_t = 50_000)]
@@ -366,4 +366,43 @@ pub enum BenchKind {
     Train,
     /// The RL loop on MovieLens-100K: held-out reward per policy version.
     Learn,
+}
+
+/// `"10m"`, `"90s"`, `"1h"` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m or h (e.g. 10m)"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    if seconds == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("ten minutes").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
 }

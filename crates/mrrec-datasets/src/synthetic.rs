@@ -260,6 +260,65 @@ pub fn liked_categories(dataset: &Dataset, user: &str) -> Vec<String> {
     ranked.into_iter().map(|(c, _)| c.to_owned()).collect()
 }
 
+/// The categories of [`bench_world`].
+pub const BENCH_CATEGORIES: [&str; 12] = [
+    "Action",
+    "Comedy",
+    "Drama",
+    "Horror",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "Documentary",
+    "Animation",
+    "Crime",
+    "Western",
+    "Musical",
+];
+
+/// The benches' world: a synthetic catalog (2,000 items in 1–3 of 12 categories) and `events`
+/// ratings 1–5 by ~events/50 users, deterministic in `seed`.
+pub fn bench_world(seed: u64, events: usize) -> (Vec<Item>, Vec<Event>) {
+    let mut rng = Rng(seed.max(1));
+    let items: Vec<Item> = (0..2000)
+        .map(|i| {
+            let n = 1 + rng.below(3);
+            let categories: Vec<String> = (0..n)
+                .map(|_| BENCH_CATEGORIES[rng.below(BENCH_CATEGORIES.len())].to_owned())
+                .collect();
+            let mut categories = categories;
+            categories.sort();
+            categories.dedup();
+            Item {
+                item_id: format!("i{i}"),
+                title: format!("Item {i} ({})", 1950 + rng.below(70)),
+                categories,
+                description: None,
+                attrs: serde_json::json!({"year": 1950 + rng.below(70)})
+                    .as_object()
+                    .cloned(),
+            }
+        })
+        .collect();
+    let users = (events / 50).max(1) as u64;
+    let events = (0..events)
+        .map(|i| {
+            let user = format!("u{}", rng.below(users as usize));
+            Event {
+                event_id: format!("e{i}"),
+                user_id: user,
+                kind: EventKind::Rate,
+                item_id: Some(format!("i{}", rng.below(items.len()))),
+                value: Some(1.0 + rng.below(5) as f64),
+                text: None,
+                attrs: None,
+                ts: 1_700_000_000_000 + i as i64 * 1000,
+            }
+        })
+        .collect();
+    (items, events)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,11 @@
 //!   produced with progress.
 //! - [`warm`]: a fresh policy's warm start (DESIGN §7): [`ensure_policy`],
 //!   synthetic teacher trajectories, imitation.
+//! - [`bench`]: what the benches share (their topics, a distill stage,
+//!   the policy to measure, memory figures).
+//! - [`eval`]: `mrrec eval`'s protocol (DESIGN §11–§14): the data, the
+//!   baselines, the replay in time, the rule's validation pass (warm start
+//!   and ranker choice), RL rounds, the test rows against the rule.
 //! - [`running`]: the running loop ([`InProcess`]): distill (once, or live
 //!   for a replay in time), the recommend stage and its tiers, the reward
 //!   stage, the rewards it emits, and the trainer whose rounds the caller
@@ -13,11 +18,15 @@
 //!
 //! Every failure is a [`LoopError`] that names what failed.
 
+pub mod bench;
+pub mod eval;
 pub mod produce;
 pub mod running;
 pub mod warm;
 
-pub use running::{heldout_and_training, mean, means, shadow_tier_config, tier_config, InProcess};
+pub use running::{
+    demo_config, heldout_and_training, mean, means, shadow_tier_config, tier_config, InProcess,
+};
 pub use warm::{ensure_policy, imitate, item_text, synthetic_trajectories, warm_start, WarmStart};
 
 use std::path::PathBuf;
@@ -58,7 +67,7 @@ pub enum LoopError {
     Agent(#[from] mrrec_agent::AgentError),
     #[error("the warm start: {0}")]
     WarmStart(String),
-    #[error("writing {}: {source}", path.display())]
+    #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -77,6 +86,12 @@ pub enum LoopError {
     TooManyRequestLists { lists: usize, stages: usize },
     #[error("the recommend stage did not switch to v{version:04} within two minutes")]
     NoSwitch { version: u32 },
+    #[error("{0} measures a real broker: set kafka.brokers (or MRREC__KAFKA__BROKERS)")]
+    RealBrokerNeeded(String),
+    #[error("a memory index: {0}")]
+    Index(#[from] mrrec_index::IndexError),
+    #[error("opening the indexes: {0}")]
+    Indexes(#[from] mrrec_distill::OpenError),
     #[error("{0} panicked")]
     Panicked(String),
 }

@@ -63,3 +63,13 @@ pub async fn publish_with_progress(
     bar.finish_and_clear();
     Ok(())
 }
+
+/// What reading JSON lines skipped or normalised, on stderr.
+pub fn print_read_report(report: &mrrec_datasets::ReadReport) {
+    if report.read == 0 && report.skipped.is_empty() {
+        return;
+    }
+    for line in report.summary() {
+        eprintln!("{line}");
+    }
+}

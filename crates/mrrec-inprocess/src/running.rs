@@ -670,3 +670,38 @@ async fn answer(
         .map_err(|_| LoopError::NoResponse(request_id.to_owned()))?
         .map_err(|_| LoopError::NoResponse(format!("{request_id} (the response channel closed)")))
 }
+
+/// Sampling temperature of the demo's policy (at most).
+const DEMO_TEMPERATURE: f64 = 0.7;
+/// How far below the logged reward the demo's gate lets a candidate be.
+const DEMO_MAX_REGRESSION: f64 = 0.5;
+
+/// The demo's configuration: embedded parts from `config`, state under
+/// `dir` (store and index reset, policy kept), G ≥ 2 sampled trajectories.
+pub fn demo_config(config: &Config, dir: &Path) -> Result<Config, LoopError> {
+    let mut config = config.clone();
+    for sub in ["store", "index"] {
+        let path = dir.join(sub);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|source| LoopError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    config.store.path = dir.join("store");
+    config.index.path = dir.join("index");
+    config.policy.dir = dir.join("policy");
+    if config.agent.group_size < 2 {
+        config.agent.group_size = 4;
+    }
+    // Sampled answers are what users see: 0.7 keeps a freshly warm-started
+    // policy's served answer mostly on its mode while the G samples still
+    // differ enough for GRPO.
+    if config.agent.temperature <= 0.0 || config.agent.temperature > DEMO_TEMPERATURE {
+        config.agent.temperature = DEMO_TEMPERATURE;
+    }
+    config.recommend.timeout_ms = config.recommend.timeout_ms.max(30_000);
+    config.train.max_regression = config.train.max_regression.max(DEMO_MAX_REGRESSION);
+    Ok(config)
+}

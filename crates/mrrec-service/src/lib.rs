@@ -1,6 +1,7 @@
 //! The one place that opens and runs stages, below the binary.
 //!
-//! - [`open_store`]: the memory store of `store.backend`.
+//! - [`open_store`]: the memory store of `store.backend`; [`start_metrics`]:
+//!   the Prometheus endpoint.
 //! - [`open_llm`]: the policy of `llm.backend`, and what follows
 //!   `mrrec.policy` for it.
 //! - [`start_recommend`]: the recommend stage running in this process with
@@ -57,8 +58,25 @@ pub enum ServiceError {
     Follower(String),
     #[error("{0} panicked")]
     Panicked(String),
+    #[error("serving metrics on {listen}: {problem}")]
+    Metrics { listen: String, problem: String },
     #[error("the {0} stage needs the memory store, and none was opened")]
     NoStore(mrrec_config::StageKind),
+}
+
+/// Starts the Prometheus endpoint at `metrics.listen` (if set).
+pub fn start_metrics(config: &Config) -> Result<(), ServiceError> {
+    let listen = &config.metrics.listen;
+    let installed = mrrec_stream::metrics::install_prometheus(listen).map_err(|problem| {
+        ServiceError::Metrics {
+            listen: listen.clone(),
+            problem,
+        }
+    })?;
+    if let Some(addr) = installed {
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    }
+    Ok(())
 }
 
 /// The store of `store.backend`, with the default keyspace.

@@ -8,32 +8,9 @@ use anyhow::{bail, Context, Result};
 use mrrec_config::Config;
 use mrrec_llm::conformance::{agent_prompt, first_turn_grammar};
 use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, Llm, Sampling};
-use mrrec_policy::{init_model, ModelSpec, PolicyMeta};
 use std::time::Instant;
 
 const MAX_TOKENS: usize = 64;
-
-/// The policy to measure: the configured one, else a fresh default model
-/// (tokenizer trained on `catalog`) in a temp dir.
-pub(crate) fn model_dir_for(
-    config: &Config,
-    catalog: &[String],
-) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
-    if let Ok(dir) =
-        mrrec_policy::registry::resolve_model_dir(&config.llm.model_dir, &config.policy.dir)
-    {
-        return Ok((dir, None));
-    }
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("v0000");
-    let meta = PolicyMeta::new(Some(0), None, "init");
-    init_model(&dir, &ModelSpec::default(), catalog, &meta)?;
-    eprintln!(
-        "no policy configured: measuring a fresh default model ({})",
-        dir.display()
-    );
-    Ok((dir, Some(tmp)))
-}
 
 struct Side {
     ms: Vec<f64>,
@@ -58,7 +35,7 @@ pub async fn llm_only(config: &Config, calls: usize) -> Result<()> {
     if calls == 0 {
         bail!("--calls must be at least 1");
     }
-    let (dir, _tmp) = model_dir_for(config, &[])?;
+    let (dir, _tmp) = mrrec_inprocess::bench::model_dir_for(config, &[])?;
     let llm = EmbeddedLlm::open(&dir, EngineOptions::default())
         .await
         .with_context(|| format!("loading {}", dir.display()))?;

@@ -6,7 +6,6 @@
 //! (scheduled send → response received) and the share of it spent waiting
 //! for the LLM (DESIGN §12).
 
-use super::bench::synthetic_world;
 use anyhow::{bail, Context, Result};
 use mrrec_config::{Config, StoreBackend};
 use mrrec_distill::{Distill, Indexes};
@@ -70,7 +69,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
     config.index.path = tmp.path().join("index");
 
     // The world, distilled into a private store.
-    let (items, events) = synthetic_world(bench.seed, bench.events);
+    let (items, events) = mrrec_datasets::synthetic::bench_world(bench.seed, bench.events);
     let memory = match config.store.backend {
         StoreBackend::Embedded => MemoryStore::new(
             AnyStore::Embedded(EmbeddedStore::open(&tmp.path().join("store"))?),
@@ -114,7 +113,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         .iter()
         .map(|i| format!("{} | {}", i.title, i.categories.join(", ")))
         .collect();
-    let (model_dir, _model_tmp) = super::bench_llm::model_dir_for(&config, &titles)?;
+    let (model_dir, _model_tmp) = mrrec_inprocess::bench::model_dir_for(&config, &titles)?;
     config.llm.model_dir = model_dir.display().to_string();
     let running = mrrec_service::start_recommend(&config, &clients, memory.clone(), false).await?;
     let client = Arc::new(RecommendClient::connect(&clients, &config.topics.prefix).await?);

@@ -71,7 +71,7 @@ pub async fn run(events: usize, seed: u64) -> Result<()> {
         EmbeddedStore::open(&dir.path().join("store"))?,
         Keyspace::default(),
     );
-    let (items, ratings) = super::bench::synthetic_world(seed, events);
+    let (items, ratings) = mrrec_datasets::synthetic::bench_world(seed, events);
     let users: std::collections::BTreeSet<String> =
         ratings.iter().map(|e| e.user_id.clone()).collect();
 

@@ -5,10 +5,10 @@
 //! process. The process's resident memory is sampled every 5 s: bounded
 //! memory means the end is not far above the start once warm.
 
-use super::bench_train::{peak_rss_mb, rss_anon_mb, rss_mb};
 use anyhow::{bail, Result};
 use mrrec_config::Config;
 use mrrec_datasets::synthetic::Rng;
+use mrrec_inprocess::bench::{peak_rss_mb, rss_anon_mb, rss_mb};
 use mrrec_messages::{Event, EventKind};
 use mrrec_stream::{Progress, Publisher};
 use std::time::{Duration, Instant};
@@ -19,34 +19,12 @@ const AHEAD: u64 = 100_000;
 const CHUNK: usize = 10_000;
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
-/// `"10m"`, `"90s"`, `"1h"` or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with s, m or h (e.g. 10m)"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
-    };
-    if seconds == 0 {
-        return Err("the duration must be positive".into());
-    }
-    Ok(Duration::from_secs(seconds))
-}
-
 /// Streams ratings of `users` users (returning users, as in a real stream)
 /// into distill for `duration`.
 pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) -> Result<()> {
-    let (run, topics, clients) = super::bench::bench_topics(config, "soak").await?;
+    let (run, topics, clients) = mrrec_inprocess::bench::bench_topics(config, "soak").await?;
     let publisher = Publisher::new(&clients, "bench")?;
-    let (items, _) = super::bench::synthetic_world(seed, 0);
+    let (items, _) = mrrec_datasets::synthetic::bench_world(seed, 0);
     let item_count = items.len();
     publisher
         .publish_all(mrrec_inprocess::produce::records(
@@ -57,12 +35,12 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
         .await
         .map_err(|(e, _)| e)?;
 
-    let super::bench::BenchDistill {
+    let mrrec_inprocess::bench::BenchDistill {
         progress,
         shutdown,
         running,
         index_dir,
-    } = super::bench::start_distill(config, &clients, &topics, &run).await?;
+    } = mrrec_inprocess::bench::start_distill(config, &clients, &topics, &run).await?;
 
     let mut rng = Rng(seed.max(1));
     let mut produced = item_count as u64;
@@ -171,21 +149,4 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
         })
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("ten minutes").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 }

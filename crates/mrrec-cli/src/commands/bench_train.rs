@@ -7,7 +7,7 @@ use mrrec_train::bench;
 
 pub fn run(config: &Config, trajectories: usize, seed: u64) -> Result<()> {
     let catalog = mrrec_train::bench::synthetic_catalog(4000, seed);
-    let (dir, _tmp) = super::bench_llm::model_dir_for(config, &catalog)?;
+    let (dir, _tmp) = mrrec_inprocess::bench::model_dir_for(config, &catalog)?;
     let group = config.agent.group_size.max(2) as usize;
     let requests = trajectories.div_ceil(group);
     let mut rewarded = bench::synthetic_rewarded(requests, group, seed);
@@ -25,7 +25,7 @@ pub fn run(config: &Config, trajectories: usize, seed: u64) -> Result<()> {
     );
     let report = bench::run(&dir, &rewarded, &settings)?;
     let mut json = serde_json::to_value(&report)?;
-    json["peak_rss_mb"] = serde_json::json!(peak_rss_mb());
+    json["peak_rss_mb"] = serde_json::json!(mrrec_inprocess::bench::peak_rss_mb());
     eprintln!(
         "{:.1} s per update ({:.1} s recomputing old log-probabilities, {:.1} s GRPO), {:.0} tokens/s, {:.0} tokens per trajectory",
         report.seconds_per_update,
@@ -36,33 +36,4 @@ pub fn run(config: &Config, trajectories: usize, seed: u64) -> Result<()> {
     );
     println!("{json}");
     Ok(())
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-pub(crate) fn peak_rss_mb() -> f64 {
-    proc_status_mb("VmHWM:")
-}
-
-/// Resident memory of this process now (Linux `VmRSS`), in MiB.
-pub(crate) fn rss_mb() -> f64 {
-    proc_status_mb("VmRSS:")
-}
-
-/// The part of [`rss_mb`] that is heap and stacks (`RssAnon`), in MiB; the
-/// rest is mostly mapped files (tantivy's segments, in the page cache).
-pub(crate) fn rss_anon_mb() -> f64 {
-    proc_status_mb("RssAnon:")
-}
-
-/// A kB field of `/proc/self/status` in MiB (0 where there is none).
-fn proc_status_mb(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }

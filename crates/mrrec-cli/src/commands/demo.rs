@@ -7,7 +7,7 @@
 //! outcomes and become rewards; one training round runs and the recommend
 //! stage switches to the new version; a summary closes.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use mrrec_config::Config;
 use mrrec_datasets::{Dataset, UserTargets};
 use mrrec_inprocess::{ensure_policy, heldout_and_training, means, InProcess, WarmStart};
@@ -25,14 +25,10 @@ const SHOWN: usize = 3;
 const HELD_OUT: usize = 40;
 /// Users whose rewards the round learns from.
 const TRAINING: usize = 120;
-/// Sampling temperature of the demo's policy (at most).
-const DEMO_TEMPERATURE: f64 = 0.7;
-/// How far below the logged reward the demo's gate lets a candidate be.
-const DEMO_MAX_REGRESSION: f64 = 0.5;
 
 pub async fn run(config: &Config, data_dir: Option<&Path>, dir: &Path, seed: u64) -> Result<()> {
     let started = Instant::now();
-    let config = demo_config(config, dir)?;
+    let config = mrrec_inprocess::demo_config(config, dir)?;
     let (dataset, name) = match data_dir {
         Some(d) => (mrrec_datasets::ml100k(d)?, "MovieLens-100K".to_owned()),
         None => (
@@ -204,34 +200,6 @@ pub async fn run(config: &Config, data_dir: Option<&Path>, dir: &Path, seed: u64
 
 fn pipeline_total(dataset: &Dataset, split: &mrrec_datasets::Split) -> usize {
     dataset.items.len() + split.valid_history.len()
-}
-
-/// The demo's configuration: embedded parts from `config`, state under
-/// `dir` (store and index reset, policy kept), G ≥ 2 sampled trajectories.
-fn demo_config(config: &Config, dir: &Path) -> Result<Config> {
-    let mut config = config.clone();
-    for sub in ["store", "index"] {
-        let path = dir.join(sub);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("clearing {}", path.display()))?;
-        }
-    }
-    config.store.path = dir.join("store");
-    config.index.path = dir.join("index");
-    config.policy.dir = dir.join("policy");
-    if config.agent.group_size < 2 {
-        config.agent.group_size = 4;
-    }
-    // Sampled answers are what users see: 0.7 keeps a freshly warm-started
-    // policy's served answer mostly on its mode while the G samples still
-    // differ enough for GRPO.
-    if config.agent.temperature <= 0.0 || config.agent.temperature > DEMO_TEMPERATURE {
-        config.agent.temperature = DEMO_TEMPERATURE;
-    }
-    config.recommend.timeout_ms = config.recommend.timeout_ms.max(30_000);
-    config.train.max_regression = config.train.max_regression.max(DEMO_MAX_REGRESSION);
-    Ok(config)
 }
 
 /// What each user liked before their validation target.

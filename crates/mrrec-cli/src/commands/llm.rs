@@ -32,7 +32,7 @@ pub async fn serve(config: &Config, listen: Option<&str>, follow: bool) -> Resul
         .with_context(|| format!("listening on {listen}"))?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    crate::commands::run::start_metrics(config)?;
+    mrrec_service::start_metrics(config)?;
 
     // The in-process broker is private to one process: nothing could announce
     // to it, so only a real cluster is followed.

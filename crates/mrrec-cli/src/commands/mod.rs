@@ -51,7 +51,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Load(LoadCommand::Jsonl { items, events }) => {
             let (dataset, report) = mrrec_datasets::jsonl(&items, &events)?;
-            print_read_report(&report);
+            mrrec_inprocess::produce::print_read_report(&report);
             load::produce(&config, &dataset).await
         }
         Command::Memory(MemoryCommand::Show { user }) => memory::show(&config, &user).await,
@@ -138,15 +138,5 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 .await
             }
         },
-    }
-}
-
-/// What reading JSON lines skipped or normalised, on stderr.
-pub(crate) fn print_read_report(report: &mrrec_datasets::ReadReport) {
-    if report.read == 0 && report.skipped.is_empty() {
-        return;
-    }
-    for line in report.summary() {
-        eprintln!("{line}");
     }
 }

@@ -27,7 +27,7 @@ pub async fn init(config: &mrrec_config::Config, args: &ModelInitArgs) -> Result
     let items: Vec<Item> = match (&args.catalog, &args.data_dir) {
         (Some(path), _) => {
             let (items, report) = mrrec_datasets::read_jsonl(path)?;
-            super::print_read_report(&report);
+            mrrec_inprocess::produce::print_read_report(&report);
             items
         }
         (None, Some(dir)) => mrrec_datasets::ml100k(dir)?.items,

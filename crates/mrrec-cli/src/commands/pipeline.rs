@@ -8,7 +8,7 @@ use mrrec_stream::Shutdown;
 
 /// Runs `pipeline` until a signal (or a stage failure).
 pub async fn run(config: &Config, pipeline: &Pipeline) -> Result<()> {
-    super::run::start_metrics(config)?;
+    mrrec_service::start_metrics(config)?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     eprintln!(

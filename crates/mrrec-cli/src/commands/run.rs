@@ -5,7 +5,6 @@ use crate::cli::StageName;
 use anyhow::Result;
 use mrrec_config::pipeline::{all_stages, one_stage};
 use mrrec_config::{Config, StageKind};
-use mrrec_stream::metrics;
 
 pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
     let pipeline = match stage {
@@ -16,14 +15,4 @@ pub async fn stage(config: &Config, stage: StageName) -> Result<()> {
         StageName::All => all_stages(),
     };
     super::pipeline::run(config, &pipeline).await
-}
-
-/// Starts the Prometheus endpoint at `metrics.listen` (if set).
-pub(crate) fn start_metrics(config: &Config) -> Result<()> {
-    if let Some(addr) =
-        metrics::install_prometheus(&config.metrics.listen).map_err(anyhow::Error::msg)?
-    {
-        tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    }
-    Ok(())
 }
