@@ -2,9 +2,49 @@
 //! redistribution: it is read from a directory the user points at, never copied
 //! into the project.
 
-use anyhow::{bail, Context, Result};
-use mrrec_messages::{Event, EventKind, Item, Message};
-use std::path::Path;
+use mrrec_messages::{Event, EventKind, Item, Message, MessageError};
+use std::path::{Path, PathBuf};
+
+/// Why a dataset could not be read. A bad line of a JSON-lines file is not
+/// one (it is skipped and reported in [`ReadReport`]); MovieLens' fixed
+/// files fail on the first bad line, which the error names.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A line (or file) that does not have MovieLens' shape: `place` is
+    /// `file:line` or the file's path.
+    #[error("{place}: {problem}")]
+    Format { place: String, problem: String },
+    /// A record that is not a valid message.
+    #[error("{place}: {source}")]
+    Invalid { place: String, source: MessageError },
+    #[error("{}: no valid line ({skipped} skipped; the first: {first})", path.display())]
+    NoValidLine {
+        path: PathBuf,
+        skipped: usize,
+        first: String,
+    },
+    #[error("{}: no lines", path.display())]
+    Empty { path: PathBuf },
+}
+
+type Result<T, E = DatasetError> = std::result::Result<T, E>;
+
+fn format_error(place: impl Into<String>, problem: impl Into<String>) -> DatasetError {
+    DatasetError::Format {
+        place: place.into(),
+        problem: problem.into(),
+    }
+}
+
+fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> DatasetError {
+    let path = path.to_owned();
+    move |source| DatasetError::Read { path, source }
+}
 
 pub mod synthetic;
 
@@ -16,15 +56,17 @@ pub struct Dataset {
 
 /// Reads a file as ISO-8859-1 (MovieLens' encoding): each byte is one char.
 fn latin1(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(read_error(path))?;
     Ok(bytes.into_iter().map(char::from).collect())
 }
 
 fn field<'a>(fields: &[&'a str], i: usize, file: &str, line: usize) -> Result<&'a str> {
-    fields
-        .get(i)
-        .copied()
-        .with_context(|| format!("{file}:{line}: expected at least {} fields", i + 1))
+    fields.get(i).copied().ok_or_else(|| {
+        format_error(
+            format!("{file}:{line}"),
+            format!("expected at least {} fields", i + 1),
+        )
+    })
 }
 
 /// MovieLens-100K from its directory: items from u.item (title, genres without
@@ -37,11 +79,10 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
         .map(|l| l.split('|').next().unwrap_or_default().to_owned())
         .collect();
     if genres.len() != 19 {
-        bail!(
-            "{}: expected 19 genres, found {}",
-            dir.join("u.genre").display(),
-            genres.len()
-        );
+        return Err(format_error(
+            dir.join("u.genre").display().to_string(),
+            format!("expected 19 genres, found {}", genres.len()),
+        ));
     }
     let mut items = Vec::new();
     for (n, line) in latin1(&dir.join("u.item"))?.lines().enumerate() {
@@ -50,11 +91,10 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
         }
         let fields: Vec<&str> = line.split('|').collect();
         if fields.len() != 24 {
-            bail!(
-                "u.item:{}: expected 24 fields, found {}",
-                n + 1,
-                fields.len()
-            );
+            return Err(format_error(
+                format!("u.item:{}", n + 1),
+                format!("expected 24 fields, found {}", fields.len()),
+            ));
         }
         let categories = genres
             .iter()
@@ -76,8 +116,10 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
         };
         let mut item = item;
         item.normalize();
-        item.validate()
-            .with_context(|| format!("u.item:{}", n + 1))?;
+        item.validate().map_err(|source| DatasetError::Invalid {
+            place: format!("u.item:{}", n + 1),
+            source,
+        })?;
         items.push(item);
     }
 
@@ -87,15 +129,15 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
             continue;
         }
         let fields: Vec<&str> = line.split('\t').collect();
-        let parse_err = || format!("u.data:{}: bad number", n + 1);
+        let parse_err = || format_error(format!("u.data:{}", n + 1), "bad number");
         let user = field(&fields, 0, "u.data", n + 1)?.to_owned();
         let item = field(&fields, 1, "u.data", n + 1)?.to_owned();
         let rating: f64 = field(&fields, 2, "u.data", n + 1)?
             .parse()
-            .with_context(parse_err)?;
+            .map_err(|_| parse_err())?;
         let ts: i64 = field(&fields, 3, "u.data", n + 1)?
             .parse()
-            .with_context(parse_err)?;
+            .map_err(|_| parse_err())?;
         ratings.push((ts * 1000, item, user, rating));
     }
     let numeric = |s: &str| s.parse::<u64>().unwrap_or(u64::MAX);
@@ -116,16 +158,15 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
         }
         let fields: Vec<&str> = line.split('|').collect();
         if fields.len() != 5 {
-            bail!(
-                "u.user:{}: expected 5 fields, found {}",
-                n + 1,
-                fields.len()
-            );
+            return Err(format_error(
+                format!("u.user:{}", n + 1),
+                format!("expected 5 fields, found {}", fields.len()),
+            ));
         }
         let user = fields[0].to_owned();
         let age: i64 = fields[1]
             .parse()
-            .with_context(|| format!("u.user:{}: bad age", n + 1))?;
+            .map_err(|_| format_error(format!("u.user:{}", n + 1), "bad age"))?;
         let event = Event {
             event_id: format!("ml-profile-{user}"),
             kind: EventKind::Profile,
@@ -141,9 +182,10 @@ pub fn ml100k(dir: &Path) -> Result<Dataset> {
             ts: first_ts.get(user.as_str()).copied().unwrap_or(0),
             user_id: user,
         };
-        event
-            .validate()
-            .with_context(|| format!("u.user:{}", n + 1))?;
+        event.validate().map_err(|source| DatasetError::Invalid {
+            place: format!("u.user:{}", n + 1),
+            source,
+        })?;
         events.push(event);
     }
     for (ts, item, user, rating) in ratings {
@@ -248,7 +290,7 @@ pub fn jsonl(items: &Path, events: &Path) -> Result<(Dataset, ReadReport)> {
 /// or newlines is normalised and counted. Fails only when the file cannot
 /// be read or holds no good line at all.
 pub fn read_jsonl<M: Message>(path: &Path) -> Result<(Vec<M>, ReadReport)> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read(path).map_err(read_error(path))?;
     let mut out = Vec::new();
     let mut report = ReadReport::default();
     for (n, line) in text.split(|b| *b == b'\n').enumerate() {
@@ -266,12 +308,18 @@ pub fn read_jsonl<M: Message>(path: &Path) -> Result<(Vec<M>, ReadReport)> {
     }
     if out.is_empty() {
         match report.skipped.first() {
-            Some(first) => bail!(
-                "{}: no valid line ({} skipped; the first: {first})",
-                path.display(),
-                report.skipped.len()
-            ),
-            None => bail!("{}: no lines", path.display()),
+            Some(first) => {
+                return Err(DatasetError::NoValidLine {
+                    path: path.to_owned(),
+                    skipped: report.skipped.len(),
+                    first: first.to_string(),
+                })
+            }
+            None => {
+                return Err(DatasetError::Empty {
+                    path: path.to_owned(),
+                })
+            }
         }
     }
     Ok((out, report))

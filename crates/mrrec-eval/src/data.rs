@@ -23,8 +23,14 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The dataset's files could not be read or hold nothing usable.
-    #[error("{0}")]
-    Dataset(String),
+    #[error(transparent)]
+    Dataset(#[from] mrrec_datasets::DatasetError),
+    /// The requests file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Requests {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// No test request survived the checks.
     #[error("{path}: no test requests to score{detail}")]
     NoTestRequests { path: String, detail: String },
@@ -69,8 +75,7 @@ impl EvalData {
     /// request (ids `v-{user}`, `t-{user}`, top 100, §11's query), each
     /// right before its target rating.
     pub fn ml100k(dir: &Path) -> Result<Self, DataError> {
-        let mut dataset =
-            mrrec_datasets::ml100k(dir).map_err(|e| DataError::Dataset(format!("{e:#}")))?;
+        let mut dataset = mrrec_datasets::ml100k(dir)?;
         // The loader puts every profile first; in time each belongs right
         // before its user's first rating (stable: ties keep the loader's
         // (timestamp, item, user) order, profiles first).
@@ -123,12 +128,13 @@ impl EvalData {
     /// DESIGN §13's JSON lines. Bad lines are skipped and reported; so are
     /// requests without a known target, a `split`, or a unique id.
     pub fn jsonl(items: &Path, events: &Path, requests: &Path) -> Result<Self, DataError> {
-        let (mut dataset, mut report) = mrrec_datasets::jsonl(items, events)
-            .map_err(|e| DataError::Dataset(format!("{e:#}")))?;
+        let (mut dataset, mut report) = mrrec_datasets::jsonl(items, events)?;
         // Stable: events of one ts keep their file order.
         dataset.events.sort_by_key(|e| e.ts);
-        let text = std::fs::read(requests)
-            .map_err(|e| DataError::Dataset(format!("reading {}: {e}", requests.display())))?;
+        let text = std::fs::read(requests).map_err(|source| DataError::Requests {
+            path: requests.to_owned(),
+            source,
+        })?;
         let catalog: HashSet<&str> = dataset.items.iter().map(|i| i.item_id.as_str()).collect();
         let mut ids = HashSet::new();
         let mut out = Vec::new();

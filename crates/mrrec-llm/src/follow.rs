@@ -94,6 +94,17 @@ pub async fn apply_announcement(
     Ok(true)
 }
 
+/// Why the follower stopped before its shutdown: it could not read
+/// `mrrec.policy` or write the DLQ at all (a bad announcement is not an
+/// error: it is dead-lettered and the follower goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum FollowerError {
+    #[error("the policy topic's consumer or the DLQ producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("encoding a dead letter: {0}")]
+    Encode(#[from] mrrec_messages::MessageError),
+}
+
 /// Reads `mrrec.policy` from the beginning until `shutdown`, switching
 /// `target` to each newer announced version found under `policy_dir`.
 /// `stage` names this process in DLQ records.
@@ -104,7 +115,7 @@ pub async fn follow_policy_topic(
     policy_dir: &Path,
     target: Arc<dyn PolicyTarget>,
     shutdown: Shutdown,
-) -> anyhow::Result<()> {
+) -> Result<(), FollowerError> {
     let topic = Topic::Policy.name(prefix);
     let group = format!(
         "mrrec-policy-follower-{}-{}",

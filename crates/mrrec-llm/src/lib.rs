@@ -14,7 +14,7 @@ pub mod rule;
 pub mod serve;
 
 pub use embedded::{EmbeddedLlm, EngineOptions};
-pub use follow::{follow_policy_topic, trusted_dir, FollowError, PolicyTarget};
+pub use follow::{follow_policy_topic, trusted_dir, FollowError, FollowerError, PolicyTarget};
 pub use http::HttpLlm;
 pub use mrrec_policy::protocol::{ChatMessage, Role};
 pub use rule::RuleLlm;

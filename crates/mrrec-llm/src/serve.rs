@@ -116,7 +116,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     api_key: &str,
     stop: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let app = router(llm, api_key);
     tracing::info!(
         address = %listener.local_addr()?,

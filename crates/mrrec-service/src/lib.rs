@@ -55,7 +55,7 @@ pub enum ServiceError {
     #[error("{0}")]
     Run(#[from] mrrec_stream::StreamError),
     #[error("following mrrec.policy: {0}")]
-    Follower(String),
+    Follower(mrrec_llm::FollowerError),
     #[error("{0} panicked")]
     Panicked(String),
     #[error("serving metrics on {listen}: {problem}")]

@@ -118,7 +118,7 @@ pub async fn start_recommend<S: KvStore + 'static>(
                     stop,
                 )
                 .await
-                .map_err(|e| ServiceError::Follower(format!("{e:#}")))
+                .map_err(ServiceError::Follower)
             }))
         }
         _ => None,
