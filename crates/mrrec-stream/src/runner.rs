@@ -278,7 +278,7 @@ impl<S: Stage> ClientContext for RunnerContext<S> {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         metrics::counter!(m::KAFKA_ERRORS, "stage" => self.name.clone()).increment(1);
-        tracing::warn!(stage = %self.name, %error, reason, "kafka client error");
+        tracing::warn!(%error, reason, "kafka client error");
     }
 }
 
@@ -301,7 +301,7 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                     .progress
                     .assigned
                     .store(partitions.count() as u64, Ordering::Relaxed);
-                tracing::info!(stage = %self.name, partitions = partitions.count(), "partitions assigned");
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
                 state.on_assign(partitions);
                 metrics::gauge!(m::ASSIGNED_PARTITIONS, "stage" => self.name.clone())
                     .set(partitions.count() as f64);
@@ -309,7 +309,7 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
                     .increment(1);
             }
             Rebalance::Error(e) => {
-                tracing::warn!(stage = %self.name, error = %e, "rebalance error")
+                tracing::warn!(error = %e, "rebalance error")
             }
         }
     }
@@ -317,7 +317,7 @@ impl<S: Stage> ConsumerContext for RunnerContext<S> {
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
             metrics::counter!(m::COMMIT_FAILURES, "stage" => self.name.clone()).increment(1);
-            tracing::warn!(stage = %self.name, error = %e, "offset commit failed; the next commit covers it");
+            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
         }
     }
 }
@@ -362,6 +362,10 @@ impl<S: Stage> StageRunner<S> {
 
     fn run_blocking(self, handle: Handle, shutdown: Shutdown) -> Result<RunReport, StreamError> {
         let name = self.stage.name().to_owned();
+        // The stage's thread runs inside its span: every event below it,
+        // the stage's own included, carries `stage`.
+        let span = tracing::info_span!("stage", stage = %name);
+        let _entered = span.enter();
         let dlq = Publisher::new(&self.clients, &name)?;
         let settings = self.settings.clone();
         let context = RunnerContext {
@@ -398,13 +402,13 @@ impl<S: Stage> StageRunner<S> {
             .create_with_context(context)?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        tracing::info!(stage = %name, group = %settings.group_id, ?topics, "stage started");
+        tracing::info!(group = %settings.group_id, ?topics, "stage started");
 
         let result = run_loop(&consumer, &settings, &shutdown);
         let report = consumer.context().lock().report.clone();
         // Dropping the consumer leaves the group (its revoke finds nothing pending).
         drop(consumer);
-        tracing::info!(stage = %name, ?report, "stage stopped");
+        tracing::info!(?report, "stage stopped");
         result.map(|()| report)
     }
 }
@@ -422,7 +426,7 @@ fn run_loop<S: Stage>(
             match state.finish_all(consumer, deadline) {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(stage = %state.name, "shutdown timeout: uncommitted records will be replayed");
+                    tracing::warn!("shutdown timeout: uncommitted records will be replayed");
                 }
                 Err(e) => {
                     state.abandon();
@@ -447,7 +451,11 @@ fn run_loop<S: Stage>(
                     let delay = state.backoff.next_delay();
                     state.report.retries += 1;
                     metrics::gauge!(m::BACKING_OFF, "stage" => state.name.clone()).set(1.0);
-                    tracing::warn!(stage = %state.name, attempt = state.backoff.attempts(), ?delay, "{message}; retrying");
+                    tracing::warn!(
+                        attempt = state.backoff.attempts(),
+                        ?delay,
+                        "{message}; retrying"
+                    );
                     state.pause(consumer);
                     delay
                 }
@@ -508,7 +516,7 @@ fn poll_for<S: Stage>(
             Some(Err(e)) => {
                 let state = consumer.context().lock();
                 metrics::counter!(m::KAFKA_ERRORS, "stage" => state.name.clone()).increment(1);
-                tracing::warn!(stage = %state.name, error = %e, "consume error");
+                tracing::warn!(error = %e, "consume error");
             }
             None => {}
         }
@@ -554,7 +562,7 @@ impl<S: Stage> LoopState<S> {
             .increment(1);
         if let Ok((low, _)) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(5)) {
             if got == low {
-                tracing::warn!(stage = %self.name, %topic, partition, expected, low, "records below the broker's low watermark were deleted by retention; going on from it");
+                tracing::warn!(%topic, partition, expected, low, "records below the broker's low watermark were deleted by retention; going on from it");
                 if let Some(position) = self.positions.get_mut(key) {
                     *position = Position {
                         next: Some(got),
@@ -575,7 +583,7 @@ impl<S: Stage> LoopState<S> {
             let message = format!(
                 "{topic}:{partition}: records from offset {expected} on never arrived (the broker sends {got} on); stopping before storing anything beyond them"
             );
-            tracing::error!(stage = %self.name, "{message}");
+            tracing::error!("{message}");
             self.abandon();
             self.fatal = Some(message);
             return;
@@ -586,14 +594,14 @@ impl<S: Stage> LoopState<S> {
         let step = got.saturating_sub(expected).max(1);
         let back = step.saturating_mul(1i64 << (attempts - 1).min(40));
         let from = expected.saturating_sub(back).max(0);
-        tracing::warn!(stage = %self.name, %topic, partition, expected, got, from, attempts, "gap in the offsets the broker returned; fetching again from further back");
+        tracing::warn!(%topic, partition, expected, got, from, attempts, "gap in the offsets the broker returned; fetching again from further back");
         if let Err(e) = consumer.seek(
             &topic,
             partition,
             Offset::Offset(from),
             Duration::from_secs(5),
         ) {
-            tracing::warn!(stage = %self.name, %topic, partition, error = %e, "seek failed; the next record tries again");
+            tracing::warn!(%topic, partition, error = %e, "seek failed; the next record tries again");
         }
     }
 
@@ -617,7 +625,7 @@ impl<S: Stage> LoopState<S> {
             };
             self.to_position.pop();
             let next = stored.map(|s| s + 1);
-            tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, ?next, "positioning an assigned partition");
+            tracing::debug!(topic = %key.0, partition = key.1, ?next, "positioning an assigned partition");
             self.positions.insert(
                 key.clone(),
                 Position {
@@ -630,7 +638,7 @@ impl<S: Stage> LoopState<S> {
                 if let Err(e) =
                     consumer.seek(&key.0, key.1, Offset::Offset(next), Duration::from_secs(5))
                 {
-                    tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, error = %e, "seek to the stored offset failed; the gap check covers it");
+                    tracing::debug!(topic = %key.0, partition = key.1, error = %e, "seek to the stored offset failed; the gap check covers it");
                 }
             }
             // Records of this partition that arrived before it was positioned.
@@ -680,7 +688,7 @@ impl<S: Stage> LoopState<S> {
             .filter_map(|(k, p)| p.next.map(|n| (k.clone(), n, p.attempts)))
             .collect();
         for (key, next, attempts) in stalled {
-            tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, next, attempts, "no record for a while: checking the broker's watermarks");
+            tracing::debug!(topic = %key.0, partition = key.1, next, attempts, "no record for a while: checking the broker's watermarks");
             let high = consumer
                 .fetch_watermarks(&key.0, key.1, Duration::from_secs(5))
                 .map(|(_, high)| high);
@@ -690,19 +698,19 @@ impl<S: Stage> LoopState<S> {
                 // reports (tansu's memory engine reports the last batch's
                 // start while a fetch inside that batch returns nothing).
                 Ok(high) if high != next => {
-                    tracing::warn!(stage = %self.name, topic = %key.0, partition = key.1, next, high, "no record arrives although the broker should have more");
+                    tracing::warn!(topic = %key.0, partition = key.1, next, high, "no record arrives although the broker should have more");
                     // How far back the batch that holds `next` starts is
                     // unknown here: step back by at least STALL_STEP.
                     self.recover_gap(consumer, &key, next, high.max(next + STALL_STEP));
                 }
                 Err(e) if attempts > 0 => {
                     // Recovering a gap, and nothing came back: go further.
-                    tracing::warn!(stage = %self.name, topic = %key.0, partition = key.1, next, error = %e, "no record since the last seek back (watermarks unknown)");
+                    tracing::warn!(topic = %key.0, partition = key.1, next, error = %e, "no record since the last seek back (watermarks unknown)");
                     self.recover_gap(consumer, &key, next, next + STALL_STEP);
                 }
                 other => {
                     if let Err(e) = other {
-                        tracing::debug!(stage = %self.name, topic = %key.0, partition = key.1, error = %e, "watermarks unknown");
+                        tracing::debug!(topic = %key.0, partition = key.1, error = %e, "watermarks unknown");
                     }
                     if let Some(p) = self.positions.get_mut(&key) {
                         p.since = Some(Instant::now());
@@ -801,7 +809,7 @@ impl<S: Stage> LoopState<S> {
         }
         self.advance(consumer)?;
         if self.backoff.attempts() > 0 {
-            tracing::info!(stage = %self.name, "recovered after {} retries", self.backoff.attempts());
+            tracing::info!("recovered after {} retries", self.backoff.attempts());
             self.backoff.reset();
             metrics::gauge!(m::BACKING_OFF, "stage" => self.name.clone()).set(0.0);
         }
@@ -884,7 +892,7 @@ impl<S: Stage> LoopState<S> {
                         .map_err(|e| {
                             StageError::Fatal(format!("cannot encode a dead letter: {e}"))
                         })?;
-                    tracing::debug!(stage = %self.name, topic = %meta.topic, partition = meta.partition, offset = meta.offset, reason = %poison.reason, "dead-lettering");
+                    tracing::debug!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, reason = %poison.reason, "dead-lettering");
                     dead_kinds.push((meta.topic.clone(), poison.kind));
                     dead_letters.push(OutgoingRecord {
                         topic: self.settings.dlq_topic.clone(),
@@ -894,7 +902,12 @@ impl<S: Stage> LoopState<S> {
                 }
             }
         }
-        tracing::debug!(stage = %self.name, records = records.len(), skipped, dead = dead_letters.len(), "sealed a batch");
+        tracing::debug!(
+            records = records.len(),
+            skipped,
+            dead = dead_letters.len(),
+            "sealed a batch"
+        );
         self.in_flight = Some(InFlight {
             batch: Batch { records, ranges },
             dead_letters,
@@ -927,6 +940,12 @@ impl<S: Stage> LoopState<S> {
             }
         }
         if !flight.processed && !flight.batch.is_empty() {
+            let span = tracing::info_span!(
+                "batch",
+                records = flight.batch.records.len(),
+                ranges = %ranges_field(&flight.batch.ranges),
+            );
+            let _entered = span.enter();
             if let Err(e) = self.handle.block_on(self.stage.process(&flight.batch)) {
                 if e.is_retryable() {
                     metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "process").increment(1);
@@ -955,7 +974,7 @@ impl<S: Stage> LoopState<S> {
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             metrics::counter!(m::COMMIT_FAILURES, "stage" => self.name.clone()).increment(1);
-            tracing::warn!(stage = %self.name, error = %e, "offset commit failed; the next commit covers it");
+            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
         }
 
         // Time spent processing is not time the partitions were fetched.
@@ -1020,10 +1039,10 @@ impl<S: Stage> LoopState<S> {
                     let delay = self.backoff.next_delay();
                     self.report.retries += 1;
                     if Instant::now() + delay >= deadline {
-                        tracing::warn!(stage = %self.name, "{message}; giving up at the deadline");
+                        tracing::warn!("{message}; giving up at the deadline");
                         return Ok(false);
                     }
-                    tracing::warn!(stage = %self.name, ?delay, "{message}; retrying before the deadline");
+                    tracing::warn!(?delay, "{message}; retrying before the deadline");
                     std::thread::sleep(delay);
                 }
             }
@@ -1044,7 +1063,7 @@ impl<S: Stage> LoopState<S> {
         match self.finish_all(consumer, deadline) {
             Ok(true) => {}
             Err(StreamError::StageFailed { message, .. }) => {
-                tracing::error!(stage = %self.name, "revoke: the stage failed: {message}");
+                tracing::error!("revoke: the stage failed: {message}");
                 self.abandon();
                 self.fatal = Some(message);
                 return;
@@ -1052,7 +1071,10 @@ impl<S: Stage> LoopState<S> {
             Ok(false) | Err(_) => {
                 let dropped =
                     self.pending.len() + self.in_flight.as_ref().map_or(0, |f| f.batch.len());
-                tracing::warn!(stage = %self.name, dropped, "revoke: could not flush; the next owner replays these records");
+                tracing::warn!(
+                    dropped,
+                    "revoke: could not flush; the next owner replays these records"
+                );
                 self.take_pending();
                 self.in_flight = None;
                 self.batch_started = None;
@@ -1073,7 +1095,7 @@ impl<S: Stage> LoopState<S> {
         }
         self.paused = false;
         self.backoff.reset();
-        tracing::info!(stage = %self.name, partitions = revoked.len(), "partitions revoked");
+        tracing::info!(partitions = revoked.len(), "partitions revoked");
         self.handle.block_on(self.stage.on_revoke(&revoked));
     }
 
@@ -1117,7 +1139,7 @@ impl<S: Stage> LoopState<S> {
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
             metrics::counter!(m::COMMIT_FAILURES, "stage" => self.name.clone()).increment(1);
-            tracing::warn!(stage = %self.name, error = %e, "synchronous commit failed; stored offsets still guard against replays");
+            tracing::warn!(error = %e, "synchronous commit failed; stored offsets still guard against replays");
         }
     }
 
@@ -1157,6 +1179,20 @@ impl<S: Stage> LoopState<S> {
         }
         self.paused = false;
     }
+}
+
+/// A batch's partition ranges as one span field: `topic:partition first..=last`, comma-separated.
+fn ranges_field(ranges: &[crate::PartitionRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{} {}..={}",
+                r.topic, r.partition, r.first_offset, r.last_offset
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
