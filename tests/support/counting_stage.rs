@@ -80,7 +80,7 @@ fn partition_key(topic: &str, partition: i32) -> String {
 }
 
 fn retryable(e: redis::RedisError) -> StageError {
-    StageError::Retryable(format!("redis: {e}"))
+    StageError::retryable_from("redis", e)
 }
 
 impl Stage for CountingStage {
@@ -97,7 +97,7 @@ impl Stage for CountingStage {
     async fn process(&mut self, batch: &Batch<Event>) -> Result<(), StageError> {
         if self.faults.retryable_failures > 0 {
             self.faults.retryable_failures -= 1;
-            return Err(StageError::Retryable("injected: store unavailable".into()));
+            return Err(StageError::retryable("injected: store unavailable"));
         }
         let apply = redis::Script::new(APPLY);
         let mut script = apply.prepare_invoke();
@@ -122,9 +122,7 @@ impl Stage for CountingStage {
             .await
             .map_err(retryable)?;
         if self.faults.crash_after_batches == Some(self.batches) {
-            return Err(StageError::Fatal(
-                "injected crash after the state write".into(),
-            ));
+            return Err(StageError::fatal("injected crash after the state write"));
         }
         self.batches += 1;
         Ok(())

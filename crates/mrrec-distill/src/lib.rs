@@ -311,14 +311,6 @@ impl<S: KvStore> Distill<S> {
     }
 }
 
-fn store_error(e: StoreError) -> StageError {
-    if e.is_retryable() {
-        StageError::Retryable(e.to_string())
-    } else {
-        StageError::Fatal(e.to_string())
-    }
-}
-
 impl<S: KvStore + 'static> Distill<S> {
     /// Indexes again, from the store, what a replayed batch had written
     /// ([`Replayed`]): each user's memory replaces what the index holds for
@@ -339,16 +331,20 @@ impl<S: KvStore + 'static> Distill<S> {
             .kv()
             .get_all_many(&keys)
             .await
-            .map_err(store_error)?;
+            .map_err(StageError::from)?;
         let mut rewritten = Vec::with_capacity(users.len());
         let mut versions = Vec::with_capacity(users.len());
         for (user, fields) in users.into_iter().zip(hashes) {
-            let entries = mrrec_memory::entries_in(&fields).map_err(store_error)?;
+            let entries = mrrec_memory::entries_in(&fields).map_err(StageError::from)?;
             versions.push((user.clone(), fields.get("version").cloned()));
             rewritten.push((user, entries));
         }
         let ids: Vec<String> = replayed.items.into_iter().collect();
-        let found = self.memory.load_items(&ids).await.map_err(store_error)?;
+        let found = self
+            .memory
+            .load_items(&ids)
+            .await
+            .map_err(StageError::from)?;
         let gone: Vec<String> = ids
             .iter()
             .filter(|id| !found.contains_key(*id))
@@ -368,7 +364,7 @@ impl<S: KvStore + 'static> Distill<S> {
         };
         indexes
             .record(&Batch::default(), changes)
-            .map_err(|e| StageError::Fatal(format!("indexing: {e}")))
+            .map_err(|e| StageError::fatal(format!("indexing: {e}")))
     }
 }
 
@@ -419,13 +415,13 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
     async fn process(&mut self, batch: &mrrec_stream::Batch<Input>) -> Result<(), StageError> {
         for _ in 0..CONFLICT_RETRIES {
             let started = std::time::Instant::now();
-            let composed = self.compose(batch).await.map_err(store_error)?;
+            let composed = self.compose(batch).await.map_err(StageError::from)?;
             let composed_at = started.elapsed();
             let applied = self
                 .memory
                 .apply(&composed.write)
                 .await
-                .map_err(store_error)?;
+                .map_err(StageError::from)?;
             let applied_at = started.elapsed();
             if applied {
                 let mut composed = composed;
@@ -441,7 +437,7 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
                     };
                     indexes
                         .record(&composed.write, changes)
-                        .map_err(|e| StageError::Fatal(format!("indexing: {e}")))?;
+                        .map_err(|e| StageError::fatal(format!("indexing: {e}")))?;
                 }
                 tracing::debug!(
                     records = batch.records.len(),
@@ -460,8 +456,8 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
             tracing::debug!("distill: a guard failed (concurrent writer); recomputing the batch");
             self.cache.clear();
         }
-        Err(StageError::Retryable(
-            "distill: store keeps changing under this batch (another instance?)".into(),
+        Err(StageError::retryable(
+            "distill: store keeps changing under this batch (another instance?)",
         ))
     }
 
@@ -482,7 +478,7 @@ impl<S: KvStore + 'static> Stage for Distill<S> {
             partition,
         )
         .await
-        .map_err(store_error)
+        .map_err(StageError::from)
     }
 }
 

@@ -307,9 +307,9 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
                 .await
                 .map_err(|e| {
                     if e.is_retryable() {
-                        StageError::Retryable(e.to_string())
+                        StageError::retryable_from("refreshing the memory shard", e)
                     } else {
-                        StageError::Fatal(e.to_string())
+                        StageError::fatal_from("refreshing the memory shard", e)
                     }
                 })?;
             metrics::counter!(SHARD_REFRESHED).increment(refreshed as u64);
@@ -342,9 +342,9 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
                 for (decoded, answer) in batch.records.iter().zip(answers) {
                     let answer = answer.map_err(|e| {
                         if e.is_retryable() {
-                            StageError::Retryable(e.to_string())
+                            StageError::retryable_from("answering a request", e)
                         } else {
-                            StageError::Fatal(e.to_string())
+                            StageError::fatal_from("answering a request", e)
                         }
                     })?;
                     records.extend(self.outgoing(&decoded.meta, &decoded.message, answer));
@@ -359,7 +359,7 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
         };
         if let Err((e, unsent)) = self.publisher.publish_all(records).await {
             self.unsent = Some((batch_id, unsent));
-            return Err(StageError::Retryable(format!("publishing answers: {e}")));
+            return Err(StageError::retryable_from("publishing answers", e));
         }
         Ok(())
     }

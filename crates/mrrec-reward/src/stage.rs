@@ -39,9 +39,7 @@ use mrrec_config::Config;
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{encode, Outcome, Topic, Trajectory};
 use mrrec_rank::{Cited, RankSettings, Ranker};
-use mrrec_store::{
-    escape, Batch as StoreBatch, KvStore, OffsetGuard, Range as OffsetRange, StoreError,
-};
+use mrrec_store::{escape, Batch as StoreBatch, KvStore, OffsetGuard, Range as OffsetRange};
 use mrrec_stream::{
     decode_message, Batch, OutgoingRecord, Poison, Publisher, RecordMeta, Stage, StageError,
 };
@@ -146,16 +144,8 @@ fn expiry_key(prefix: &str, bucket: i64) -> String {
     format!("{prefix}reward:expiry:{bucket}")
 }
 
-fn store_error(e: StoreError) -> StageError {
-    if e.is_retryable() {
-        StageError::Retryable(e.to_string())
-    } else {
-        StageError::Fatal(e.to_string())
-    }
-}
-
 fn corrupt(what: &str, e: serde_json::Error) -> StageError {
-    StageError::Fatal(format!("reward state {what} is corrupt: {e}"))
+    StageError::fatal_from(format!("reward state {what} is corrupt"), e)
 }
 
 impl<S: KvStore> RewardStage<S> {
@@ -188,7 +178,7 @@ impl<S: KvStore> RewardStage<S> {
             .memory()
             .load_users(&users)
             .await
-            .map_err(store_error)?;
+            .map_err(StageError::from)?;
         let mut records = Vec::with_capacity(due.len());
         for (trajectory, target) in due {
             let state = states.get(&trajectory.user_id).map(|u| &u.state);
@@ -201,11 +191,11 @@ impl<S: KvStore> RewardStage<S> {
                     DEEPEST_RANK as usize,
                 )
                 .await
-                .map_err(store_error)?;
+                .map_err(StageError::from)?;
             let record = reward(trajectory, &target.item_id, rank, ts);
             metrics::counter!(REWARDS).increment(1);
-            let payload = encode(&record)
-                .map_err(|e| StageError::Fatal(format!("reward does not encode: {e}")))?;
+            let payload =
+                encode(&record).map_err(|e| StageError::fatal_from("reward does not encode", e))?;
             records.push(OutgoingRecord {
                 topic: self.rewards_topic.clone(),
                 key: Some(record.request_id.clone().into_bytes()),
@@ -354,10 +344,14 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         let mut pairs = OffsetGuard::fields(&keys.offsets, &ranges);
         pairs.push((keys.meta.clone(), "oldest_bucket".into()));
         pairs.extend(ids.iter().map(|id| (keys.open.clone(), escape(id))));
-        let values = memory.kv().get_fields(&pairs).await.map_err(store_error)?;
+        let values = memory
+            .kv()
+            .get_fields(&pairs)
+            .await
+            .map_err(StageError::from)?;
         let (offset_values, rest) = values.split_at(ranges.len());
-        let offsets =
-            OffsetGuard::from_values(&keys.offsets, &ranges, offset_values).map_err(store_error)?;
+        let offsets = OffsetGuard::from_values(&keys.offsets, &ranges, offset_values)
+            .map_err(StageError::from)?;
         let oldest_value = rest[0].clone();
         let entry_values = &rest[1..];
         // Every partition's watermark: this batch's are guarded and moved,
@@ -366,7 +360,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
             .kv()
             .get_all(&keys.watermarks)
             .await
-            .map_err(store_error)?;
+            .map_err(StageError::from)?;
 
         let mut entries: BTreeMap<String, JoinEntry> = BTreeMap::new();
         for (id, value) in ids.iter().zip(entry_values) {
@@ -403,7 +397,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         // Rewards first (acknowledged), then the state.
         let records = self.reward_records(&due, mrrec_stream::now_ms()).await?;
         if let Err((e, _)) = self.publisher.publish_all(records).await {
-            return Err(StageError::Retryable(format!("publishing rewards: {e}")));
+            return Err(StageError::retryable_from("publishing rewards", e));
         }
 
         let mut write = StoreBatch::default();
@@ -454,7 +448,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
             let sweep_end = last_expired.min(oldest + 64);
             for bucket in oldest..=sweep_end {
                 let key = expiry_key(&prefix, bucket);
-                let members = memory.kv().get_all(&key).await.map_err(store_error)?;
+                let members = memory.kv().get_all(&key).await.map_err(StageError::from)?;
                 for field in members.keys() {
                     write.delete(keys.open.clone(), field.clone());
                     write.delete(key.clone(), field.clone());
@@ -467,13 +461,13 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
                 metrics::counter!(EXPIRED).increment(expired);
             }
         }
-        match memory.apply(&write).await.map_err(store_error)? {
+        match memory.apply(&write).await.map_err(StageError::from)? {
             true => Ok(()),
             false => {
                 // Another instance moved an entry first: re-read and redo
                 // (rewards already published are published again, unchanged).
-                Err(StageError::Retryable(
-                    "reward state changed under this batch".into(),
+                Err(StageError::retryable(
+                    "reward state changed under this batch",
                 ))
             }
         }
@@ -487,7 +481,7 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
         let memory = self.ranker.memory();
         OffsetGuard::stored(memory.kv(), &keys(memory).offsets, topic, partition)
             .await
-            .map_err(store_error)
+            .map_err(StageError::from)
     }
 }
 

@@ -447,7 +447,8 @@ fn run_loop<S: Stage>(
             }
             match state.step(consumer) {
                 Ok(()) => state.poll_wait(idle_poll),
-                Err(StageError::Retryable(message)) => {
+                Err(e @ StageError::Retryable { .. }) => {
+                    let message = e.describe();
                     let delay = state.backoff.next_delay();
                     state.report.retries += 1;
                     metrics::gauge!(m::BACKING_OFF, "stage" => state.name.clone()).set(1.0);
@@ -459,13 +460,13 @@ fn run_loop<S: Stage>(
                     state.pause(consumer);
                     delay
                 }
-                Err(StageError::Fatal(message)) => {
+                Err(e @ StageError::Fatal { .. }) => {
                     // Nothing more may be processed or committed: leaving the
                     // group must not flush what the failed stage has not finished.
                     state.abandon();
                     return Err(StreamError::StageFailed {
                         stage: state.name.clone(),
-                        message,
+                        message: e.describe(),
                     });
                 }
             }
@@ -888,10 +889,8 @@ impl<S: Stage> LoopState<S> {
                         ts,
                     );
                     let payload = encode(&letter)
-                        .or_else(|_| serde_json::to_vec(&letter).map_err(|e| e.to_string()))
-                        .map_err(|e| {
-                            StageError::Fatal(format!("cannot encode a dead letter: {e}"))
-                        })?;
+                        .or_else(|_| serde_json::to_vec(&letter))
+                        .map_err(|e| StageError::fatal_from("cannot encode a dead letter", e))?;
                     tracing::debug!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, reason = %poison.reason, "dead-lettering");
                     dead_kinds.push((meta.topic.clone(), poison.kind));
                     dead_letters.push(OutgoingRecord {
@@ -933,9 +932,9 @@ impl<S: Stage> LoopState<S> {
                 metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "dlq")
                     .increment(1);
                 return Err(if crate::publish::is_retryable_kafka(&error) {
-                    StageError::Retryable(format!("writing to the DLQ: {error}"))
+                    StageError::retryable_from("writing to the DLQ", error)
                 } else {
-                    StageError::Fatal(format!("writing to the DLQ: {error}"))
+                    StageError::fatal_from("writing to the DLQ", error)
                 });
             }
         }
@@ -1029,13 +1028,14 @@ impl<S: Stage> LoopState<S> {
             };
             match result {
                 Ok(()) => self.backoff.reset(),
-                Err(StageError::Fatal(message)) => {
+                Err(e @ StageError::Fatal { .. }) => {
                     return Err(StreamError::StageFailed {
                         stage: self.name.clone(),
-                        message,
+                        message: e.describe(),
                     })
                 }
-                Err(StageError::Retryable(message)) => {
+                Err(e @ StageError::Retryable { .. }) => {
+                    let message = e.describe();
                     let delay = self.backoff.next_delay();
                     self.report.retries += 1;
                     if Instant::now() + delay >= deadline {

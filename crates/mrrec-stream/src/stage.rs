@@ -33,22 +33,117 @@ pub fn decode_message<M: mrrec_messages::Message>(
     )?)
 }
 
-/// A failure of a whole batch.
-#[derive(Debug, thiserror::Error)]
+/// What caused a [`StageError`], kept as its source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failure of a whole batch. Whether it is retryable is decided where the
+/// error is born: a [`mrrec_store::StoreError`] says so itself (`From`),
+/// and a stage says it for its own. The error that caused it, if any, is
+/// kept as its [`std::error::Error::source`] and written after the message.
+#[derive(Debug)]
 pub enum StageError {
     /// Something outside is down or busy (broker, store): back off and retry the
     /// same batch; nothing is committed meanwhile.
-    #[error("retryable: {0}")]
-    Retryable(String),
+    Retryable {
+        message: String,
+        source: Option<Cause>,
+    },
     /// The stage cannot continue (a bug, a broken store): stop without committing
     /// the batch, so a restart sees it again.
-    #[error("fatal: {0}")]
-    Fatal(String),
+    Fatal {
+        message: String,
+        source: Option<Cause>,
+    },
 }
 
 impl StageError {
+    /// A retryable failure described by `message` alone.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        StageError::Retryable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A fatal failure described by `message` alone.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        StageError::Fatal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A retryable failure: `what` failed because of `source`.
+    pub fn retryable_from(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StageError::Retryable {
+            message: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A fatal failure: `what` failed because of `source`.
+    pub fn fatal_from(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StageError::Fatal {
+            message: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StageError::Retryable(_))
+        matches!(self, StageError::Retryable { .. })
+    }
+
+    /// The message and every cause behind it, `: `-separated.
+    pub fn describe(&self) -> String {
+        let (StageError::Retryable { message, source } | StageError::Fatal { message, source }) =
+            self;
+        let mut text = message.clone();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        while let Some(e) = cause {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            cause = e.source();
+        }
+        text
+    }
+}
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.is_retryable() {
+            "retryable"
+        } else {
+            "fatal"
+        };
+        write!(f, "{kind}: {}", self.describe())
+    }
+}
+
+impl std::error::Error for StageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let (StageError::Retryable { source, .. } | StageError::Fatal { source, .. }) = self;
+        source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A store error is retryable exactly when the store says so.
+impl From<mrrec_store::StoreError> for StageError {
+    fn from(e: mrrec_store::StoreError) -> Self {
+        if e.is_retryable() {
+            StageError::retryable_from("the store", e)
+        } else {
+            StageError::fatal_from("the store", e)
+        }
     }
 }
 

@@ -57,7 +57,7 @@ impl Stage for MemoryStage {
     async fn process(&mut self, batch: &Batch<Event>) -> Result<(), StageError> {
         self.calls += 1;
         if self.fail_calls.contains(&self.calls) {
-            return Err(StageError::Retryable("the store is away".into()));
+            return Err(StageError::retryable("the store is away"));
         }
         let users: std::collections::BTreeSet<&str> = batch
             .records

@@ -483,7 +483,7 @@ impl TrainStage {
         let finished = self
             .trainer
             .finished_round(&self.buffer.rewards)
-            .map_err(|e| StageError::Retryable(format!("reading the policy registry: {e:#}")))?;
+            .map_err(|e| StageError::retryable_from("reading the policy registry", e))?;
         let Some((version, meta)) = finished else {
             return Ok(());
         };
@@ -496,16 +496,18 @@ impl TrainStage {
         self.trainer
             .reannounce(&version, &meta, dropped)
             .await
-            .map_err(|e| StageError::Retryable(format!("{e:#}")))?;
+            .map_err(|e| {
+                StageError::retryable_from("announcing a finished round's version again", e)
+            })?;
         self.buffer
             .retain(|b| !covered(&meta.trained_on, b))
-            .map_err(|e| StageError::Fatal(format!("rewriting the reward buffer: {e:#}")))
+            .map_err(|e| StageError::fatal_from("rewriting the reward buffer", e))
     }
 
     fn clear_buffer(&mut self) -> Result<(), StageError> {
         self.buffer
             .clear()
-            .map_err(|e| StageError::Fatal(format!("clearing the reward buffer: {e:#}")))
+            .map_err(|e| StageError::fatal_from("clearing the reward buffer", e))
     }
 }
 
@@ -549,7 +551,7 @@ impl Stage for TrainStage {
         };
         self.buffer
             .append(line)
-            .map_err(|e| StageError::Retryable(format!("writing the reward buffer: {e:#}")))?;
+            .map_err(|e| StageError::retryable_from("writing the reward buffer", e))?;
         let due = self.buffer.rewards.len() >= self.every_rewards
             || self
                 .buffer
@@ -570,10 +572,10 @@ impl Stage for TrainStage {
                 self.trainer
                     .fail_round(&rewards, &format!("{e:#}"))
                     .await
-                    .map_err(|e| StageError::Retryable(format!("{e:#}")))?;
+                    .map_err(|e| StageError::retryable_from("dead-lettering a failed round", e))?;
                 self.clear_buffer()
             }
-            Err(e) => Err(StageError::Retryable(format!("training round: {e:#}"))),
+            Err(e) => Err(StageError::retryable_from("training round", e)),
         }
     }
 
