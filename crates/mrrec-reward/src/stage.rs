@@ -296,6 +296,105 @@ fn count_outcomes(kind: &'static str, n: usize) {
     metrics::counter!(OUTCOMES, "kind" => kind).increment(n as u64);
 }
 
+impl<S: KvStore> RewardStage<S> {
+    /// Each touched join entry, guarded by the value read: written when it
+    /// changed (and registered in its expiry bucket when new), deleted
+    /// when it holds nothing any more.
+    fn write_entries(
+        &self,
+        write: &mut StoreBatch,
+        keys: &Keys,
+        prefix: &str,
+        ids: &[String],
+        before: &[Option<String>],
+        entries: &BTreeMap<String, JoinEntry>,
+    ) -> Result<(), StageError> {
+        for (id, before) in ids.iter().zip(before) {
+            let field = escape(id);
+            write.guard(keys.open.clone(), field.clone(), before.clone());
+            if let Some(entry) = entries.get(id).filter(|e| !e.holds_nothing()) {
+                let json = serde_json::to_string(entry).map_err(|e| corrupt("entry", e))?;
+                if before.as_deref() != Some(json.as_str()) {
+                    if before.is_none() {
+                        write.set(
+                            expiry_key(prefix, self.bucket(entry.first_ts)),
+                            field.clone(),
+                            "1",
+                        );
+                    }
+                    write.set(keys.open.clone(), field, json);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Expiry by event time: deletes the entries of the buckets two
+    /// windows behind the largest partition watermark, a bounded sweep per
+    /// batch (the rest goes with later ones).
+    async fn expire(
+        &self,
+        memory: &MemoryStore<S>,
+        keys: &Keys,
+        watermarks_before: &BTreeMap<String, String>,
+        partition_marks: &BTreeMap<String, i64>,
+        oldest_value: Option<String>,
+        write: &mut StoreBatch,
+    ) -> Result<(), StageError> {
+        let prefix = memory.keys().prefix();
+        let watermark = watermarks_before
+            .values()
+            .filter_map(|v| v.parse::<i64>().ok())
+            .chain(partition_marks.values().copied())
+            .max();
+        let Some(watermark) = watermark else {
+            return Ok(());
+        };
+        let last_expired = self.bucket(watermark) - 2;
+        let oldest: i64 = oldest_value
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(last_expired + 1);
+        let mut expired = 0u64;
+        let sweep_end = last_expired.min(oldest + 64);
+        for bucket in oldest..=sweep_end {
+            let key = expiry_key(prefix, bucket);
+            let members = memory.kv().get_all(&key).await.map_err(StageError::from)?;
+            for field in members.keys() {
+                write.delete(keys.open.clone(), field.clone());
+                write.delete(key.clone(), field.clone());
+                expired += 1;
+            }
+        }
+        let next_oldest = oldest.max(sweep_end + 1);
+        write.set(keys.meta.clone(), "oldest_bucket", next_oldest.to_string());
+        if expired > 0 {
+            metrics::counter!(EXPIRED).increment(expired);
+        }
+        Ok(())
+    }
+}
+
+/// This batch's partitions' watermarks (largest event time seen), each
+/// moved forward under a guard on the value read.
+fn move_watermarks(
+    write: &mut StoreBatch,
+    keys: &Keys,
+    watermarks_before: &BTreeMap<String, String>,
+    partition_marks: &BTreeMap<String, i64>,
+) {
+    for (field, mark) in partition_marks {
+        let before = watermarks_before.get(field);
+        let moved = before
+            .and_then(|b| b.parse::<i64>().ok())
+            .is_none_or(|b| b < *mark);
+        if moved {
+            write.guard(keys.watermarks.clone(), field.clone(), before.cloned());
+            write.set(keys.watermarks.clone(), field.clone(), mark.to_string());
+        }
+    }
+}
+
 impl<S: KvStore + 'static> Stage for RewardStage<S> {
     type Message = Joined;
 
@@ -402,65 +501,17 @@ impl<S: KvStore + 'static> Stage for RewardStage<S> {
 
         let mut write = StoreBatch::default();
         offsets.advance(&mut write);
-        for (id, before) in ids.iter().zip(entry_values) {
-            let field = escape(id);
-            write.guard(keys.open.clone(), field.clone(), before.clone());
-            if let Some(entry) = entries.get(id).filter(|e| !e.holds_nothing()) {
-                let json = serde_json::to_string(entry).map_err(|e| corrupt("entry", e))?;
-                if before.as_deref() != Some(json.as_str()) {
-                    if before.is_none() {
-                        write.set(
-                            expiry_key(&prefix, self.bucket(entry.first_ts)),
-                            field.clone(),
-                            "1",
-                        );
-                    }
-                    write.set(keys.open.clone(), field, json);
-                }
-            }
-        }
-        // This batch's partitions' watermarks, each under its own guard.
-        let parse = |v: &str| v.parse::<i64>().ok();
-        for (field, mark) in &partition_marks {
-            let before = watermarks_before.get(field);
-            let moved = before.and_then(|b| parse(b)).is_none_or(|b| b < *mark);
-            if moved {
-                write.guard(keys.watermarks.clone(), field.clone(), before.cloned());
-                write.set(keys.watermarks.clone(), field.clone(), mark.to_string());
-            }
-        }
-        // Expiry by event time: buckets two windows behind the largest
-        // partition watermark.
-        let watermark = watermarks_before
-            .values()
-            .filter_map(|v| parse(v))
-            .chain(partition_marks.values().copied())
-            .max()
-            .unwrap_or(i64::MIN);
-        if watermark != i64::MIN {
-            let last_expired = self.bucket(watermark) - 2;
-            let oldest: i64 = oldest_value
-                .as_deref()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(last_expired + 1);
-            let mut expired = 0u64;
-            // At most a bounded sweep per batch; the rest goes with later ones.
-            let sweep_end = last_expired.min(oldest + 64);
-            for bucket in oldest..=sweep_end {
-                let key = expiry_key(&prefix, bucket);
-                let members = memory.kv().get_all(&key).await.map_err(StageError::from)?;
-                for field in members.keys() {
-                    write.delete(keys.open.clone(), field.clone());
-                    write.delete(key.clone(), field.clone());
-                    expired += 1;
-                }
-            }
-            let next_oldest = oldest.max(sweep_end + 1);
-            write.set(keys.meta.clone(), "oldest_bucket", next_oldest.to_string());
-            if expired > 0 {
-                metrics::counter!(EXPIRED).increment(expired);
-            }
-        }
+        self.write_entries(&mut write, &keys, &prefix, &ids, entry_values, &entries)?;
+        move_watermarks(&mut write, &keys, &watermarks_before, &partition_marks);
+        self.expire(
+            &memory,
+            &keys,
+            &watermarks_before,
+            &partition_marks,
+            oldest_value,
+            &mut write,
+        )
+        .await?;
         match memory.apply(&write).await.map_err(StageError::from)? {
             true => Ok(()),
             false => {
