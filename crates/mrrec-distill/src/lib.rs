@@ -604,30 +604,12 @@ impl<S: KvStore> Distill<S> {
         let fresh = |meta: &RecordMeta| offsets.is_fresh(&meta.topic, meta.partition, meta.offset);
 
         // Items first (catalogued, then linked to events that waited for them).
-        let mut new_items: BTreeMap<String, Item> = BTreeMap::new();
-        let mut removed: BTreeSet<String> = BTreeSet::new();
-        let mut events: Vec<(Event, Option<String>)> = Vec::new();
-        let mut replayed = Replayed::default();
-        for record in &batch.records {
-            if !fresh(&record.meta) {
-                replayed.note(&record.message);
-                continue;
-            }
-            match &record.message {
-                Input::Item(item) => {
-                    removed.remove(&item.item_id);
-                    new_items.insert(item.item_id.clone(), item.clone());
-                }
-                Input::ItemRemoved(id) => {
-                    new_items.remove(id);
-                    removed.insert(id.clone());
-                }
-                Input::Event(event) => events.push((event.clone(), None)),
-                Input::Outcome(outcome) => {
-                    events.push((outcome.event.clone(), Some(outcome.request_id.clone())))
-                }
-            }
-        }
+        let Sorted {
+            new_items,
+            removed,
+            events,
+            replayed,
+        } = Sorted::of(batch, fresh);
         let new_item_ids: Vec<String> = new_items.keys().cloned().collect();
         let waiting = self.memory.waiting_users(&new_item_ids).await?;
 
@@ -736,60 +718,16 @@ impl<S: KvStore> Distill<S> {
         let pruned = self
             .prune_behavior(&records, &mut added, &mut loaded, &mut write)
             .await?;
-        let mut state_bytes = HashMap::with_capacity(touched.len());
-        for (user, categories) in &touched {
-            let Some(LoadedUser { state, version }) = loaded.get_mut(user) else {
-                continue;
-            };
-            for category in categories {
-                if let Some(stats) = state.categories.get(category) {
-                    let entry = render::preference(user, category, stats, &catalog);
-                    write.set(
-                        keys.user(user),
-                        Keyspace::entry_field(&entry.id),
-                        json(&entry),
-                    );
-                    replaced.push(entry);
-                }
-            }
-            let profile = render::profile(state, &catalog);
-            write.set(
-                keys.user(user),
-                Keyspace::entry_field(&profile.id),
-                json(&profile),
-            );
-            replaced.push(profile);
-            // A state written before `seen:{user}` existed moves its seen
-            // items there now (the state JSON no longer carries them).
-            for item_id in std::mem::take(&mut state.legacy_seen) {
-                write.set(keys.seen(user), item_id, "1");
-            }
-            let state_json = json(state);
-            state_bytes.insert(user.clone(), state_json.len());
-            let next = mrrec_memory::fingerprint(&state_json);
-            write.guard(keys.user(user), "version", version.replace(next.clone()));
-            write.set(keys.user(user), "version", next);
-            write.set(keys.user(user), "state", state_json);
-        }
+        let state_bytes = write_touched(
+            &mut write,
+            &keys,
+            &touched,
+            &mut loaded,
+            &catalog,
+            &mut replaced,
+        );
 
-        for (item, n) in global.popularity {
-            write.increment(keys.popularity(), item, n);
-        }
-        for ((item, other), n) in global.co_occurrence {
-            write.increment(keys.co_occurrence(&item), other, n);
-        }
-        let mut categories: BTreeSet<String> = BTreeSet::new();
-        for ((category, aspect), n) in global.chosen {
-            write.increment(keys.global(&category), format!("c:{aspect}"), n);
-            categories.insert(category);
-        }
-        for ((category, aspect), n) in global.unchosen {
-            write.increment(keys.global(&category), format!("u:{aspect}"), n);
-            categories.insert(category);
-        }
-        for category in categories {
-            write.set(keys.categories(), category, "1");
-        }
+        write_globals(&mut write, &keys, global);
         Ok(Composed {
             write,
             added,
@@ -802,5 +740,121 @@ impl<S: KvStore> Distill<S> {
             state_bytes,
             catalog: catalog.items,
         })
+    }
+}
+
+/// A batch's fresh records by kind (the others noted as replayed).
+struct Sorted {
+    /// Items catalogued by the batch (the last record per id wins).
+    new_items: BTreeMap<String, Item>,
+    /// Items removed by a tombstone (and not brought back later in the batch).
+    removed: BTreeSet<String>,
+    /// Events and outcomes' events (with their request id), in batch order.
+    events: Vec<(Event, Option<String>)>,
+    replayed: Replayed,
+}
+
+impl Sorted {
+    fn of(batch: &mrrec_stream::Batch<Input>, fresh: impl Fn(&RecordMeta) -> bool) -> Self {
+        let mut sorted = Sorted {
+            new_items: BTreeMap::new(),
+            removed: BTreeSet::new(),
+            events: Vec::new(),
+            replayed: Replayed::default(),
+        };
+        for record in &batch.records {
+            if !fresh(&record.meta) {
+                sorted.replayed.note(&record.message);
+                continue;
+            }
+            match &record.message {
+                Input::Item(item) => {
+                    sorted.removed.remove(&item.item_id);
+                    sorted.new_items.insert(item.item_id.clone(), item.clone());
+                }
+                Input::ItemRemoved(id) => {
+                    sorted.new_items.remove(id);
+                    sorted.removed.insert(id.clone());
+                }
+                Input::Event(event) => sorted.events.push((event.clone(), None)),
+                Input::Outcome(outcome) => sorted
+                    .events
+                    .push((outcome.event.clone(), Some(outcome.request_id.clone()))),
+            }
+        }
+        sorted
+    }
+}
+
+/// For every user the batch touched: the preference entries of the
+/// categories it touched, the profile entry and the state (guarded by the
+/// version read, written with the next). Returns each state's JSON size.
+fn write_touched(
+    write: &mut Batch,
+    keys: &Keyspace,
+    touched: &BTreeMap<String, BTreeSet<String>>,
+    loaded: &mut HashMap<String, LoadedUser>,
+    catalog: &BatchCatalog<'_>,
+    replaced: &mut Vec<MemoryEntry>,
+) -> HashMap<String, usize> {
+    let mut state_bytes = HashMap::with_capacity(touched.len());
+    for (user, categories) in touched {
+        let Some(LoadedUser { state, version }) = loaded.get_mut(user) else {
+            continue;
+        };
+        for category in categories {
+            if let Some(stats) = state.categories.get(category) {
+                let entry = render::preference(user, category, stats, catalog);
+                write.set(
+                    keys.user(user),
+                    Keyspace::entry_field(&entry.id),
+                    json(&entry),
+                );
+                replaced.push(entry);
+            }
+        }
+        let profile = render::profile(state, catalog);
+        write.set(
+            keys.user(user),
+            Keyspace::entry_field(&profile.id),
+            json(&profile),
+        );
+        replaced.push(profile);
+        // A state written before `seen:{user}` existed moves its seen
+        // items there now (the state JSON no longer carries them).
+        for item_id in std::mem::take(&mut state.legacy_seen) {
+            write.set(keys.seen(user), item_id, "1");
+        }
+        let state_json = json(state);
+        state_bytes.insert(user.clone(), state_json.len());
+        let next = mrrec_memory::fingerprint(&state_json);
+        write.guard(keys.user(user), "version", version.replace(next.clone()));
+        write.set(keys.user(user), "version", next);
+        write.set(keys.user(user), "state", state_json);
+    }
+    state_bytes
+}
+
+/// The batch's global counts (popularity, co-occurrence, chosen and
+/// unchosen aspects per category) as increments, and every category they
+/// name in the category list.
+fn write_globals(write: &mut Batch, keys: &Keyspace, global: GlobalDelta) {
+    for (item, n) in global.popularity {
+        write.increment(keys.popularity(), item, n);
+    }
+    for ((item, other), n) in global.co_occurrence {
+        write.increment(keys.co_occurrence(&item), other, n);
+    }
+    let mut categories: BTreeSet<String> = BTreeSet::new();
+    for ((category, aspect), n) in global.chosen {
+        write.increment(keys.global(&category), format!("c:{aspect}"), n);
+        categories.insert(category);
+    }
+    for ((category, aspect), n) in global.unchosen {
+        write.increment(keys.global(&category), format!("u:{aspect}"), n);
+        categories.insert(category);
+    }
+    for category in categories {
+        write.set(keys.categories(), category, "1");
     }
 }
