@@ -93,22 +93,46 @@ async fn swapping_versions_under_load_fails_no_request() {
 
     let llm = Arc::new(open(&paths[0]).await);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The newest version any answer named so far: each swap waits until the
+    // serving version has answered at least once (on a busy machine 400 ms
+    // may pass without an answer).
+    let newest = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut senders = Vec::new();
     for _ in 0..4 {
-        let (llm, stop) = (llm.clone(), stop.clone());
+        let (llm, stop, newest) = (llm.clone(), stop.clone(), newest.clone());
         senders.push(tokio::spawn(async move {
             let mut results = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                results.push(llm.generate(greedy_request()).await);
+                let result = llm.generate(greedy_request()).await;
+                if let Ok(generation) = &result {
+                    newest.fetch_max(
+                        generation.policy_version,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                }
+                results.push(result);
             }
             results
         }));
     }
-    for path in &paths[1..] {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    let answered = |version: u32| {
+        let newest = newest.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while newest.load(std::sync::atomic::Ordering::SeqCst) < version
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for (version, path) in paths.iter().enumerate().skip(1) {
+        answered(version as u32 - 1).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         llm.switch_to(path).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    answered(paths.len() as u32 - 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let mut served = [0usize; 4];
