@@ -169,14 +169,7 @@ impl RewardBuffer {
 
     fn append(&mut self, line: BufferLine) -> Result<()> {
         let io = || TrainStageError::io("appending to", &self.path);
-        if let Some(parent) = self.path.parent() {
-            std::fs::create_dir_all(parent).map_err(io())?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io())?;
+        let mut file = open_append(&self.path)?;
         let mut text = serde_json::to_string(&line)?;
         text.push('\n');
         file.write_all(text.as_bytes()).map_err(io())?;
@@ -214,6 +207,19 @@ impl RewardBuffer {
         }
         Ok(())
     }
+}
+
+/// `path` opened for appending, its directory created if needed.
+fn open_append(path: &Path) -> Result<std::fs::File> {
+    let io = || TrainStageError::io("appending to", path);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io())?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io())
 }
 
 /// Whether `trained_on` (a version's `topic:partition` → offset) covers `b`.
@@ -433,16 +439,8 @@ impl Trainer {
     }
 
     fn append_log(&self, line: &serde_json::Value) -> Result<()> {
-        let io = || TrainStageError::io("appending to", &self.log_path);
-        if let Some(parent) = self.log_path.parent() {
-            std::fs::create_dir_all(parent).map_err(io())?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .map_err(io())?;
-        writeln!(file, "{line}").map_err(io())
+        let mut file = open_append(&self.log_path)?;
+        writeln!(file, "{line}").map_err(TrainStageError::io("appending to", &self.log_path))
     }
 
     fn log(&self, report: &RoundReport, decision: &str, rewards: usize) -> Result<()> {
