@@ -102,6 +102,8 @@ pub enum EvalError {
     },
     #[error("{0}")]
     Loop(#[from] LoopError),
+    #[error("the trainer: {0}")]
+    Train(#[from] mrrec_train::TrainStageError),
     #[error("{0}")]
     Data(#[from] mrrec_eval::DataError),
     #[error("the baselines' index: {0}")]
@@ -110,14 +112,6 @@ pub enum EvalError {
     Plot(#[from] mrrec_eval::PlotError),
     #[error("encoding the report: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("a stage runner: {0}")]
-    Run(#[from] mrrec_stream::StreamError),
-    #[error("the request client: {0}")]
-    Client(#[from] mrrec_recommend::ClientError),
-    #[error("the trainer: {0}")]
-    Train(#[from] mrrec_train::TrainStageError),
-    #[error("the policy registry: {0}")]
-    Policy(#[from] mrrec_policy::PolicyError),
 }
 
 impl EvalError {
