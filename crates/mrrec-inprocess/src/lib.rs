@@ -51,6 +51,8 @@ pub enum LoopError {
     },
     #[error("a Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Tail(#[from] mrrec_stream::TailError),
     #[error("the request client: {0}")]
     Client(#[from] mrrec_recommend::ClientError),
     #[error("the reward stage: {0}")]

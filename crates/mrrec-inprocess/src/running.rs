@@ -19,7 +19,9 @@ use mrrec_config::Config;
 use mrrec_datasets::UserTargets;
 use mrrec_messages::{encode, Event, EventKind, Item, Outcome, Request, Response, Reward, Topic};
 use mrrec_recommend::RecommendClient;
-use mrrec_stream::{Bootstrap, KafkaClients, OutgoingRecord, Publisher, Shutdown, StageRunner};
+use mrrec_stream::{
+    Bootstrap, KafkaClients, OutgoingRecord, Publisher, Shutdown, StageRunner, TailFrom, TopicTail,
+};
 use mrrec_train::{Buffered, Trainer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -587,33 +589,28 @@ fn collect_rewards(
     prefix: &str,
     stop: Shutdown,
 ) -> Result<Collected, LoopError> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::Message as _;
-    let topic = Topic::Rewards.name(prefix);
-    let consumer: StreamConsumer = clients
-        .reader(&format!("mrrec-in-process-{}", mrrec_stream::now_ms()))
-        .create()?;
-    consumer.subscribe(&[&topic])?;
+    let tail = TopicTail::open(
+        clients,
+        &Topic::Rewards.name(prefix),
+        &Topic::Dlq.name(prefix),
+        "in-process",
+        TailFrom::Beginning,
+    )?;
     let collected: Collected = Arc::default();
     let sink = collected.clone();
     tokio::spawn(async move {
         loop {
-            let message = tokio::select! {
+            let tailed = tokio::select! {
                 _ = stop.wait() => return,
-                m = consumer.recv() => m,
+                tailed = tail.next::<Reward>() => tailed,
             };
-            let Ok(message) = message else { continue };
-            let Ok(reward) =
-                serde_json::from_slice::<Reward>(message.payload().unwrap_or_default())
-            else {
-                continue;
-            };
+            let reward = tailed.message;
             sink.lock().unwrap_or_else(|p| p.into_inner()).insert(
                 reward.trajectory_id.clone(),
                 Buffered {
-                    topic: message.topic().to_owned(),
-                    partition: message.partition(),
-                    offset: message.offset(),
+                    topic: tailed.meta.topic.to_string(),
+                    partition: tailed.meta.partition,
+                    offset: tailed.meta.offset,
                     reward,
                 },
             );

@@ -7,10 +7,8 @@
 
 use crate::{EmbeddedLlm, LlmError};
 use async_trait::async_trait;
-use mrrec_messages::{DeadLetter, PolicyAnnouncement, Topic};
-use mrrec_stream::{KafkaClients, OutgoingRecord, Publisher, Shutdown};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
+use mrrec_messages::{PolicyAnnouncement, Topic};
+use mrrec_stream::{KafkaClients, Poison, Shutdown, TailFrom, TopicTail};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -94,15 +92,13 @@ pub async fn apply_announcement(
     Ok(true)
 }
 
-/// Why the follower stopped before its shutdown: it could not read
-/// `mrrec.policy` or write the DLQ at all (a bad announcement is not an
+/// Why the follower could not start: `mrrec.policy` could not be tailed.
+/// Once started it stops only at its shutdown (a bad announcement is not an
 /// error: it is dead-lettered and the follower goes on).
 #[derive(Debug, thiserror::Error)]
 pub enum FollowerError {
-    #[error("the policy topic's consumer or the DLQ producer: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("encoding a dead letter: {0}")]
-    Encode(#[from] mrrec_messages::MessageError),
+    #[error(transparent)]
+    Tail(#[from] mrrec_stream::TailError),
 }
 
 /// Reads `mrrec.policy` from the beginning until `shutdown`, switching
@@ -117,20 +113,13 @@ pub async fn follow_policy_topic(
     shutdown: Shutdown,
 ) -> Result<(), FollowerError> {
     let topic = Topic::Policy.name(prefix);
-    let group = format!(
-        "mrrec-policy-follower-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let consumer: StreamConsumer = clients.reader(&group).create()?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
-    consumer.assign(&assignment)?;
-    let publisher = Publisher::new(clients, stage)?;
-    let dlq = Topic::Dlq.name(prefix);
+    let tail = TopicTail::open(
+        clients,
+        &topic,
+        &Topic::Dlq.name(prefix),
+        stage,
+        TailFrom::Beginning,
+    )?;
     metrics::describe_counter!(
         "mrrec_policy_announcements_refused_total",
         "Policy announcements refused: path not policy.dir/vNNNN for their version, or not a usable model."
@@ -141,72 +130,38 @@ pub async fn follow_policy_topic(
     );
     tracing::info!(%topic, "following policy announcements");
     loop {
-        let message = tokio::select! {
+        let tailed = tokio::select! {
             _ = shutdown.wait() => return Ok(()),
-            message = consumer.recv() => message,
+            tailed = tail.next::<PolicyAnnouncement>() => tailed,
         };
-        let message = match message {
-            Ok(message) => message,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading {topic}; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                continue;
+        let announcement = &tailed.message;
+        match apply_announcement(target.as_ref(), announcement, policy_dir).await {
+            Ok(_) => {}
+            Err(FollowError::Load(e)) => {
+                metrics::counter!("mrrec_policy_load_failures_total").increment(1);
+                tracing::error!(
+                    version = announcement.version,
+                    path = %announcement.path,
+                    error = %e,
+                    "announced policy failed to load; still serving version {}",
+                    target.serving_version()
+                );
             }
-        };
-        let payload = message.payload().unwrap_or_default();
-        let refusal = match mrrec_messages::decode_record::<PolicyAnnouncement>(
-            message.key(),
-            payload,
-        ) {
-            Ok(announcement) => {
-                match apply_announcement(target.as_ref(), &announcement, policy_dir).await {
-                    Ok(_) => None,
-                    Err(FollowError::Load(e)) => {
-                        metrics::counter!("mrrec_policy_load_failures_total").increment(1);
-                        tracing::error!(
-                            version = announcement.version,
-                            path = %announcement.path,
-                            error = %e,
-                            "announced policy failed to load; still serving version {}",
-                            target.serving_version()
-                        );
-                        None
-                    }
-                    Err(refused @ FollowError::Refused(_)) => {
-                        metrics::counter!("mrrec_policy_announcements_refused_total").increment(1);
-                        tracing::warn!(
-                            version = announcement.version,
-                            path = %announcement.path,
-                            reason = %refused,
-                            "policy announcement refused; still serving version {}",
-                            target.serving_version()
-                        );
-                        Some(refused.to_string())
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(offset = message.offset(), error = %e, "bad policy announcement sent to the DLQ");
-                Some(e.to_string())
-            }
-        };
-        if let Some(reason) = refusal {
-            let letter = DeadLetter::new(
-                stage,
-                &topic,
-                message.partition(),
-                message.offset(),
-                &reason,
-                payload,
-                mrrec_stream::now_ms(),
-            );
-            let record = OutgoingRecord {
-                topic: dlq.clone(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: mrrec_messages::encode(&letter)?,
-            };
-            if let Err((e, _)) = publisher.publish_all(vec![record]).await {
-                tracing::error!(error = %e, "could not write the DLQ record");
+            Err(refused @ FollowError::Refused(_)) => {
+                metrics::counter!("mrrec_policy_announcements_refused_total").increment(1);
+                tracing::warn!(
+                    version = announcement.version,
+                    path = %announcement.path,
+                    reason = %refused,
+                    "policy announcement refused; still serving version {}",
+                    target.serving_version()
+                );
+                let poison = Poison {
+                    kind: "refused",
+                    reason: refused.to_string(),
+                };
+                tail.dead_letter(&tailed.meta, &tailed.payload, poison)
+                    .await;
             }
         }
     }

@@ -4,10 +4,7 @@
 //! the same with its own Kafka client.
 
 use mrrec_messages::{encode, Request, Response, Topic};
-use mrrec_stream::{KafkaClients, OutgoingRecord, Publisher};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
-use rdkafka::{Offset, TopicPartitionList};
+use mrrec_stream::{KafkaClients, OutgoingRecord, Publisher, TailFrom, TopicTail};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +32,8 @@ pub struct RecommendClient {
 pub enum ClientError {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Tail(#[from] mrrec_stream::TailError),
     #[error("request: {0}")]
     Message(#[from] mrrec_messages::MessageError),
     #[error("no response to {request_id} within {waited_ms} ms: is a recommend stage (`mrrec run --stage recommend`) running against this cluster?")]
@@ -43,48 +42,24 @@ pub enum ClientError {
 
 impl RecommendClient {
     /// Starts reading `mrrec.responses` from its current end, so only
-    /// responses to requests sent from now on are seen.
+    /// responses to requests sent from now on are seen. A response that
+    /// does not decode goes to the DLQ.
     pub async fn connect(clients: &KafkaClients, prefix: &str) -> Result<Self, ClientError> {
-        let topic = Topic::Responses.name(prefix);
-        let group = format!(
-            "mrrec-recommend-client-{}-{}",
-            std::process::id(),
-            mrrec_stream::now_ms()
-        );
         let clients = crate::low_latency(clients);
-        let consumer: StreamConsumer = clients.reader(&group).create()?;
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        let mut assignment = TopicPartitionList::new();
-        for partition in partitions {
-            let (_, high) =
-                consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
-            assignment.add_partition_offset(&topic, partition, Offset::Offset(high))?;
-        }
-        consumer.assign(&assignment)?;
+        let tail = TopicTail::open(
+            &clients,
+            &Topic::Responses.name(prefix),
+            &Topic::Dlq.name(prefix),
+            "recommend-client",
+            TailFrom::End,
+        )?;
         let waiting: Waiting = Arc::default();
         let dispatch = waiting.clone();
         let reader = tokio::spawn(async move {
             loop {
-                let message = match consumer.recv().await {
-                    Ok(message) => message,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading responses; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
+                let tailed = tail.next::<Response>().await;
                 let at = Instant::now();
-                let Ok(response) = mrrec_messages::decode_record::<Response>(
-                    message.key(),
-                    message.payload().unwrap_or_default(),
-                ) else {
-                    continue;
-                };
+                let response = tailed.message;
                 let sender = dispatch
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -13,6 +13,7 @@ mod admin;
 mod backoff;
 mod client;
 mod embedded;
+pub mod events;
 pub mod metrics;
 mod partition;
 mod publish;
@@ -20,6 +21,7 @@ mod record;
 mod runner;
 mod shutdown;
 mod stage;
+mod tail;
 
 pub use admin::{create_topics, partition_count, TopicStatus};
 pub use backoff::Backoff;
@@ -31,6 +33,7 @@ pub use record::{Batch, Decoded, PartitionRange, RecordMeta};
 pub use runner::{Progress, RunReport, RunnerSettings, StageRunner};
 pub use shutdown::Shutdown;
 pub use stage::{decode_message, Poison, Stage, StageError};
+pub use tail::{TailError, TailFrom, Tailed, TopicTail};
 
 /// Errors of the runtime itself (as opposed to a stage's own errors).
 #[derive(Debug, thiserror::Error)]

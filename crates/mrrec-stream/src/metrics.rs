@@ -9,6 +9,7 @@ pub const CONSUMED: &str = "mrrec_consumed_total";
 pub const PROCESSED: &str = "mrrec_processed_total";
 pub const SKIPPED: &str = "mrrec_skipped_total";
 pub const DEAD_LETTERED: &str = "mrrec_dlq_total";
+pub const DEAD_LETTERS_LOST: &str = "mrrec_dlq_lost_total";
 pub const PRODUCED: &str = "mrrec_produced_total";
 pub const RETRIES: &str = "mrrec_retries_total";
 pub const KAFKA_ERRORS: &str = "mrrec_kafka_errors_total";
@@ -30,6 +31,10 @@ pub fn describe() {
         "Records skipped: at or below the offset stored with the stage's state"
     );
     describe_counter!(DEAD_LETTERED, "Records sent to the DLQ, by reason kind");
+    describe_counter!(
+        DEAD_LETTERS_LOST,
+        "Records a topic tail reader could not write to the DLQ (after retrying for 30 s)"
+    );
     describe_counter!(
         OFFSET_GAPS,
         "Records the broker skipped (a fetch answered from further on than asked); each is fetched again from further back"

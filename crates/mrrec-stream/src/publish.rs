@@ -13,6 +13,38 @@ pub struct OutgoingRecord {
     pub payload: Vec<u8>,
 }
 
+impl OutgoingRecord {
+    /// The DLQ record (DESIGN §2 dead letter) for the record at `meta`, which
+    /// `event` says who refused and why; keyed by the record's own key.
+    pub fn dead_letter(
+        dlq_topic: &str,
+        event: &crate::events::DeadLettered,
+        meta: &crate::RecordMeta,
+        payload: &[u8],
+    ) -> Result<Self, serde_json::Error> {
+        let letter = mrrec_messages::DeadLetter::new(
+            &event.stage,
+            &meta.topic,
+            meta.partition,
+            meta.offset,
+            &event.reason,
+            payload,
+            crate::now_ms(),
+        );
+        // A letter the DESIGN checks refuse (a reason over its limit) is
+        // still written: losing the record would be worse.
+        let payload = match mrrec_messages::encode(&letter) {
+            Ok(payload) => payload,
+            Err(_) => serde_json::to_vec(&letter)?,
+        };
+        Ok(Self {
+            topic: dlq_topic.to_owned(),
+            key: meta.key.clone(),
+            payload,
+        })
+    }
+}
+
 /// A producer whose sends resolve only once the broker acknowledged them.
 #[derive(Clone)]
 pub struct Publisher {

@@ -24,14 +24,14 @@
 //! back cannot close stops the stage loudly instead of storing offsets
 //! beyond it.
 
+use crate::events::DeadLettered;
 use crate::metrics as m;
 use crate::record::{Batch, Decoded, PartitionRange, RecordMeta};
 use crate::{
-    now_ms, Backoff, KafkaClients, OutgoingRecord, Publisher, Shutdown, Stage, StageError,
-    StreamError,
+    Backoff, KafkaClients, OutgoingRecord, Publisher, Shutdown, Stage, StageError, StreamError,
 };
 use mrrec_config::Config;
-use mrrec_messages::{encode, DeadLetter, Topic};
+use mrrec_messages::Topic;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message as _;
@@ -205,13 +205,86 @@ struct RawRecord {
 struct InFlight<M> {
     batch: Batch<M>,
     dead_letters: Vec<OutgoingRecord>,
-    dead_kinds: Vec<(Arc<str>, &'static str)>,
+    /// What each dead letter is, emitted once the batch is committed.
+    dead: Vec<DeadLettered>,
     processed: bool,
     /// Next offset to commit per partition (last offset + 1, skipped records included).
-    commit: Vec<(PartitionKey, i64)>,
-    consumed: Vec<(Arc<str>, u64)>,
+    commit: HashMap<PartitionKey, i64>,
+    consumed: HashMap<Arc<str>, u64>,
     skipped: u64,
     started: Instant,
+}
+
+impl<M> InFlight<M> {
+    fn new(started: Instant) -> Self {
+        Self {
+            batch: Batch {
+                records: Vec::new(),
+                ranges: Vec::new(),
+            },
+            dead_letters: Vec::new(),
+            dead: Vec::new(),
+            processed: false,
+            commit: HashMap::new(),
+            consumed: HashMap::new(),
+            skipped: 0,
+            started,
+        }
+    }
+
+    /// Counts a consumed record and moves its partition's commit past it.
+    fn count(&mut self, meta: &RecordMeta) {
+        *self.consumed.entry(meta.topic.clone()).or_default() += 1;
+        let next = self
+            .commit
+            .entry((meta.topic.clone(), meta.partition))
+            .or_insert(meta.offset + 1);
+        *next = (*next).max(meta.offset + 1);
+    }
+
+    /// Widens the batch's range of the record's partition to cover it.
+    fn cover(&mut self, meta: &RecordMeta) {
+        let ranges = &mut self.batch.ranges;
+        match ranges
+            .iter_mut()
+            .find(|r| r.topic == meta.topic && r.partition == meta.partition)
+        {
+            Some(range) => {
+                range.first_offset = range.first_offset.min(meta.offset);
+                range.last_offset = range.last_offset.max(meta.offset);
+            }
+            None => ranges.push(PartitionRange {
+                topic: meta.topic.clone(),
+                partition: meta.partition,
+                first_offset: meta.offset,
+                last_offset: meta.offset,
+            }),
+        }
+    }
+
+    /// Adds the dead letter for a record `stage` could not decode.
+    fn dead_letter(
+        &mut self,
+        stage: &str,
+        dlq_topic: &str,
+        raw: RawRecord,
+        poison: crate::Poison,
+    ) -> Result<(), StageError> {
+        let event = DeadLettered {
+            stage: stage.to_owned(),
+            topic: raw.meta.topic.to_string(),
+            partition: raw.meta.partition,
+            offset: raw.meta.offset,
+            kind: poison.kind,
+            reason: poison.reason,
+        };
+        let payload = raw.payload.as_deref().unwrap_or_default();
+        let record = OutgoingRecord::dead_letter(dlq_topic, &event, &raw.meta, payload)
+            .map_err(|e| StageError::fatal_from("cannot encode a dead letter", e))?;
+        self.dead_letters.push(record);
+        self.dead.push(event);
+        Ok(())
+    }
 }
 
 struct LoopState<S: Stage> {
@@ -818,16 +891,50 @@ impl<S: Stage> LoopState<S> {
         Ok(())
     }
 
-    /// Turns the pending records into an in-flight batch.
+    /// Turns the pending records into an in-flight batch: records at or
+    /// below the stage's stored offset are skipped, the rest decoded, and
+    /// those that do not decode become dead letters.
     fn seal(&mut self) -> Result<(), StageError> {
         // Learn stored offsets first, so a failure leaves `pending` untouched.
-        let unknown: Vec<PartitionKey> = self
+        self.learn_stored_offsets()?;
+        let mut flight = InFlight::new(self.batch_started.take().unwrap_or_else(Instant::now));
+        for raw in self.take_pending() {
+            let meta = &raw.meta;
+            flight.count(meta);
+            let stored = self.stored.get(&(meta.topic.clone(), meta.partition));
+            if stored.copied().flatten().is_some_and(|s| meta.offset <= s) {
+                flight.skipped += 1;
+                continue;
+            }
+            flight.cover(meta);
+            match self.stage.decode(meta, raw.payload.as_deref()) {
+                Ok(message) => flight.batch.records.push(Decoded {
+                    meta: raw.meta,
+                    message,
+                }),
+                Err(poison) => {
+                    flight.dead_letter(&self.name, &self.settings.dlq_topic, raw, poison)?
+                }
+            }
+        }
+        tracing::debug!(
+            records = flight.batch.len(),
+            skipped = flight.skipped,
+            dead = flight.dead.len(),
+            "sealed a batch"
+        );
+        self.in_flight = Some(flight);
+        Ok(())
+    }
+
+    /// Asks the stage for the stored offset of every partition in `pending`
+    /// it has not been asked about yet.
+    fn learn_stored_offsets(&mut self) -> Result<(), StageError> {
+        let unknown: std::collections::BTreeSet<PartitionKey> = self
             .pending
             .iter()
             .map(|r| (r.meta.topic.clone(), r.meta.partition))
             .filter(|key| !self.stored.contains_key(key))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
             .collect();
         for key in unknown {
             let stored = self
@@ -835,126 +942,73 @@ impl<S: Stage> LoopState<S> {
                 .block_on(self.stage.stored_offset(&key.0, key.1))?;
             self.stored.insert(key, stored);
         }
-
-        let started = self.batch_started.take().unwrap_or_else(Instant::now);
-        let mut records = Vec::with_capacity(self.pending.len());
-        let mut ranges: Vec<PartitionRange> = Vec::new();
-        let mut commit: HashMap<PartitionKey, i64> = HashMap::new();
-        let mut consumed: HashMap<Arc<str>, u64> = HashMap::new();
-        let mut dead_letters = Vec::new();
-        let mut dead_kinds = Vec::new();
-        let mut skipped = 0;
-        let ts = now_ms();
-        for raw in self.take_pending() {
-            let meta = raw.meta;
-            let key = (meta.topic.clone(), meta.partition);
-            *consumed.entry(meta.topic.clone()).or_default() += 1;
-            let next = commit.entry(key.clone()).or_insert(meta.offset + 1);
-            *next = (*next).max(meta.offset + 1);
-            if self
-                .stored
-                .get(&key)
-                .copied()
-                .flatten()
-                .is_some_and(|s| meta.offset <= s)
-            {
-                skipped += 1;
-                continue;
-            }
-            match ranges
-                .iter_mut()
-                .find(|r| r.topic == meta.topic && r.partition == meta.partition)
-            {
-                Some(range) => {
-                    range.first_offset = range.first_offset.min(meta.offset);
-                    range.last_offset = range.last_offset.max(meta.offset);
-                }
-                None => ranges.push(PartitionRange {
-                    topic: meta.topic.clone(),
-                    partition: meta.partition,
-                    first_offset: meta.offset,
-                    last_offset: meta.offset,
-                }),
-            }
-            match self.stage.decode(&meta, raw.payload.as_deref()) {
-                Ok(message) => records.push(Decoded { meta, message }),
-                Err(poison) => {
-                    let letter = DeadLetter::new(
-                        &self.name,
-                        &meta.topic,
-                        meta.partition,
-                        meta.offset,
-                        &poison.reason,
-                        raw.payload.as_deref().unwrap_or_default(),
-                        ts,
-                    );
-                    let payload = encode(&letter)
-                        .or_else(|_| serde_json::to_vec(&letter))
-                        .map_err(|e| StageError::fatal_from("cannot encode a dead letter", e))?;
-                    tracing::debug!(topic = %meta.topic, partition = meta.partition, offset = meta.offset, reason = %poison.reason, "dead-lettering");
-                    dead_kinds.push((meta.topic.clone(), poison.kind));
-                    dead_letters.push(OutgoingRecord {
-                        topic: self.settings.dlq_topic.clone(),
-                        key: meta.key,
-                        payload,
-                    });
-                }
-            }
-        }
-        tracing::debug!(
-            records = records.len(),
-            skipped,
-            dead = dead_letters.len(),
-            "sealed a batch"
-        );
-        self.in_flight = Some(InFlight {
-            batch: Batch { records, ranges },
-            dead_letters,
-            dead_kinds,
-            processed: false,
-            commit: commit.into_iter().collect(),
-            consumed: consumed.into_iter().collect(),
-            skipped,
-            started,
-        });
         Ok(())
     }
 
-    /// Dead letters, then the stage, then the commit — each step at most once.
+    /// Dead letters, then the stage, then the commit — each step at most
+    /// once. On an error the batch stays in flight, its finished steps done.
     fn advance(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) -> Result<(), StageError> {
-        let Some(flight) = self.in_flight.as_mut() else {
+        let Some(mut flight) = self.in_flight.take() else {
             return Ok(());
         };
-        if !flight.dead_letters.is_empty() {
-            let letters = std::mem::take(&mut flight.dead_letters);
-            if let Err((error, unsent)) = self.handle.block_on(self.dlq.publish_all(letters)) {
-                flight.dead_letters = unsent;
-                metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "dlq")
-                    .increment(1);
-                return Err(if crate::publish::is_retryable_kafka(&error) {
-                    StageError::retryable_from("writing to the DLQ", error)
-                } else {
-                    StageError::fatal_from("writing to the DLQ", error)
-                });
-            }
+        if let Err(e) = self
+            .send_dead_letters(&mut flight)
+            .and_then(|()| self.process(&mut flight))
+        {
+            self.in_flight = Some(flight);
+            return Err(e);
         }
-        if !flight.processed && !flight.batch.is_empty() {
-            let span = tracing::info_span!(
-                "batch",
-                records = flight.batch.records.len(),
-                ranges = %ranges_field(&flight.batch.ranges),
-            );
-            let _entered = span.enter();
-            if let Err(e) = self.handle.block_on(self.stage.process(&flight.batch)) {
-                if e.is_retryable() {
-                    metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "process").increment(1);
-                }
-                return Err(e);
+        self.commit(consumer, &flight);
+        // Time spent processing is not time the partitions were fetched.
+        self.restart_stall_clocks();
+        self.record(flight);
+        Ok(())
+    }
+
+    /// Writes the batch's dead letters; those not acknowledged stay for a retry.
+    fn send_dead_letters(&mut self, flight: &mut InFlight<S::Message>) -> Result<(), StageError> {
+        if flight.dead_letters.is_empty() {
+            return Ok(());
+        }
+        let letters = std::mem::take(&mut flight.dead_letters);
+        let Err((error, unsent)) = self.handle.block_on(self.dlq.publish_all(letters)) else {
+            return Ok(());
+        };
+        flight.dead_letters = unsent;
+        metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "dlq").increment(1);
+        Err(if crate::publish::is_retryable_kafka(&error) {
+            StageError::retryable_from("writing to the DLQ", error)
+        } else {
+            StageError::fatal_from("writing to the DLQ", error)
+        })
+    }
+
+    /// Hands the batch to the stage, once, in a `batch` span.
+    fn process(&mut self, flight: &mut InFlight<S::Message>) -> Result<(), StageError> {
+        if flight.processed || flight.batch.is_empty() {
+            flight.processed = true;
+            return Ok(());
+        }
+        let span = tracing::info_span!(
+            "batch",
+            records = flight.batch.records.len(),
+            ranges = %ranges_field(&flight.batch.ranges),
+        );
+        let _entered = span.enter();
+        if let Err(e) = self.handle.block_on(self.stage.process(&flight.batch)) {
+            if e.is_retryable() {
+                metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "process")
+                    .increment(1);
             }
+            return Err(e);
         }
         flight.processed = true;
-        let flight = self.in_flight.take().expect("checked above");
+        Ok(())
+    }
 
+    /// Remembers the batch's offsets as stored and commits past them
+    /// (asynchronously; a failed commit is covered by the next one).
+    fn commit(&mut self, consumer: &BaseConsumer<RunnerContext<S>>, flight: &InFlight<S::Message>) {
         for range in &flight.batch.ranges {
             let stored = self
                 .stored
@@ -975,19 +1029,20 @@ impl<S: Stage> LoopState<S> {
             metrics::counter!(m::COMMIT_FAILURES, "stage" => self.name.clone()).increment(1);
             tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
         }
+    }
 
-        // Time spent processing is not time the partitions were fetched.
-        self.restart_stall_clocks();
+    /// Counts a finished batch in the metrics, the report and the progress.
+    fn record(&mut self, flight: InFlight<S::Message>) {
         let stage = self.name.clone();
         let processed = flight.batch.len() as u64;
-        let dead = flight.dead_kinds.len() as u64;
+        let dead = flight.dead.len() as u64;
         for (topic, n) in &flight.consumed {
             metrics::counter!(m::CONSUMED, "stage" => stage.clone(), "topic" => topic.to_string())
                 .increment(*n);
             self.report.consumed += n;
         }
-        for (topic, kind) in &flight.dead_kinds {
-            metrics::counter!(m::DEAD_LETTERED, "stage" => stage.clone(), "topic" => topic.to_string(), "reason" => *kind).increment(1);
+        for event in &flight.dead {
+            event.emit();
         }
         metrics::counter!(m::PROCESSED, "stage" => stage.clone()).increment(processed);
         if flight.skipped > 0 {
@@ -1008,7 +1063,6 @@ impl<S: Stage> LoopState<S> {
             .skipped
             .fetch_add(flight.skipped, Ordering::Relaxed);
         progress.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Finishes the in-flight batch and everything pending, retrying until

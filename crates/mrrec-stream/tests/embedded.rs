@@ -5,7 +5,8 @@ use mrrec_config::Config;
 use mrrec_messages::{decode, DeadLetter, Event, Topic};
 use mrrec_stream::{
     decode_message, metrics, Batch, EmbeddedBroker, KafkaClients, OutgoingRecord, Poison, Progress,
-    Publisher, RecordMeta, RunnerSettings, Shutdown, Stage, StageError, StageRunner,
+    Publisher, RecordMeta, RunnerSettings, Shutdown, Stage, StageError, StageRunner, TailFrom,
+    Tailed, TopicTail,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -421,4 +422,74 @@ async fn batches_under_limits(
     let users = users_per_batch.lock().unwrap().clone();
     let records = records_per_batch.lock().unwrap().clone();
     (users, records)
+}
+
+/// The next record of `tail`, waited for at most 20 s.
+async fn tailed(tail: &TopicTail) -> Tailed<Event> {
+    tokio::time::timeout(Duration::from_secs(20), tail.next::<Event>())
+        .await
+        .expect("a record within 20 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_tail_starts_where_asked_and_dead_letters_what_it_cannot_use() {
+    let config = config("tail.", 20);
+    let broker = EmbeddedBroker::start(&config.topics.prefix, config.topics.partitions).unwrap();
+    let clients = KafkaClients::new(broker.bootstrap_servers(), &BTreeMap::new());
+    let events = Topic::Events.name("tail.");
+    let dlq = Topic::Dlq.name("tail.");
+    produce(&clients, &events, (0..3).map(event).collect()).await;
+
+    let from_start =
+        TopicTail::open(&clients, &events, &dlq, "start", TailFrom::Beginning).unwrap();
+    let from_end = TopicTail::open(&clients, &events, &dlq, "end", TailFrom::End).unwrap();
+    let broken = OutgoingRecord {
+        topic: String::new(),
+        key: Some(b"u1".to_vec()),
+        payload: b"{broken".to_vec(),
+    };
+    produce(&clients, &events, vec![event(3), broken, event(4)]).await;
+
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        all.push(tailed(&from_start).await.message.event_id);
+    }
+    all.sort();
+    assert_eq!(all, ["e0", "e1", "e2", "e3", "e4"]);
+    let mut recent = [tailed(&from_end).await, tailed(&from_end).await];
+    recent.sort_by(|a, b| a.message.event_id.cmp(&b.message.event_id));
+    assert_eq!(recent[0].message.event_id, "e3");
+    assert_eq!(recent[1].message.event_id, "e4");
+    let nothing = tokio::time::timeout(Duration::from_millis(500), from_end.next::<Event>()).await;
+    assert!(
+        nothing.is_err(),
+        "the end tail read a record twice or an old one"
+    );
+
+    // A record its reader refuses goes to the DLQ too, with the reason.
+    let refused = &recent[0];
+    let poison = Poison {
+        kind: "refused",
+        reason: "not for this reader".into(),
+    };
+    from_end
+        .dead_letter(&refused.meta, &refused.payload, poison)
+        .await;
+
+    let letters = read_dead_letters(broker.bootstrap_servers(), &dlq, 3);
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(letters.iter().all(|l| l.source_topic == events));
+    let unreadable: Vec<(&str, i64)> = letters
+        .iter()
+        .filter(|l| l.error.contains("JSON") && l.payload == "{broken")
+        .map(|l| (l.stage.as_str(), l.offset))
+        .collect();
+    assert_eq!(unreadable.len(), 2, "{letters:?}");
+    assert!(unreadable.iter().any(|(stage, _)| *stage == "start"));
+    assert!(unreadable.iter().any(|(stage, _)| *stage == "end"));
+    assert_eq!(unreadable[0].1, unreadable[1].1);
+    assert!(letters.iter().any(|l| l.stage == "end"
+        && l.error == "not for this reader"
+        && l.offset == refused.meta.offset
+        && l.partition == refused.meta.partition));
 }
