@@ -559,6 +559,23 @@ struct VersionFigures {
     behaviour: Option<Behaviour>,
 }
 
+impl VersionFigures {
+    /// The curve point as the report's JSON writes it.
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "version": self.version,
+            "validation_reward": self.validation_reward,
+            "validation_reward_all": self.validation_reward_all,
+            "validation_groups_with_contrast": self.validation_groups.map(|(d, _)| d),
+            "validation_groups": self.validation_groups.map(|(_, n)| n),
+            "test_ndcg@10": self.test_ndcg_at_10,
+            "test_ndcg@10_interval": self.test_interval.map(|i| [i.lo, i.hi]),
+            "vs_rule": self.vs_rule,
+            "behaviour": self.behaviour,
+        })
+    }
+}
+
 fn curve_point(curve: &mut BTreeMap<u32, VersionFigures>, version: u32) -> &mut VersionFigures {
     curve.entry(version).or_insert_with(|| VersionFigures {
         version,
@@ -1257,14 +1274,7 @@ pub async fn run(config: &Config, args: &EvalOptions) -> Result<Vec<Row>> {
             Split::Valid
         }
     };
-
-    let cases = data.cases(scored);
-    let baselines = Baselines::new(&data.items, &data.interactions(), data.category_row)?;
-    let (_, omitted) = baselines.names(&cases);
-    for reason in &omitted {
-        eprintln!("row left out: {reason}");
-    }
-    let mut rows: Vec<Row> = baselines.evaluate(&cases, &data.histories(scored))?;
+    let (mut rows, omitted) = baseline_rows(&data, scored)?;
     let best_baseline = rows
         .iter()
         .max_by(|a, b| a.ndcg_at_10.total_cmp(&b.ndcg_at_10))
@@ -1298,70 +1308,13 @@ pub async fn run(config: &Config, args: &EvalOptions) -> Result<Vec<Row>> {
     let mut runs = test_runs(&data, &args.dir, &test_rows, scored).await?;
     let rule_run = runs.remove(0);
 
-    // Rows, the paired comparison with the rule, and what each policy did.
     let mut users: Vec<String> = data.of(scored).map(|r| r.request.user_id.clone()).collect();
     users.sort();
     users.dedup();
-    let rule_ndcg = per_user_ndcg(&data, &rule_run, &users);
-    let row_of = |run: &Scored| {
-        let mut metrics = Metrics::default();
-        for r in data.of(scored) {
-            metrics.add(run.ranks.get(&r.request.request_id).copied().flatten());
-        }
-        metrics.row(&run.name)
-    };
-    let rule_row = row_of(&rule_run);
-    rows.push(rule_row.clone());
-    for run in &runs {
-        let mut row = row_of(run);
-        let ndcg = per_user_ndcg(&data, run, &users);
-        let diffs: Vec<f64> = ndcg.iter().zip(&rule_ndcg).map(|(a, b)| a - b).collect();
-        let vs = VsRule::from_diffs(&diffs);
-        row.vs_rule = Some(vs);
-        if let (Some(version), true) = (run.version, run.name != "pipeline_no_memory") {
-            let point = curve_point(&mut curve, version);
-            point.test_ndcg_at_10 = Some(row.ndcg_at_10);
-            point.test_interval = Some(bootstrap(
-                &ndcg,
-                mrrec_eval::metrics::RESAMPLES,
-                mrrec_eval::metrics::BOOTSTRAP_SEED,
-            ));
-            point.vs_rule = Some(vs);
-            point.behaviour = Some(behaviour(run, Some(&rule_run)));
-        }
-        rows.push(row);
-    }
-
-    // The warm start on the best plan read the teacher users' validation
-    // targets: scored on validation targets, only the others are held out.
-    let mut held_out_vs_rule = BTreeMap::new();
-    if args.sft_plans && scored == Split::Valid && !runs.is_empty() {
-        let teachers = first_users(&data, args.sft);
-        let held_out: Vec<String> = users
-            .iter()
-            .filter(|u| !teachers.contains(u.as_str()))
-            .cloned()
-            .collect();
-        let rule_held_out = per_user_ndcg(&data, &rule_run, &held_out);
-        for run in &runs {
-            let ndcg = per_user_ndcg(&data, run, &held_out);
-            let diffs: Vec<f64> = ndcg
-                .iter()
-                .zip(&rule_held_out)
-                .map(|(a, b)| a - b)
-                .collect();
-            let vs = VsRule::from_diffs(&diffs);
-            eprintln!(
-                "{} on the {} users outside the warm start: NDCG@10 {:+.4} vs rule [{:+.4}, {:+.4}]",
-                run.name,
-                held_out.len(),
-                vs.diff,
-                vs.lo,
-                vs.hi
-            );
-            held_out_vs_rule.insert(run.name.clone(), vs);
-        }
-    }
+    let compared = Compared::new(&data, scored, &users, rule_run, &runs, &mut curve);
+    rows.push(compared.rule_row.clone());
+    rows.extend(compared.rows);
+    let held_out_vs_rule = outside_warm_start(&data, args, scored, &users, &compared.rule, &runs);
 
     let report = serde_json::json!({
         "dataset": data.name,
@@ -1373,24 +1326,14 @@ pub async fn run(config: &Config, args: &EvalOptions) -> Result<Vec<Row>> {
         "interactions": "purchase, click and rate events (any value) count for popularity and item_knn; every event with an item marks it seen",
         "skipped_lines": data.report.skipped.len(),
         "normalized_lines": data.report.normalized,
-        "rule_behaviour": behaviour(&rule_run, None),
+        "rule_behaviour": behaviour(&compared.rule, None),
         "ranker_tuning": tuning,
         "vs_rule_outside_warm_start": (!held_out_vs_rule.is_empty()).then_some(&held_out_vs_rule),
         "policy_shape": {
             "hidden": policy_spec(args).hidden_size,
             "layers": policy_spec(args).num_layers,
         },
-        "curve": curve.values().map(|p| serde_json::json!({
-            "version": p.version,
-            "validation_reward": p.validation_reward,
-            "validation_reward_all": p.validation_reward_all,
-            "validation_groups_with_contrast": p.validation_groups.map(|(d, _)| d),
-            "validation_groups": p.validation_groups.map(|(_, n)| n),
-            "test_ndcg@10": p.test_ndcg_at_10,
-            "test_ndcg@10_interval": p.test_interval.map(|i| [i.lo, i.hi]),
-            "vs_rule": p.vs_rule,
-            "behaviour": p.behaviour,
-        })).collect::<Vec<_>>(),
+        "curve": curve.values().map(VersionFigures::json).collect::<Vec<_>>(),
         "seconds": started.elapsed().as_secs_f64(),
     });
     if let Some(out) = &args.out {
@@ -1398,53 +1341,173 @@ pub async fn run(config: &Config, args: &EvalOptions) -> Result<Vec<Row>> {
             .map_err(EvalError::io("writing", out))?;
     }
     if let Some(plot) = &args.plot {
-        let points: Vec<mrrec_eval::CurvePoint> = curve
-            .values()
-            .map(|p| mrrec_eval::CurvePoint {
-                version: p.version,
-                validation_reward: p.validation_reward,
-                test_ndcg_at_10: p.test_ndcg_at_10,
-                test_ndcg_interval: p.test_interval.map(|i| (i.lo, i.hi)),
-            })
-            .collect();
-        let mut references = vec![mrrec_eval::Reference {
-            label: "rule".into(),
-            ndcg_at_10: rule_row.ndcg_at_10,
-        }];
-        if let Some(best) = &best_baseline {
-            references.push(mrrec_eval::Reference {
-                label: format!("best baseline ({})", best.name),
-                ndcg_at_10: best.ndcg_at_10,
-            });
-        }
-        // The file and its folder name a dataset best (`amazon-scientific/requests.jsonl`).
-        let path = Path::new(&data.name);
-        let name = match (path.parent().and_then(Path::file_name), path.file_name()) {
-            (Some(dir), Some(file)) => {
-                format!("{}/{}", dir.to_string_lossy(), file.to_string_lossy())
-            }
-            _ => data.name.clone(),
-        };
-        if points
-            .iter()
-            .any(|p| p.test_ndcg_at_10.is_some() || p.validation_reward.is_some())
-        {
-            mrrec_eval::plot::write_png(
-                &points,
-                &references,
-                &format!("mrrec eval: {name}"),
-                plot,
-            )?;
-            eprintln!("learning curve written to {}", plot.display());
-        } else {
-            eprintln!(
-                "no policy version to draw (llm.backend = rule): {} not written",
-                plot.display()
-            );
-        }
+        write_plot(&data.name, &curve, &compared.rule_row, best_baseline.as_ref(), plot)?;
     }
     eprintln!("eval done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(rows)
+}
+
+/// The baselines' rows on the `scored` targets, and why any baseline was
+/// left out.
+fn baseline_rows(data: &EvalData, scored: Split) -> Result<(Vec<Row>, Vec<String>)> {
+    let cases = data.cases(scored);
+    let baselines = Baselines::new(&data.items, &data.interactions(), data.category_row)?;
+    let (_, omitted) = baselines.names(&cases);
+    for reason in &omitted {
+        eprintln!("row left out: {reason}");
+    }
+    let rows = baselines.evaluate(&cases, &data.histories(scored))?;
+    Ok((rows, omitted))
+}
+
+/// The rule's row and every other run's row with its paired comparison
+/// against the rule on the same `users`; policy versions' figures go into
+/// the curve too.
+struct Compared {
+    rule: Scored,
+    rule_row: Row,
+    rows: Vec<Row>,
+}
+
+impl Compared {
+    fn new(
+        data: &EvalData,
+        scored: Split,
+        users: &[String],
+        rule: Scored,
+        runs: &[Scored],
+        curve: &mut BTreeMap<u32, VersionFigures>,
+    ) -> Self {
+        let rule_ndcg = per_user_ndcg(data, &rule, users);
+        let row_of = |run: &Scored| {
+            let mut metrics = Metrics::default();
+            for r in data.of(scored) {
+                metrics.add(run.ranks.get(&r.request.request_id).copied().flatten());
+            }
+            metrics.row(&run.name)
+        };
+        let rule_row = row_of(&rule);
+        let mut rows = Vec::with_capacity(runs.len());
+        for run in runs {
+            let mut row = row_of(run);
+            let ndcg = per_user_ndcg(data, run, users);
+            let diffs: Vec<f64> = ndcg.iter().zip(&rule_ndcg).map(|(a, b)| a - b).collect();
+            let vs = VsRule::from_diffs(&diffs);
+            row.vs_rule = Some(vs);
+            if let (Some(version), true) = (run.version, run.name != "pipeline_no_memory") {
+                let point = curve_point(curve, version);
+                point.test_ndcg_at_10 = Some(row.ndcg_at_10);
+                point.test_interval = Some(bootstrap(
+                    &ndcg,
+                    mrrec_eval::metrics::RESAMPLES,
+                    mrrec_eval::metrics::BOOTSTRAP_SEED,
+                ));
+                point.vs_rule = Some(vs);
+                point.behaviour = Some(behaviour(run, Some(&rule)));
+            }
+            rows.push(row);
+        }
+        Self {
+            rule,
+            rule_row,
+            rows,
+        }
+    }
+}
+
+/// Each run against the rule on the users outside the warm start: the
+/// warm start on the best plan read the teacher users' validation targets,
+/// so scored on validation targets only the others are held out. Empty
+/// when that does not apply.
+fn outside_warm_start(
+    data: &EvalData,
+    args: &EvalOptions,
+    scored: Split,
+    users: &[String],
+    rule: &Scored,
+    runs: &[Scored],
+) -> BTreeMap<String, VsRule> {
+    let mut held_out_vs_rule = BTreeMap::new();
+    if !(args.sft_plans && scored == Split::Valid && !runs.is_empty()) {
+        return held_out_vs_rule;
+    }
+    let teachers = first_users(data, args.sft);
+    let held_out: Vec<String> = users
+        .iter()
+        .filter(|u| !teachers.contains(u.as_str()))
+        .cloned()
+        .collect();
+    let rule_held_out = per_user_ndcg(data, rule, &held_out);
+    for run in runs {
+        let ndcg = per_user_ndcg(data, run, &held_out);
+        let diffs: Vec<f64> = ndcg
+            .iter()
+            .zip(&rule_held_out)
+            .map(|(a, b)| a - b)
+            .collect();
+        let vs = VsRule::from_diffs(&diffs);
+        eprintln!(
+            "{} on the {} users outside the warm start: NDCG@10 {:+.4} vs rule [{:+.4}, {:+.4}]",
+            run.name,
+            held_out.len(),
+            vs.diff,
+            vs.lo,
+            vs.hi
+        );
+        held_out_vs_rule.insert(run.name.clone(), vs);
+    }
+    held_out_vs_rule
+}
+
+/// The learning curve as a PNG at `plot`, with the rule and the best
+/// baseline as reference lines; nothing is drawn without a policy version.
+fn write_plot(
+    dataset: &str,
+    curve: &BTreeMap<u32, VersionFigures>,
+    rule_row: &Row,
+    best_baseline: Option<&Row>,
+    plot: &Path,
+) -> Result<()> {
+    let points: Vec<mrrec_eval::CurvePoint> = curve
+        .values()
+        .map(|p| mrrec_eval::CurvePoint {
+            version: p.version,
+            validation_reward: p.validation_reward,
+            test_ndcg_at_10: p.test_ndcg_at_10,
+            test_ndcg_interval: p.test_interval.map(|i| (i.lo, i.hi)),
+        })
+        .collect();
+    if !points
+        .iter()
+        .any(|p| p.test_ndcg_at_10.is_some() || p.validation_reward.is_some())
+    {
+        eprintln!(
+            "no policy version to draw (llm.backend = rule): {} not written",
+            plot.display()
+        );
+        return Ok(());
+    }
+    let mut references = vec![mrrec_eval::Reference {
+        label: "rule".into(),
+        ndcg_at_10: rule_row.ndcg_at_10,
+    }];
+    if let Some(best) = best_baseline {
+        references.push(mrrec_eval::Reference {
+            label: format!("best baseline ({})", best.name),
+            ndcg_at_10: best.ndcg_at_10,
+        });
+    }
+    // The file and its folder name a dataset best (`amazon-scientific/requests.jsonl`).
+    let path = Path::new(dataset);
+    let name = match (path.parent().and_then(Path::file_name), path.file_name()) {
+        (Some(dir), Some(file)) => {
+            format!("{}/{}", dir.to_string_lossy(), file.to_string_lossy())
+        }
+        _ => dataset.to_owned(),
+    };
+    mrrec_eval::plot::write_png(&points, &references, &format!("mrrec eval: {name}"), plot)?;
+    eprintln!("learning curve written to {}", plot.display());
+    Ok(())
 }
 
 /// The ranker trials on validation targets, and the one every row runs.
