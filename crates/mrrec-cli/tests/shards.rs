@@ -268,6 +268,21 @@ async fn two_recommend_instances_split_memory_by_partition_and_answer_everyone()
             counter(&metrics, "mrrec_recommend_requests_total") > 0.0,
             "{name}"
         );
+        // The stage's own metrics carry HELP text and the stage label.
+        for metric in [
+            "mrrec_recommend_requests_total",
+            "mrrec_recommend_shard_users",
+            "mrrec_recommend_latency_seconds",
+        ] {
+            assert!(
+                metrics.contains(&format!("# HELP {metric} ")),
+                "{name}: {metric} has no HELP line:\n{metrics}"
+            );
+        }
+        assert!(
+            metrics.contains("mrrec_recommend_shard_users{stage=\"recommend\"}"),
+            "{name}: the shard gauge has no stage label:\n{metrics}"
+        );
     }
     a.terminate("recommend a");
     b.terminate("recommend b");

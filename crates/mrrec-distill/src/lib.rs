@@ -92,6 +92,18 @@ pub const DEFAULT_MAX_BEHAVIOR_ENTRIES: usize = 1000;
 /// Level-1 entries removed past `distill.max_behavior_entries`.
 const PRUNED: &str = "mrrec_distill_behavior_pruned_total";
 
+/// Registers the HELP text of the distill stage's own metrics.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        CACHE_BYTES,
+        "Stored JSON bytes of the user states and items distill keeps between batches (bounded by distill.cache_mb)"
+    );
+    metrics::describe_counter!(
+        PRUNED,
+        "Level-1 (behaviour) entries deleted past distill.max_behavior_entries"
+    );
+}
+
 /// Guard conflicts (another writer) retried at once before backing off.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -139,7 +151,7 @@ impl Cache {
     }
 
     fn report(&self) {
-        metrics::gauge!(CACHE_BYTES).set(self.bytes as f64);
+        metrics::gauge!(CACHE_BYTES, "stage" => STAGE).set(self.bytes as f64);
     }
 
     /// Takes a user's state out (a failed batch must not leave a
@@ -574,7 +586,7 @@ impl<S: KvStore> Distill<S> {
         if !pruned.is_empty() {
             let gone: BTreeSet<&String> = pruned.iter().collect();
             added.retain(|e| !gone.contains(&e.id));
-            metrics::counter!(PRUNED).increment(pruned.len() as u64);
+            metrics::counter!(PRUNED, "stage" => STAGE).increment(pruned.len() as u64);
         }
         Ok(pruned)
     }

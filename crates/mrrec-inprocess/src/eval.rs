@@ -1341,7 +1341,13 @@ pub async fn run(config: &Config, args: &EvalOptions) -> Result<Vec<Row>> {
             .map_err(EvalError::io("writing", out))?;
     }
     if let Some(plot) = &args.plot {
-        write_plot(&data.name, &curve, &compared.rule_row, best_baseline.as_ref(), plot)?;
+        write_plot(
+            &data.name,
+            &curve,
+            &compared.rule_row,
+            best_baseline.as_ref(),
+            plot,
+        )?;
     }
     eprintln!("eval done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(rows)

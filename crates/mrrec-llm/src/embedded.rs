@@ -178,7 +178,7 @@ impl EmbeddedLlm {
         }
         let runner = runner.build().await;
         tracing::info!(version, dir = %dir.display(), "policy loaded");
-        metrics::gauge!("mrrec_policy_version").set(version as f64);
+        metrics::gauge!(crate::POLICY_VERSION).set(version as f64);
         Ok(Self {
             model: Arc::new(Model::new(runner.clone())),
             runner,
@@ -251,8 +251,8 @@ impl EmbeddedLlm {
                 }),
             )
         };
-        metrics::gauge!("mrrec_policy_version").set(version as f64);
-        metrics::counter!("mrrec_policy_swaps_total").increment(1);
+        metrics::gauge!(crate::POLICY_VERSION).set(version as f64);
+        metrics::counter!(crate::SWAPS).increment(1);
         tracing::info!(
             from = old.version,
             to = version,

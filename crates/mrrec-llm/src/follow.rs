@@ -120,14 +120,7 @@ pub async fn follow_policy_topic(
         stage,
         TailFrom::Beginning,
     )?;
-    metrics::describe_counter!(
-        "mrrec_policy_announcements_refused_total",
-        "Policy announcements refused: path not policy.dir/vNNNN for their version, or not a usable model."
-    );
-    metrics::describe_counter!(
-        "mrrec_policy_load_failures_total",
-        "Trusted policy versions that failed to load; the serving version stays."
-    );
+    crate::describe_metrics();
     tracing::info!(%topic, "following policy announcements");
     loop {
         let tailed = tokio::select! {
@@ -138,7 +131,7 @@ pub async fn follow_policy_topic(
         match apply_announcement(target.as_ref(), announcement, policy_dir).await {
             Ok(_) => {}
             Err(FollowError::Load(e)) => {
-                metrics::counter!("mrrec_policy_load_failures_total").increment(1);
+                metrics::counter!(crate::LOAD_FAILURES).increment(1);
                 tracing::error!(
                     version = announcement.version,
                     path = %announcement.path,
@@ -148,7 +141,7 @@ pub async fn follow_policy_topic(
                 );
             }
             Err(refused @ FollowError::Refused(_)) => {
-                metrics::counter!("mrrec_policy_announcements_refused_total").increment(1);
+                metrics::counter!(crate::REFUSED).increment(1);
                 tracing::warn!(
                     version = announcement.version,
                     path = %announcement.path,

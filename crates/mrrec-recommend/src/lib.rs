@@ -17,7 +17,7 @@ pub use client::{ClientError, Received, RecommendClient};
 pub use mrrec_rank::{Cited, RankSettings, Ranker};
 pub use recommender::{trajectory_id, Answer, MemorySearch, RecommendError, Recommender};
 pub use shard::{MemoryShard, ShardReport};
-pub use stage::{Incoming, RecommendStage, StageTotals, TOTALS};
+pub use stage::{describe_metrics, Incoming, RecommendStage, StageTotals, TOTALS};
 pub use tokens::{TokenizerLocator, Tokenizers};
 
 use mrrec_agent::AgentSettings;

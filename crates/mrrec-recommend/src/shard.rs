@@ -61,7 +61,7 @@ fn entries_of(fields: &std::collections::BTreeMap<String, String>) -> Vec<Memory
         .filter_map(|(field, value)| match serde_json::from_str(value) {
             Ok(entry) => Some(entry),
             Err(e) => {
-                metrics::counter!(CORRUPT_ENTRIES).increment(1);
+                metrics::counter!(CORRUPT_ENTRIES, "stage" => crate::STAGE).increment(1);
                 tracing::warn!(field = %field, error = %e, "a stored memory entry does not parse; left out of the shard");
                 None
             }

@@ -47,6 +47,41 @@ pub const SHARD_MISROUTED: &str = "mrrec_recommend_shard_misrouted_total";
 pub const LATENCY: &str = "mrrec_recommend_latency_seconds";
 pub const LLM_SECONDS: &str = "mrrec_recommend_llm_seconds";
 
+/// Registers the HELP text of the recommend stage's own metrics.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        REQUESTS,
+        "Requests by outcome: answered by the policy, fallback (deterministic ranking), error, invalid"
+    );
+    describe_histogram!(LATENCY, Unit::Seconds, "Time a request spent in the stage");
+    describe_histogram!(
+        LLM_SECONDS,
+        Unit::Seconds,
+        "Time a request waited for the policy"
+    );
+    describe_gauge!(
+        SHARD_USERS,
+        "Users in this instance's memory shard (recommend.memory_index = partitions)"
+    );
+    describe_gauge!(
+        SHARD_PARTITIONS,
+        "Request partitions this instance's shard covers"
+    );
+    describe_counter!(
+        SHARD_REFRESHED,
+        "Users the shard reloaded because distill changed their memory"
+    );
+    describe_counter!(
+        SHARD_MISROUTED,
+        "Requests whose user murmur2 puts on another partition than the one they came from"
+    );
+    describe_counter!(
+        crate::shard::CORRUPT_ENTRIES,
+        "Stored memory entries that do not parse, left out of the shard"
+    );
+}
+
 /// A record of `mrrec.requests` as the stage sees it.
 #[derive(Debug, Clone)]
 pub enum Incoming {
@@ -140,7 +175,7 @@ impl<S: KvStore> RecommendStage<S> {
                 } else {
                     "answered"
                 };
-                metrics::counter!(REQUESTS, "outcome" => outcome).increment(1);
+                metrics::counter!(REQUESTS, "stage" => STAGE, "outcome" => outcome).increment(1);
                 let counter = match outcome {
                     "error" => &TOTALS.errors,
                     "fallback" => &TOTALS.fallback,
@@ -154,8 +189,10 @@ impl<S: KvStore> RecommendStage<S> {
                     (answer.response.latency_ms * 1000.0) as u64,
                     Ordering::Relaxed,
                 );
-                metrics::histogram!(LATENCY).record(answer.response.latency_ms / 1000.0);
-                metrics::histogram!(LLM_SECONDS).record(answer.llm_time.as_secs_f64());
+                metrics::histogram!(LATENCY, "stage" => STAGE)
+                    .record(answer.response.latency_ms / 1000.0);
+                metrics::histogram!(LLM_SECONDS, "stage" => STAGE)
+                    .record(answer.llm_time.as_secs_f64());
                 out.extend(self.response_record(&answer.response));
                 for trajectory in &answer.trajectories {
                     match encode(trajectory) {
@@ -179,7 +216,7 @@ impl<S: KvStore> RecommendStage<S> {
                 },
                 _,
             ) => {
-                metrics::counter!(REQUESTS, "outcome" => "invalid").increment(1);
+                metrics::counter!(REQUESTS, "stage" => STAGE, "outcome" => "invalid").increment(1);
                 let response = Response {
                     request_id: request_id.clone(),
                     user_id: user_id.clone(),
@@ -251,8 +288,8 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
         let started = Instant::now();
         match shard.assign(self.recommender.memory(), &mine).await {
             Ok(report) => {
-                metrics::gauge!(SHARD_USERS).set(report.users as f64);
-                metrics::gauge!(SHARD_PARTITIONS).set(mine.len() as f64);
+                metrics::gauge!(SHARD_USERS, "stage" => STAGE).set(report.users as f64);
+                metrics::gauge!(SHARD_PARTITIONS, "stage" => STAGE).set(mine.len() as f64);
                 tracing::info!(
                     partitions = ?mine,
                     users = report.users,
@@ -274,8 +311,8 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
             if let Err(e) = shard.revoke() {
                 tracing::warn!(error = %e, "clearing the memory shard");
             }
-            metrics::gauge!(SHARD_USERS).set(0.0);
-            metrics::gauge!(SHARD_PARTITIONS).set(0.0);
+            metrics::gauge!(SHARD_USERS, "stage" => STAGE).set(0.0);
+            metrics::gauge!(SHARD_PARTITIONS, "stage" => STAGE).set(0.0);
         }
     }
 
@@ -295,7 +332,7 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
                             shard.partitions(),
                         );
                         if expected != r.meta.partition {
-                            metrics::counter!(SHARD_MISROUTED).increment(1);
+                            metrics::counter!(SHARD_MISROUTED, "stage" => STAGE).increment(1);
                         }
                         Some(request.user_id.clone())
                     }
@@ -312,8 +349,8 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
                         StageError::fatal_from("refreshing the memory shard", e)
                     }
                 })?;
-            metrics::counter!(SHARD_REFRESHED).increment(refreshed as u64);
-            metrics::gauge!(SHARD_USERS).set(shard.users() as f64);
+            metrics::counter!(SHARD_REFRESHED, "stage" => STAGE).increment(refreshed as u64);
+            metrics::gauge!(SHARD_USERS, "stage" => STAGE).set(shard.users() as f64);
         }
         let batch_id = (
             first.meta.topic.to_string(),

@@ -10,7 +10,7 @@
 
 pub mod stage;
 
-pub use stage::{open_stage, runner_settings, OpenError, RewardStage, STAGE};
+pub use stage::{describe_metrics, open_stage, runner_settings, OpenError, RewardStage, STAGE};
 
 use mrrec_messages::{EventKind, Outcome, Reward, RewardComponents, Trajectory};
 

@@ -55,6 +55,22 @@ const REWARDS: &str = "mrrec_reward_rewards_total";
 const OUTCOMES: &str = "mrrec_reward_outcomes_total";
 const EXPIRED: &str = "mrrec_reward_expired_total";
 
+/// Registers the HELP text of the reward stage's own metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        REWARDS,
+        "Rewards written to mrrec.rewards (one per trajectory)"
+    );
+    metrics::describe_counter!(
+        OUTCOMES,
+        "Outcomes read, by kind: target (the first positive outcome in the window), duplicate (a later one), late (after reward.window_ms), not_positive"
+    );
+    metrics::describe_counter!(
+        EXPIRED,
+        "Open join entries (a request waiting for its outcome, or an outcome for its request) dropped once their window expired"
+    );
+}
+
 /// A positive outcome as the join keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Positive {
@@ -193,7 +209,7 @@ impl<S: KvStore> RewardStage<S> {
                 .await
                 .map_err(StageError::from)?;
             let record = reward(trajectory, &target.item_id, rank, ts);
-            metrics::counter!(REWARDS).increment(1);
+            metrics::counter!(REWARDS, "stage" => STAGE).increment(1);
             let payload =
                 encode(&record).map_err(|e| StageError::fatal_from("reward does not encode", e))?;
             records.push(OutgoingRecord {
@@ -293,7 +309,7 @@ fn count_outcomes(kind: &'static str, n: usize) {
     if n == 0 {
         return;
     }
-    metrics::counter!(OUTCOMES, "kind" => kind).increment(n as u64);
+    metrics::counter!(OUTCOMES, "stage" => STAGE, "kind" => kind).increment(n as u64);
 }
 
 impl<S: KvStore> RewardStage<S> {
@@ -369,7 +385,7 @@ impl<S: KvStore> RewardStage<S> {
         let next_oldest = oldest.max(sweep_end + 1);
         write.set(keys.meta.clone(), "oldest_bucket", next_oldest.to_string());
         if expired > 0 {
-            metrics::counter!(EXPIRED).increment(expired);
+            metrics::counter!(EXPIRED, "stage" => STAGE).increment(expired);
         }
         Ok(())
     }

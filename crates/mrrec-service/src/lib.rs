@@ -74,6 +74,13 @@ pub fn start_metrics(config: &Config) -> Result<(), ServiceError> {
         }
     })?;
     if let Some(addr) = installed {
+        // Every stage's own metrics get their HELP text (the runtime's
+        // are registered by the exporter).
+        mrrec_distill::describe_metrics();
+        mrrec_recommend::describe_metrics();
+        mrrec_reward::describe_metrics();
+        mrrec_train::describe_metrics();
+        mrrec_llm::describe_metrics();
         tracing::info!(%addr, "metrics on http://{addr}/metrics");
     }
     Ok(())

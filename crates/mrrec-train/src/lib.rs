@@ -19,7 +19,9 @@ pub mod stage;
 pub use grpo::{AdamW, GrpoSettings, UpdateReport};
 pub use model::{LlamaShape, PolicyModel};
 pub use samples::{build_sample, Rewarded, Sample};
-pub use stage::{Buffered, Once, OnceError, RewardBuffer, TrainStage, TrainStageError, Trainer};
+pub use stage::{
+    describe_metrics, Buffered, Once, OnceError, RewardBuffer, TrainStage, TrainStageError, Trainer,
+};
 
 use mrrec_policy::{PolicyMeta, PolicyRegistry, PolicyVersion};
 use std::collections::{BTreeMap, HashMap};

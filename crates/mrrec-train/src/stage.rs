@@ -91,6 +91,18 @@ pub const STAGE: &str = "train";
 const ROUNDS: &str = "mrrec_train_rounds_total";
 const SKIPPED: &str = "mrrec_train_skipped_total";
 
+/// Registers the HELP text of the train stage's own metrics.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        ROUNDS,
+        "Training rounds, by decision: published, rejected (by the gate), nothing_to_learn, reannounced (published before, announced now), failed"
+    );
+    metrics::describe_counter!(
+        SKIPPED,
+        "Rewards the trainer could not use (dead-lettered with the reason)"
+    );
+}
+
 /// The trainer's settings from `[train]`.
 pub fn settings(config: &Config) -> TrainSettings {
     let t = &config.train;
@@ -310,7 +322,7 @@ impl Trainer {
                 payload: encode(&letter)?,
             });
         }
-        metrics::counter!(SKIPPED).increment(dead.len() as u64);
+        metrics::counter!(SKIPPED, "stage" => STAGE).increment(dead.len() as u64);
         let decision = match &report.decision {
             Decision::Published(version) => {
                 let announcement = self.registry.announcement(
@@ -335,7 +347,7 @@ impl Trainer {
                 "nothing_to_learn"
             }
         };
-        metrics::counter!(ROUNDS, "decision" => decision).increment(1);
+        metrics::counter!(ROUNDS, "stage" => STAGE, "decision" => decision).increment(1);
         if let Err((source, _)) = self.publisher.publish_all(records).await {
             return Err(TrainStageError::Publish {
                 what: "publishing the round's announcement and dead letters",
@@ -390,7 +402,7 @@ impl Trainer {
             dropped,
             "the round that published this version had not finished: announced it again, and dropped the rewards it was trained on instead of training them twice"
         );
-        metrics::counter!(ROUNDS, "decision" => "reannounced").increment(1);
+        metrics::counter!(ROUNDS, "stage" => STAGE, "decision" => "reannounced").increment(1);
         let line = serde_json::json!({
             "ts": mrrec_stream::now_ms(),
             "decision": "reannounced",
@@ -428,8 +440,8 @@ impl Trainer {
             });
         }
         tracing::error!(%reason, rewards = rewards.len(), "training round failed on its input; its rewards are in the DLQ");
-        metrics::counter!(ROUNDS, "decision" => "failed").increment(1);
-        metrics::counter!(SKIPPED).increment(rewards.len() as u64);
+        metrics::counter!(ROUNDS, "stage" => STAGE, "decision" => "failed").increment(1);
+        metrics::counter!(SKIPPED, "stage" => STAGE).increment(rewards.len() as u64);
         self.append_log(&serde_json::json!({
             "ts": mrrec_stream::now_ms(),
             "decision": "failed",
