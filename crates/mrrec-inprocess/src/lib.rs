@@ -76,6 +76,12 @@ pub enum LoopError {
     },
     #[error("encoding JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Bench(String),
+    #[error("a task of this process: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Dataset(#[from] mrrec_datasets::DatasetError),
     #[error("the distill stage stopped after {done} of {total} records")]
     DistillStopped { done: u64, total: u64 },
     #[error("distill stored {done} of {total} records in ten minutes")]

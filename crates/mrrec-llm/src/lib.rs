@@ -6,6 +6,7 @@
 //! that applies `mrrec.policy` announcements, and `mrrec llm serve`
 //! ([`serve`]).
 
+pub mod bench;
 pub mod conformance;
 pub mod embedded;
 pub mod follow;

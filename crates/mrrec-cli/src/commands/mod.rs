@@ -1,12 +1,6 @@
 //! One function per command; commands whose stage is not built yet say so.
 
 mod bench;
-mod bench_learn;
-mod bench_llm;
-mod bench_recommend;
-mod bench_reopen;
-pub(crate) mod bench_soak;
-mod bench_train;
 mod demo;
 mod eval;
 mod llm;
@@ -101,41 +95,32 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             heldout_users,
         } => match which {
             BenchKind::Ingest => match duration {
-                Some(duration) => bench_soak::soak(&config, duration, users, seed).await,
+                Some(duration) => bench::soak(&config, duration, users, seed).await,
                 None => bench::ingest(&config, events, seed).await,
             },
             BenchKind::Retrieve => bench::retrieve(entries, queries, seed),
-            BenchKind::Reopen => bench_reopen::run(events, seed).await,
-            BenchKind::Recommend if llm_only => bench_llm::llm_only(&config, calls).await,
+            BenchKind::Reopen => bench::reopen(events, seed).await,
+            BenchKind::Recommend if llm_only => bench::llm_only(&config, calls).await,
             BenchKind::Recommend => {
-                bench_recommend::run(
-                    &config,
-                    bench_recommend::RecommendBench {
-                        rate,
-                        requests,
-                        warmup,
-                        events,
-                        seed,
-                        max_steps: Some(max_steps),
-                    },
-                )
-                .await
-            }
-            BenchKind::Train => bench_train::run(&config, trajectories, seed),
-            BenchKind::Learn => {
-                let Some(data_dir) = data_dir else {
-                    bail!("`bench learn` needs --data-dir (the MovieLens-100K directory)");
+                let request = mrrec_inprocess::bench::recommend::RecommendBench {
+                    rate,
+                    requests,
+                    warmup,
+                    events,
+                    seed,
+                    max_steps: Some(max_steps),
                 };
-                bench_learn::run(
-                    &config,
-                    bench_learn::LearnBench {
-                        data_dir: &data_dir,
-                        rounds,
-                        train_users,
-                        heldout_users,
-                    },
-                )
-                .await
+                bench::recommend(&config, request).await
+            }
+            BenchKind::Train => bench::train(&config, trajectories, seed),
+            BenchKind::Learn => {
+                let learn = mrrec_inprocess::bench::learn::LearnBench {
+                    data_dir: bench::learn_data_dir(data_dir.as_deref())?,
+                    rounds,
+                    train_users,
+                    heldout_users,
+                };
+                bench::learn(&config, learn).await
             }
         },
     }

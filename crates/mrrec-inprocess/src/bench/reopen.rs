@@ -5,7 +5,8 @@
 //! text differs), and a fresh directory is rebuilt from scratch from the
 //! same store, for the ratio. The last stdout line is one JSON object.
 
-use anyhow::Result;
+use super::Measured;
+use crate::LoopError;
 use mrrec_distill::{Distill, Indexes, Input};
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::{Event, EventKind};
@@ -25,7 +26,7 @@ async fn feed(
     topic: &str,
     partition: i32,
     inputs: Vec<Input>,
-) -> Result<()> {
+) -> Result<(), LoopError> {
     let topic: Arc<str> = Arc::from(topic);
     let mut offset = 0i64;
     let mut inputs = inputs.into_iter().peekable();
@@ -60,17 +61,19 @@ async fn feed(
         stage
             .process(&batch)
             .await
-            .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
+            .map_err(|e| LoopError::Bench(format!("distill: {e}")))?;
     }
     Ok(())
 }
 
-pub async fn run(events: usize, seed: u64) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let memory = MemoryStore::new(
-        EmbeddedStore::open(&dir.path().join("store"))?,
-        Keyspace::default(),
-    );
+pub async fn run(events: usize, seed: u64) -> Result<Measured, LoopError> {
+    let dir = tempfile::tempdir().map_err(|source| LoopError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let store = EmbeddedStore::open(&dir.path().join("store"))
+        .map_err(|e| LoopError::Bench(format!("opening the bench store: {e}")))?;
+    let memory = MemoryStore::new(store, Keyspace::default());
     let (items, ratings) = mrrec_datasets::synthetic::bench_world(seed, events);
     let users: std::collections::BTreeSet<String> =
         ratings.iter().map(|e| e.user_id.clone()).collect();
@@ -128,14 +131,13 @@ pub async fn run(events: usize, seed: u64) -> Result<()> {
     let rebuild_s = started.elapsed().as_secs_f64();
     let rebuilt_report = rebuilt.opened();
     drop(rebuilt);
-    eprintln!(
-        "caught up in {catch_up_s:.2} s ({:?}); rebuilt in {rebuild_s:.2} s ({:?})",
-        caught_up_report.memory, rebuilt_report.memory
-    );
     let round = |s: f64| (s * 1000.0).round() / 1000.0;
-    println!(
-        "{}",
-        serde_json::json!({
+    Ok(Measured {
+        summary: format!(
+            "caught up in {catch_up_s:.2} s ({:?}); rebuilt in {rebuild_s:.2} s ({:?})",
+            caught_up_report.memory, rebuilt_report.memory
+        ),
+        figures: serde_json::json!({
             "events": events,
             "users": users.len(),
             "items": items.len(),
@@ -146,7 +148,6 @@ pub async fn run(events: usize, seed: u64) -> Result<()> {
             "catch_up_over_rebuild": round(catch_up_s / rebuild_s.max(1e-9)),
             "catch_up": format!("{:?}", caught_up_report),
             "rebuild": format!("{:?}", rebuilt_report),
-        })
-    );
-    Ok(())
+        }),
+    })
 }

@@ -1,6 +1,24 @@
-//! What the benches share (`mrrec bench …`): topics and a distill stage of
-//! their own on the configured broker, the policy to measure, this
-//! process's memory, and the memory-search measurement of `bench retrieve`.
+//! The benches (`mrrec bench …`, DESIGN §12), each a module whose `run`
+//! measures and returns [`Measured`] (progress goes to stderr meanwhile; the
+//! binary prints the summary and the JSON line), and what they share: topics
+//! and a distill stage of their own on the configured broker, the policy to
+//! measure, this process's memory, and the memory-search measurement of
+//! `bench retrieve`. `bench recommend --llm-only` is `mrrec_llm::bench`
+//! (it calls mistral.rs directly).
+
+pub mod ingest;
+pub mod learn;
+pub mod recommend;
+pub mod reopen;
+pub mod soak;
+pub mod train;
+
+/// What a bench measured: a line for people and the JSON object (DESIGN §12).
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub summary: String,
+    pub figures: serde_json::Value,
+}
 
 use crate::LoopError;
 use mrrec_config::Config;

@@ -6,7 +6,8 @@
 //! (scheduled send → response received) and the share of it spent waiting
 //! for the LLM (DESIGN §12).
 
-use anyhow::{bail, Context, Result};
+use super::Measured;
+use crate::LoopError;
 use mrrec_config::{Config, StoreBackend};
 use mrrec_distill::{Distill, Indexes};
 use mrrec_memory::{Keyspace, MemoryStore};
@@ -48,9 +49,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
+pub async fn run(config: &Config, bench: RecommendBench) -> Result<Measured, LoopError> {
     if !(bench.rate > 0.0 && bench.rate.is_finite()) || bench.requests == 0 {
-        bail!("--rate must be positive and --requests at least 1");
+        return Err(LoopError::Bench(
+            "--rate must be positive and --requests at least 1".into(),
+        ));
     }
     let run = format!("bench-{}-", mrrec_stream::now_ms());
     let mut config = config.clone();
@@ -58,21 +61,27 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         config.agent.max_steps = steps;
     }
     config.topics.prefix = format!("{}{run}", config.topics.prefix);
-    let bootstrap = Bootstrap::resolve(&config).context("starting the broker connection")?;
+    let bootstrap = Bootstrap::resolve(&config).map_err(LoopError::Broker)?;
     let clients = KafkaClients::from_config(&config, &bootstrap);
     if !config.kafka.is_embedded() {
         create_topics(&clients, &config.topics)
             .await
-            .context("creating the bench topics")?;
+            .map_err(LoopError::Topics)?;
     }
-    let tmp = tempfile::tempdir()?;
+    let tmp = tempfile::tempdir().map_err(|source| LoopError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
     config.index.path = tmp.path().join("index");
 
     // The world, distilled into a private store.
     let (items, events) = mrrec_datasets::synthetic::bench_world(bench.seed, bench.events);
     let memory = match config.store.backend {
         StoreBackend::Embedded => MemoryStore::new(
-            AnyStore::Embedded(EmbeddedStore::open(&tmp.path().join("store"))?),
+            AnyStore::Embedded(
+                EmbeddedStore::open(&tmp.path().join("store"))
+                    .map_err(|e| LoopError::Bench(format!("opening the bench store: {e}")))?,
+            ),
             Keyspace::default(),
         ),
         StoreBackend::Redis => {
@@ -80,11 +89,10 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
             MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")))
         }
     };
-    let records = mrrec_inprocess::produce::records(&config.topics.prefix, &items, &events)?;
+    let records = crate::produce::records(&config.topics.prefix, &items, &events)?;
     let total = records.len() as u64;
     let publisher = Publisher::new(&clients, "bench")?;
-    mrrec_inprocess::produce::publish_with_progress(&publisher, records, "producing the world")
-        .await?;
+    crate::produce::publish_with_progress(&publisher, records, "producing the world").await?;
     {
         let indexes = Indexes::open(Some(&config.index.path), &memory).await?;
         let stage = Distill::new(memory.clone(), &config.topics.prefix).with_indexes(indexes);
@@ -93,12 +101,15 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         let progress = runner.progress();
         let shutdown = Shutdown::new();
         let running = tokio::spawn(runner.run(shutdown.clone()));
-        let bar = mrrec_inprocess::produce::progress_bar(total, "distilling");
+        let bar = crate::produce::progress_bar(total, "distilling");
         let deadline = Instant::now() + Duration::from_secs(600);
         while Progress::get(&progress.processed) + Progress::get(&progress.dead_lettered) < total {
             if running.is_finished() || Instant::now() > deadline {
                 shutdown.trigger();
-                bail!("distill stopped early: {:?}", running.await?);
+                return Err(LoopError::Bench(format!(
+                    "distill stopped early: {:?}",
+                    running.await?
+                )));
             }
             bar.set_position(Progress::get(&progress.processed));
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -113,7 +124,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         .iter()
         .map(|i| format!("{} | {}", i.title, i.categories.join(", ")))
         .collect();
-    let (model_dir, _model_tmp) = mrrec_inprocess::bench::model_dir_for(&config, &titles)?;
+    let (model_dir, _model_tmp) = crate::bench::model_dir_for(&config, &titles)?;
     config.llm.model_dir = model_dir.display().to_string();
     let running = mrrec_service::start_recommend(&config, &clients, memory.clone(), false).await?;
     let client = Arc::new(RecommendClient::connect(&clients, &config.topics.prefix).await?);
@@ -140,7 +151,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         TOTALS.errors.load(Ordering::Relaxed),
     );
 
-    let bar = mrrec_inprocess::produce::progress_bar(bench.requests as u64, "requests");
+    let bar = crate::produce::progress_bar(bench.requests as u64, "requests");
     let interval = Duration::from_secs_f64(1.0 / bench.rate);
     let started = Instant::now();
     let mut waiting = Vec::with_capacity(bench.requests);
@@ -153,9 +164,10 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
             let rx = client.send(&request).await?;
             let received = tokio::time::timeout(Duration::from_secs(60), rx)
                 .await
-                .map_err(|_| anyhow::anyhow!("no response to {} in 60 s", request.request_id))??;
+                .map_err(|_| LoopError::NoResponse(format!("{} in 60 s", request.request_id)))?
+                .map_err(|_| LoopError::NoResponse(request.request_id.clone()))?;
             let error = received.response.error.clone();
-            Ok::<_, anyhow::Error>((received.at.duration_since(scheduled), error))
+            Ok::<_, LoopError>((received.at.duration_since(scheduled), error))
         }));
         bar.inc(1);
     }
@@ -206,15 +218,16 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<()> {
         "concurrency": config.recommend.concurrency,
         "broker": if config.kafka.is_embedded() { "embedded" } else { "kafka" },
     });
-    eprintln!(
-        "{} requests at {:.1}/s: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; LLM {:.0}% of the time",
-        bench.requests,
-        bench.requests as f64 / elapsed,
-        percentile(&sorted, 50.0),
-        percentile(&sorted, 95.0),
-        percentile(&sorted, 99.0),
-        llm_share * 100.0
-    );
-    println!("{result}");
-    Ok(())
+    Ok(Measured {
+        summary: format!(
+            "{} requests at {:.1}/s: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms; LLM {:.0}% of the time",
+            bench.requests,
+            bench.requests as f64 / elapsed,
+            percentile(&sorted, 50.0),
+            percentile(&sorted, 95.0),
+            percentile(&sorted, 99.0),
+            llm_share * 100.0
+        ),
+        figures: result,
+    })
 }

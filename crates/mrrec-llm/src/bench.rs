@@ -4,11 +4,53 @@
 //! which goes first; reports mean and p50 per call and tokens/s of each side,
 //! and `overhead` = wrapper / bare − 1 (DESIGN §12).
 
-use anyhow::{bail, Context, Result};
-use mrrec_config::Config;
-use mrrec_llm::conformance::{agent_prompt, first_turn_grammar};
-use mrrec_llm::{EmbeddedLlm, EngineOptions, GenerationRequest, Llm, Sampling};
+use crate::conformance::{agent_prompt, first_turn_grammar};
+use crate::{EmbeddedLlm, EngineOptions, GenerationRequest, Llm, LlmError, Sampling};
+use std::path::Path;
 use std::time::Instant;
+
+/// Why the comparison could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("--calls must be at least 1")]
+    NoCalls,
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error("the bare SDK call: {0}")]
+    Sdk(String),
+    #[error("the two paths generated different text ({bare:?} vs {wrapper:?}); the comparison would be unfair")]
+    Diverged { bare: String, wrapper: String },
+}
+
+/// What `bench recommend --llm-only` measured (its JSON line, DESIGN §12).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Overhead {
+    pub calls: usize,
+    pub completion_tokens_per_call: usize,
+    pub bare_ms: f64,
+    pub wrapper_ms: f64,
+    pub bare_p50_ms: f64,
+    pub wrapper_p50_ms: f64,
+    pub bare_tokens_per_s: f64,
+    pub wrapper_tokens_per_s: f64,
+    /// wrapper / bare − 1.
+    pub overhead: f64,
+}
+
+impl std::fmt::Display for Overhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} calls each: bare {:.3} ms (p50 {:.3}), wrapper {:.3} ms (p50 {:.3}), overhead {:+.2}%",
+            self.calls,
+            self.bare_ms,
+            self.bare_p50_ms,
+            self.wrapper_ms,
+            self.wrapper_p50_ms,
+            self.overhead * 100.0
+        )
+    }
+}
 
 const MAX_TOKENS: usize = 64;
 
@@ -31,14 +73,17 @@ impl Side {
     }
 }
 
-pub async fn llm_only(config: &Config, calls: usize) -> Result<()> {
+/// Compares `calls` calls each, bare and wrapped, on the model in `dir`;
+/// `on_call` is called after each pair (for progress).
+pub async fn wrapper_overhead(
+    dir: &Path,
+    calls: usize,
+    on_call: impl Fn(),
+) -> Result<Overhead, BenchError> {
     if calls == 0 {
-        bail!("--calls must be at least 1");
+        return Err(BenchError::NoCalls);
     }
-    let (dir, _tmp) = mrrec_inprocess::bench::model_dir_for(config, &[])?;
-    let llm = EmbeddedLlm::open(&dir, EngineOptions::default())
-        .await
-        .with_context(|| format!("loading {}", dir.display()))?;
+    let llm = EmbeddedLlm::open(dir, EngineOptions::default()).await?;
     let request = GenerationRequest {
         messages: agent_prompt("a funny movie for tonight"),
         grammar: Some(first_turn_grammar()),
@@ -53,9 +98,9 @@ pub async fn llm_only(config: &Config, calls: usize) -> Result<()> {
         let mut builder = mistralrs::RequestBuilder::new();
         for message in &request.messages {
             let role = match message.role {
-                mrrec_llm::Role::System => mistralrs::TextMessageRole::System,
-                mrrec_llm::Role::User => mistralrs::TextMessageRole::User,
-                mrrec_llm::Role::Assistant => mistralrs::TextMessageRole::Assistant,
+                crate::Role::System => mistralrs::TextMessageRole::System,
+                crate::Role::User => mistralrs::TextMessageRole::User,
+                crate::Role::Assistant => mistralrs::TextMessageRole::Assistant,
             };
             builder = builder.add_message(role, &message.content);
         }
@@ -70,20 +115,20 @@ pub async fn llm_only(config: &Config, calls: usize) -> Result<()> {
         let response = sdk
             .send_chat_request_with_model(builder, Some(&model_id))
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| BenchError::Sdk(e.to_string()))?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         let text = response.choices[0]
             .message
             .content
             .clone()
             .unwrap_or_default();
-        anyhow::Ok((ms, response.usage.completion_tokens, text))
+        Ok::<_, BenchError>((ms, response.usage.completion_tokens, text))
     };
     let wrapped = || async {
         let t = Instant::now();
         let generation = llm.generate(request.clone()).await?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
-        anyhow::Ok((
+        Ok::<_, BenchError>((
             ms,
             generation.completion_tokens,
             generation.completions[0].text.clone(),
@@ -95,10 +140,12 @@ pub async fn llm_only(config: &Config, calls: usize) -> Result<()> {
         let (_, bare_tokens, bare_text) = bare().await?;
         let (_, ours_tokens, ours_text) = wrapped().await?;
         if bare_text != ours_text || bare_tokens != ours_tokens {
-            bail!("the two paths generated different text ({bare_text:?} vs {ours_text:?}); the comparison would be unfair");
+            return Err(BenchError::Diverged {
+                bare: bare_text,
+                wrapper: ours_text,
+            });
         }
     }
-    let progress = indicatif::ProgressBar::new(calls as u64);
     let (mut bare_side, mut ours_side) = (
         Side {
             ms: Vec::new(),
@@ -129,33 +176,19 @@ pub async fn llm_only(config: &Config, calls: usize) -> Result<()> {
             side.ms.push(ms);
             side.tokens += tokens;
         }
-        progress.inc(1);
+        on_call();
     }
-    progress.finish_and_clear();
     let overhead = ours_side.mean() / bare_side.mean() - 1.0;
-    eprintln!(
-        "{calls} calls each on {}: bare {:.3} ms (p50 {:.3}), wrapper {:.3} ms (p50 {:.3}), overhead {:+.2}%",
-        dir.display(),
-        bare_side.mean(),
-        bare_side.p50(),
-        ours_side.mean(),
-        ours_side.p50(),
-        overhead * 100.0
-    );
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
-    println!(
-        "{}",
-        serde_json::json!({
-            "calls": calls,
-            "completion_tokens_per_call": ours_side.tokens / calls,
-            "bare_ms": round(bare_side.mean()),
-            "wrapper_ms": round(ours_side.mean()),
-            "bare_p50_ms": round(bare_side.p50()),
-            "wrapper_p50_ms": round(ours_side.p50()),
-            "bare_tokens_per_s": bare_side.tokens_per_s().round(),
-            "wrapper_tokens_per_s": ours_side.tokens_per_s().round(),
-            "overhead": (overhead * 10_000.0).round() / 10_000.0,
-        })
-    );
-    Ok(())
+    Ok(Overhead {
+        calls,
+        completion_tokens_per_call: ours_side.tokens / calls,
+        bare_ms: round(bare_side.mean()),
+        wrapper_ms: round(ours_side.mean()),
+        bare_p50_ms: round(bare_side.p50()),
+        wrapper_p50_ms: round(ours_side.p50()),
+        bare_tokens_per_s: bare_side.tokens_per_s().round(),
+        wrapper_tokens_per_s: ours_side.tokens_per_s().round(),
+        overhead: (overhead * 10_000.0).round() / 10_000.0,
+    })
 }

@@ -9,10 +9,10 @@
 //! version is announced and the recommend stage switches to it. The last
 //! line is JSON: held-out mean reward per version.
 
-use anyhow::{bail, Result};
+use super::Measured;
+use crate::{ensure_policy, heldout_and_training, means, InProcess, LoopError};
 use mrrec_config::Config;
 use mrrec_datasets::UserTargets;
-use mrrec_inprocess::{ensure_policy, heldout_and_training, means, InProcess};
 use mrrec_train::Decision;
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,9 +25,11 @@ pub struct LearnBench<'a> {
     pub heldout_users: usize,
 }
 
-pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
+pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<Measured, LoopError> {
     if config.agent.group_size < 2 {
-        bail!("learning needs agent.group_size ≥ 2 (and agent.temperature > 0)");
+        return Err(LoopError::Bench(
+            "learning needs agent.group_size ≥ 2 (and agent.temperature > 0)".into(),
+        ));
     }
     let dataset = mrrec_datasets::ml100k(bench.data_dir)?;
     let split = mrrec_datasets::split(&dataset);
@@ -115,21 +117,6 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
     pipeline.stop().await?;
     let first = rows.first().and_then(|r| r["heldout_reward"].as_f64());
     let last = rows.last().and_then(|r| r["heldout_reward"].as_f64());
-    println!(
-        "| version | held-out reward (served) | held-out reward (all) | training reward (served) |"
-    );
-    println!("|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| v{:04} | {:.4} | {:.4} | {} |",
-            r["version"].as_u64().unwrap_or(0),
-            r["heldout_reward"].as_f64().unwrap_or(f64::NAN),
-            r["heldout_reward_all"].as_f64().unwrap_or(f64::NAN),
-            r["train_reward"]
-                .as_f64()
-                .map_or("—".to_owned(), |v| format!("{v:.4}"))
-        );
-    }
     let summary = serde_json::json!({
         "dataset": "ml-100k",
         "heldout_users": heldout.len(),
@@ -142,6 +129,33 @@ pub async fn run(config: &Config, bench: LearnBench<'_>) -> Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
         "rows": rows,
     });
-    println!("{summary}");
-    Ok(())
+    Ok(Measured {
+        summary: format!(
+            "{published} of {} rounds published a version; held-out mean reward {} → {}",
+            bench.rounds,
+            first.map_or("—".into(), |r| format!("{r:.4}")),
+            last.map_or("—".into(), |r| format!("{r:.4}"))
+        ),
+        figures: summary,
+    })
+}
+
+/// The learn bench's rows as a markdown table (held-out and training mean
+/// reward per version).
+pub fn table(figures: &serde_json::Value) -> String {
+    let mut table = String::from(
+        "| version | held-out reward (served) | held-out reward (all) | training reward (served) |\n|---|---|---|---|\n",
+    );
+    for r in figures["rows"].as_array().into_iter().flatten() {
+        table.push_str(&format!(
+            "| v{:04} | {:.4} | {:.4} | {} |\n",
+            r["version"].as_u64().unwrap_or(0),
+            r["heldout_reward"].as_f64().unwrap_or(f64::NAN),
+            r["heldout_reward_all"].as_f64().unwrap_or(f64::NAN),
+            r["train_reward"]
+                .as_f64()
+                .map_or("—".to_owned(), |v| format!("{v:.4}"))
+        ));
+    }
+    table
 }

@@ -5,10 +5,10 @@
 //! process. The process's resident memory is sampled every 5 s: bounded
 //! memory means the end is not far above the start once warm.
 
-use anyhow::{bail, Result};
+use super::{peak_rss_mb, rss_anon_mb, rss_mb, Measured};
+use crate::LoopError;
 use mrrec_config::Config;
 use mrrec_datasets::synthetic::Rng;
-use mrrec_inprocess::bench::{peak_rss_mb, rss_anon_mb, rss_mb};
 use mrrec_messages::{Event, EventKind};
 use mrrec_stream::{Progress, Publisher};
 use std::time::{Duration, Instant};
@@ -21,26 +21,30 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 /// Streams ratings of `users` users (returning users, as in a real stream)
 /// into distill for `duration`.
-pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) -> Result<()> {
-    let (run, topics, clients) = mrrec_inprocess::bench::bench_topics(config, "soak").await?;
+pub async fn run(
+    config: &Config,
+    duration: Duration,
+    users: usize,
+    seed: u64,
+) -> Result<Measured, LoopError> {
+    let (run, topics, clients) = crate::bench::bench_topics(config, "soak").await?;
     let publisher = Publisher::new(&clients, "bench")?;
     let (items, _) = mrrec_datasets::synthetic::bench_world(seed, 0);
     let item_count = items.len();
     publisher
-        .publish_all(mrrec_inprocess::produce::records(
-            &topics.prefix,
-            &items,
-            &[],
-        )?)
+        .publish_all(crate::produce::records(&topics.prefix, &items, &[])?)
         .await
-        .map_err(|(e, _)| e)?;
+        .map_err(|(source, _)| LoopError::Publish {
+            what: "the bench catalog".into(),
+            source,
+        })?;
 
-    let mrrec_inprocess::bench::BenchDistill {
+    let crate::bench::BenchDistill {
         progress,
         shutdown,
         running,
         index_dir,
-    } = mrrec_inprocess::bench::start_distill(config, &clients, &topics, &run).await?;
+    } = crate::bench::start_distill(config, &clients, &topics, &run).await?;
 
     let mut rng = Rng(seed.max(1));
     let mut produced = item_count as u64;
@@ -56,7 +60,10 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
     while started.elapsed() < duration {
         if running.is_finished() {
             shutdown.trigger();
-            bail!("distill stopped during the soak: {:?}", running.await?);
+            return Err(LoopError::Bench(format!(
+                "distill stopped during the soak: {:?}",
+                running.await?
+            )));
         }
         if Instant::now() >= next_sample {
             let t = started.elapsed().as_secs_f64();
@@ -87,13 +94,12 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
             })
             .collect();
         publisher
-            .publish_all(mrrec_inprocess::produce::records(
-                &topics.prefix,
-                &[],
-                &chunk,
-            )?)
+            .publish_all(crate::produce::records(&topics.prefix, &[], &chunk)?)
             .await
-            .map_err(|(e, _)| e)?;
+            .map_err(|(source, _)| LoopError::Publish {
+                what: "the soak's ratings".into(),
+                source,
+            })?;
         produced += CHUNK as u64;
     }
     let soaked_s = started.elapsed().as_secs_f64();
@@ -126,9 +132,12 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
         .step_by(every)
         .map(|(t, rss, anon)| [t.round(), round(*rss), round(*anon)])
         .collect();
-    println!(
-        "{}",
-        serde_json::json!({
+    Ok(Measured {
+        summary: format!(
+            "soaked {soaked_s:.0} s: {stored_at_end} records stored; rss {:.1} MiB warm, {:.1} MiB at the end",
+            warm.1, end.1
+        ),
+        figures: serde_json::json!({
             "duration_s": soaked_s.round(),
             "events_produced": events,
             "records_stored": stored_at_end,
@@ -146,7 +155,6 @@ pub async fn soak(config: &Config, duration: Duration, users: usize, seed: u64) 
             "store": format!("{:?}", config.store.backend).to_lowercase(),
             "cache_mb": config.distill.cache_mb,
             "batch_max_users": config.distill.batch_max_users,
-        })
-    );
-    Ok(())
+        }),
+    })
 }
