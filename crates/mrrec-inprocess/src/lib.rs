@@ -1,13 +1,14 @@
 //! The whole loop in one process, below the binary: what `mrrec demo`,
-//! `mrrec eval` and `mrrec bench learn` share, reachable by their tests
-//! without the binary.
+//! `mrrec eval` and `mrrec bench …` do, reachable by their tests without
+//! the binary (which only parses arguments and prints).
 //!
 //! - [`produce`]: a catalog and events as records on the input topics,
 //!   produced with progress.
 //! - [`warm`]: a fresh policy's warm start (DESIGN §7): [`ensure_policy`],
 //!   synthetic teacher trajectories, imitation.
-//! - [`bench`]: what the benches share (their topics, a distill stage,
-//!   the policy to measure, memory figures).
+//! - [`bench`]: the benches (DESIGN §12), each measuring and returning
+//!   [`bench::Measured`], and what they share (their topics, a distill
+//!   stage, the policy to measure, memory figures).
 //! - [`eval`]: `mrrec eval`'s protocol (DESIGN §11–§14): the data, the
 //!   baselines, the replay in time, the rule's validation pass (warm start
 //!   and ranker choice), RL rounds, the test rows against the rule.
