@@ -20,12 +20,12 @@ use mrrec_datasets::UserTargets;
 use mrrec_messages::{encode, Event, EventKind, Item, Outcome, Request, Response, Reward, Topic};
 use mrrec_recommend::RecommendClient;
 use mrrec_stream::{
-    Bootstrap, KafkaClients, OutgoingRecord, Publisher, Shutdown, StageRunner, TailFrom, TopicTail,
+    Bootstrap, KafkaClients, OutgoingRecord, Publisher, Shutdown, SpawnedRunner, StageRunner,
+    TailFrom, TopicTail,
 };
 use mrrec_train::{Buffered, Trainer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,27 +72,19 @@ impl InProcess {
         let total = records.len() as u64;
         crate::produce::publish_with_progress(&opened.publisher, records, "producing history")
             .await?;
-        let runner = opened.distill_runner(config, &opened.memory).await?;
-        let progress = runner.progress();
         let stop_distill = Shutdown::new();
         let started = Instant::now();
-        let distilling = tokio::spawn(runner.run(stop_distill.clone()));
+        let distill = opened
+            .distill_runner(config, &opened.memory)
+            .await?
+            .spawn(stop_distill.clone());
         let bar = crate::produce::progress_bar(total, "distilling");
-        loop {
-            let done = settled(&progress);
-            bar.set_position(done);
-            if done >= total {
-                break;
-            }
-            if distilling.is_finished() {
-                return Err(LoopError::DistillStopped { done, total });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        settle(std::slice::from_ref(&distill), total, Some(&bar)).await?;
         let distill_seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         stop_distill.trigger();
-        distilling
+        distill
+            .task
             .await
             .map_err(|_| LoopError::Panicked("the distill stage".into()))??;
 
@@ -115,9 +107,8 @@ impl InProcess {
     ) -> Result<Self, LoopError> {
         let opened = Opened::open(config, tiers).await?;
         let mut live = LiveDistill {
-            progress: Vec::new(),
             stop: Shutdown::new(),
-            tasks: Vec::new(),
+            runners: Vec::new(),
             sent: 0,
         };
         live.start(opened.distill_runner(config, &opened.memory).await?);
@@ -373,8 +364,10 @@ impl InProcess {
         }
         if let Some(live) = self.live {
             live.stop.trigger();
-            for task in live.tasks {
-                task.await
+            for runner in live.runners {
+                runner
+                    .task
+                    .await
                     .map_err(|_| LoopError::Panicked("a distill stage".into()))??;
             }
         }
@@ -504,14 +497,13 @@ impl Opened {
             mrrec_service::start_recommend(config, &clients, memory.clone(), true).await?;
         let reward_stage = mrrec_reward::open_stage(config, &clients, memory.clone())?;
         let stop = Shutdown::new();
-        let rewarding = tokio::spawn(
-            StageRunner::new(
-                clients.clone(),
-                mrrec_reward::runner_settings(config),
-                reward_stage,
-            )
-            .run(stop.clone()),
-        );
+        let rewarding = StageRunner::new(
+            clients.clone(),
+            mrrec_reward::runner_settings(config),
+            reward_stage,
+        )
+        .spawn(stop.clone())
+        .task;
         let collected = collect_rewards(&clients, &prefix, stop.clone())?;
         let client = RecommendClient::connect(&clients, &prefix).await?;
         let trainer = Trainer::new(config, &clients)?;
@@ -536,51 +528,55 @@ impl Opened {
 }
 
 /// Records a stage is done with: stored, dead-lettered or skipped.
-fn settled(progress: &mrrec_stream::Progress) -> u64 {
-    progress.processed.load(Ordering::Relaxed)
-        + progress.dead_lettered.load(Ordering::Relaxed)
-        + progress.skipped.load(Ordering::Relaxed)
+/// Returns once every runner of `runners` has settled (stored,
+/// dead-lettered or skipped) `total` records; `bar` shows the slowest.
+/// Fails when one stops, or after ten minutes.
+pub(crate) async fn settle(
+    runners: &[SpawnedRunner],
+    total: u64,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<(), LoopError> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = runners
+            .iter()
+            .map(|r| r.progress.settled())
+            .min()
+            .unwrap_or(0);
+        if let Some(bar) = bar {
+            bar.set_position(done);
+        }
+        if done >= total {
+            return Ok(());
+        }
+        if runners.iter().any(|r| r.task.is_finished()) {
+            return Err(LoopError::DistillStopped { done, total });
+        }
+        if Instant::now() > deadline {
+            return Err(LoopError::DistillTooSlow { done, total });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Distill stages that keep running (the loop's, then one per shadow
 /// memory, all reading the same topics), and how much was sent to them.
 struct LiveDistill {
-    progress: Vec<Arc<mrrec_stream::Progress>>,
     stop: Shutdown,
-    tasks: Vec<tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>>,
+    runners: Vec<SpawnedRunner>,
     /// Records produced to their topics so far.
     sent: u64,
 }
 
 impl LiveDistill {
     fn start(&mut self, runner: StageRunner<mrrec_distill::Distill<mrrec_store::AnyStore>>) {
-        self.progress.push(runner.progress());
-        self.tasks.push(tokio::spawn(runner.run(self.stop.clone())));
+        self.runners.push(runner.spawn(self.stop.clone()));
     }
 
     /// Returns once every distill stage has stored (or dead-lettered)
     /// every record sent.
     async fn wait(&mut self) -> Result<(), LoopError> {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let done = self.progress.iter().map(|p| settled(p)).min().unwrap_or(0);
-            if done >= self.sent {
-                return Ok(());
-            }
-            if self.tasks.iter().any(|t| t.is_finished()) {
-                return Err(LoopError::DistillStopped {
-                    done,
-                    total: self.sent,
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(LoopError::DistillTooSlow {
-                    done,
-                    total: self.sent,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        settle(&self.runners, self.sent, None).await
     }
 }
 

@@ -127,8 +127,9 @@ pub async fn start_recommend<S: KvStore + 'static>(
         request_path,
         mrrec_recommend::runner_settings(config),
         stage,
-    );
-    let runner = tokio::spawn(runner.run(shutdown.clone()));
+    )
+    .spawn(shutdown.clone())
+    .task;
     Ok(RunningRecommend {
         shutdown,
         runner,

@@ -30,7 +30,7 @@ pub use embedded::EmbeddedBroker;
 pub use partition::partition_for_key;
 pub use publish::{OutgoingRecord, Publisher};
 pub use record::{Batch, Decoded, PartitionRange, RecordMeta};
-pub use runner::{Progress, RunReport, RunnerSettings, StageRunner};
+pub use runner::{Progress, RunReport, RunnerSettings, SpawnedRunner, StageRunner};
 pub use shutdown::Shutdown;
 pub use stage::{decode_message, Poison, Stage, StageError};
 pub use tail::{TailError, TailFrom, Tailed, TopicTail};

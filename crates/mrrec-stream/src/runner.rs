@@ -125,6 +125,21 @@ impl Progress {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Records whose batch is committed: processed, dead-lettered, or
+    /// skipped as already stored.
+    pub fn settled(&self) -> u64 {
+        Self::get(&self.processed) + Self::get(&self.dead_lettered) + Self::get(&self.skipped)
+    }
+}
+
+/// A runner started on a task of its own ([`StageRunner::spawn`]).
+pub struct SpawnedRunner {
+    /// What it has done so far.
+    pub progress: Arc<Progress>,
+    /// Ends once the shutdown given to `spawn` is triggered (after the
+    /// drain) with the run's report, or earlier with its fatal error.
+    pub task: tokio::task::JoinHandle<Result<RunReport, StreamError>>,
 }
 
 /// Runs one stage in one consumer group until shutdown or a fatal error.
@@ -408,6 +423,14 @@ impl<S: Stage> StageRunner<S> {
     /// Live counters, shared with the running stage.
     pub fn progress(&self) -> Arc<Progress> {
         self.progress.clone()
+    }
+
+    /// Starts [`Self::run`] on a task of its own.
+    pub fn spawn(self, shutdown: Shutdown) -> SpawnedRunner {
+        SpawnedRunner {
+            progress: self.progress(),
+            task: tokio::spawn(self.run(shutdown)),
+        }
     }
 
     /// Runs on a dedicated thread until `shutdown` (then drains within the

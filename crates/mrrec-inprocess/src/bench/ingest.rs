@@ -5,7 +5,7 @@ use super::{BenchDistill, Measured};
 use crate::LoopError;
 use mrrec_config::Config;
 use mrrec_messages::Topic;
-use mrrec_stream::{Progress, Publisher};
+use mrrec_stream::{Progress, Publisher, SpawnedRunner};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::time::{Duration, Instant};
 
@@ -60,9 +60,11 @@ pub async fn run(config: &Config, events: usize, seed: u64) -> Result<Measured, 
 
     // (b) Distill into the configured store and tantivy.
     let BenchDistill {
-        progress,
+        runner: SpawnedRunner {
+            progress,
+            task: running,
+        },
         shutdown,
-        running,
         index_dir,
     } = crate::bench::start_distill(config, &clients, &topics, &run).await?;
     let distilling = crate::produce::progress_bar(total, "distill");

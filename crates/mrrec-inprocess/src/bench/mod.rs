@@ -28,7 +28,8 @@ use mrrec_index::MemoryIndex;
 use mrrec_memory::{entry_id, Level, MemoryEntry};
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_policy::{init_model, ModelSpec, PolicyMeta};
-use mrrec_stream::{create_topics, KafkaClients, Progress, Shutdown, StageRunner};
+use mrrec_store::AnyStore;
+use mrrec_stream::{create_topics, KafkaClients, Shutdown, SpawnedRunner, StageRunner};
 use std::time::Instant;
 
 /// Fresh topics for one bench run on the configured (real) broker:
@@ -51,18 +52,17 @@ pub async fn bench_topics(
     Ok((run, topics, clients))
 }
 
-/// A distill stage on the bench's own `topics`, into the configured store
-/// under a keyspace of its own and a fresh index directory, in a group of
-/// its own (`run` names all three): what `bench ingest` and its soak measure.
+/// A distill stage on a bench's own topics, running.
 pub struct BenchDistill {
-    pub progress: std::sync::Arc<Progress>,
+    pub runner: SpawnedRunner,
     pub shutdown: Shutdown,
-    pub running:
-        tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
     /// Remove it when done.
     pub index_dir: std::path::PathBuf,
 }
 
+/// A distill stage on the bench's own `topics`, into the configured store
+/// under a keyspace of its own and a fresh index directory, in a group of
+/// its own (`run` names all three): what `bench ingest` and its soak measure.
 pub async fn start_distill(
     config: &Config,
     clients: &KafkaClients,
@@ -72,6 +72,18 @@ pub async fn start_distill(
     let memory = mrrec_service::open_store(config).await?;
     let memory = MemoryStore::new(memory.kv().clone(), Keyspace::new(&format!("mrrec-{run}")));
     let index_dir = std::env::temp_dir().join(format!("mrrec-{run}index"));
+    start_distill_into(config, clients, topics, run, memory, index_dir).await
+}
+
+/// [`start_distill`] into `memory` and `index_dir`.
+pub async fn start_distill_into(
+    config: &Config,
+    clients: &KafkaClients,
+    topics: &mrrec_config::TopicsConfig,
+    run: &str,
+    memory: MemoryStore<AnyStore>,
+    index_dir: std::path::PathBuf,
+) -> Result<BenchDistill, LoopError> {
     let indexes = Indexes::open(Some(&index_dir), &memory).await?;
     let stage = Distill::new(memory, &topics.prefix)
         .with_indexes(indexes)
@@ -79,14 +91,11 @@ pub async fn start_distill(
     let mut bench_config = config.clone();
     bench_config.topics = topics.clone();
     let settings = mrrec_distill::runner_settings(&bench_config, &format!("{run}distill"));
-    let runner = StageRunner::new(clients.clone(), settings, stage);
-    let progress = runner.progress();
     let shutdown = Shutdown::new();
-    let running = tokio::spawn(runner.run(shutdown.clone()));
+    let runner = StageRunner::new(clients.clone(), settings, stage).spawn(shutdown.clone());
     Ok(BenchDistill {
-        progress,
+        runner,
         shutdown,
-        running,
         index_dir,
     })
 }

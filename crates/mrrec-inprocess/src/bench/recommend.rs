@@ -9,14 +9,11 @@
 use super::Measured;
 use crate::LoopError;
 use mrrec_config::{Config, StoreBackend};
-use mrrec_distill::{Distill, Indexes};
 use mrrec_memory::{Keyspace, MemoryStore};
 use mrrec_messages::Request;
 use mrrec_recommend::{RecommendClient, TOTALS};
 use mrrec_store::{AnyStore, EmbeddedStore};
-use mrrec_stream::{
-    create_topics, Bootstrap, KafkaClients, Progress, Publisher, Shutdown, StageRunner,
-};
+use mrrec_stream::{create_topics, Bootstrap, KafkaClients, Publisher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,31 +90,23 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<Measured, Loo
     let total = records.len() as u64;
     let publisher = Publisher::new(&clients, "bench")?;
     crate::produce::publish_with_progress(&publisher, records, "producing the world").await?;
-    {
-        let indexes = Indexes::open(Some(&config.index.path), &memory).await?;
-        let stage = Distill::new(memory.clone(), &config.topics.prefix).with_indexes(indexes);
-        let settings = mrrec_distill::runner_settings(&config, mrrec_distill::STAGE);
-        let runner = StageRunner::new(clients.clone(), settings, stage);
-        let progress = runner.progress();
-        let shutdown = Shutdown::new();
-        let running = tokio::spawn(runner.run(shutdown.clone()));
-        let bar = crate::produce::progress_bar(total, "distilling");
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while Progress::get(&progress.processed) + Progress::get(&progress.dead_lettered) < total {
-            if running.is_finished() || Instant::now() > deadline {
-                shutdown.trigger();
-                return Err(LoopError::Bench(format!(
-                    "distill stopped early: {:?}",
-                    running.await?
-                )));
-            }
-            bar.set_position(Progress::get(&progress.processed));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bar.finish_and_clear();
-        shutdown.trigger();
-        running.await??;
-    }
+    let distill = super::start_distill_into(
+        &config,
+        &clients,
+        &config.topics,
+        &run,
+        memory.clone(),
+        config.index.path.clone(),
+    )
+    .await?;
+    let bar = crate::produce::progress_bar(total, "distilling");
+    let settled =
+        crate::running::settle(std::slice::from_ref(&distill.runner), total, Some(&bar)).await;
+    bar.finish_and_clear();
+    distill.shutdown.trigger();
+    let stopped = distill.runner.task.await?;
+    settled?;
+    stopped?;
 
     // The policy: the configured one, else a fresh default model.
     let titles: Vec<String> = items

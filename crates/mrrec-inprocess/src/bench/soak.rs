@@ -10,7 +10,7 @@ use crate::LoopError;
 use mrrec_config::Config;
 use mrrec_datasets::synthetic::Rng;
 use mrrec_messages::{Event, EventKind};
-use mrrec_stream::{Progress, Publisher};
+use mrrec_stream::{Progress, Publisher, SpawnedRunner};
 use std::time::{Duration, Instant};
 
 /// Most records produced but not yet stored.
@@ -39,12 +39,14 @@ pub async fn run(
             source,
         })?;
 
-    let crate::bench::BenchDistill {
-        progress,
+    let super::BenchDistill {
+        runner: SpawnedRunner {
+            progress,
+            task: running,
+        },
         shutdown,
-        running,
         index_dir,
-    } = crate::bench::start_distill(config, &clients, &topics, &run).await?;
+    } = super::start_distill(config, &clients, &topics, &run).await?;
 
     let mut rng = Rng(seed.max(1));
     let mut produced = item_count as u64;
