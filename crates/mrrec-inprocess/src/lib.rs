@@ -54,6 +54,8 @@ pub enum LoopError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Tail(#[from] mrrec_stream::TailError),
+    #[error("the recommend stage: {0}")]
+    Recommend(#[from] mrrec_recommend::RunningError),
     #[error("the request client: {0}")]
     Client(#[from] mrrec_recommend::ClientError),
     #[error("the reward stage: {0}")]

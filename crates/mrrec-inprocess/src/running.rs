@@ -47,7 +47,7 @@ pub struct InProcess {
     collected: Collected,
     /// A distill stage that keeps running (live mode only).
     live: Option<LiveDistill>,
-    recommend: mrrec_service::RunningRecommend,
+    recommend: mrrec_recommend::RunningRecommend,
     /// Recommend stages of their own beside the loop's (see [`Tier`]).
     tiers: Vec<Tier>,
     rewarding: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
@@ -386,7 +386,7 @@ impl InProcess {
 /// [`shadow_tier_config`]), and topics of its own.
 struct Tier {
     client: RecommendClient,
-    stage: mrrec_service::RunningRecommend,
+    stage: mrrec_recommend::RunningRecommend,
 }
 
 /// `row` as a tier named `name` of a loop running `base`: the same store
@@ -427,7 +427,7 @@ impl Tier {
         memory: Memory,
     ) -> Result<Self, LoopError> {
         let clients = running.clients.clone();
-        let stage = mrrec_service::start_recommend(config, &clients, memory, false).await?;
+        let stage = mrrec_recommend::start(config, &clients, memory, false).await?;
         let client = RecommendClient::connect(&clients, &config.topics.prefix).await?;
         Ok(Self { client, stage })
     }
@@ -493,8 +493,7 @@ impl Opened {
             memory,
             publisher,
         } = self;
-        let recommend =
-            mrrec_service::start_recommend(config, &clients, memory.clone(), true).await?;
+        let recommend = mrrec_recommend::start(config, &clients, memory.clone(), true).await?;
         let reward_stage = mrrec_reward::open_stage(config, &clients, memory.clone())?;
         let stop = Shutdown::new();
         let rewarding = StageRunner::new(

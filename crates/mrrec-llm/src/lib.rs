@@ -3,19 +3,21 @@
 //! timing), its backends — [`EmbeddedLlm`] (mistral.rs in process, with
 //! versioned hot swap), [`HttpLlm`] (an OpenAI-compatible mistral.rs
 //! server) and [`RuleLlm`] (the `rule` policy: no model) — the follower
-//! that applies `mrrec.policy` announcements, and `mrrec llm serve`
-//! ([`serve`]).
+//! that applies `mrrec.policy` announcements, the policy of `llm.backend`
+//! ([`open_configured`]), and `mrrec llm serve` ([`serve`]).
 
 pub mod bench;
 pub mod conformance;
 pub mod embedded;
 pub mod follow;
 pub mod http;
+mod open;
 pub mod rule;
 pub mod serve;
 
 pub use embedded::{EmbeddedLlm, EngineOptions};
 pub use follow::{follow_policy_topic, trusted_dir, FollowError, FollowerError, PolicyTarget};
+pub use open::{open_configured, OpenLlmError};
 
 /// Gauge: the policy version this process serves.
 pub const POLICY_VERSION: &str = "mrrec_policy_version";

@@ -5,10 +5,13 @@
 //! the ideal item profile it writes (BM25 fused with co-occurrence and
 //! popularity, seen items left out). [`RecommendStage`] runs it over
 //! `mrrec.requests` with bounded concurrency and a deadline per request,
-//! publishing responses and every sampled trajectory.
+//! publishing responses and every sampled trajectory. [`start`] runs it in
+//! this process with the configured policy and its follower
+//! ([`RunningRecommend`]).
 
 mod client;
 mod recommender;
+mod running;
 pub mod shard;
 mod stage;
 mod tokens;
@@ -16,6 +19,7 @@ mod tokens;
 pub use client::{ClientError, Received, RecommendClient};
 pub use mrrec_rank::{Cited, RankSettings, Ranker};
 pub use recommender::{trajectory_id, Answer, MemorySearch, RecommendError, Recommender};
+pub use running::{start, RunningError, RunningRecommend};
 pub use shard::{MemoryShard, ShardReport};
 pub use stage::{describe_metrics, Incoming, RecommendStage, StageTotals, TOTALS};
 pub use tokens::{TokenizerLocator, Tokenizers};

@@ -2,24 +2,18 @@
 //!
 //! - [`open_store`]: the memory store of `store.backend`; [`start_metrics`]:
 //!   the Prometheus endpoint.
-//! - [`open_llm`]: the policy of `llm.backend`, and what follows
-//!   `mrrec.policy` for it.
-//! - [`start_recommend`]: the recommend stage running in this process with
-//!   its policy follower ([`RunningRecommend`]).
 //! - [`pipeline::run`]: several stages in one process over one broker
 //!   connection, one store and one shutdown; `mrrec run --stage X` is a
 //!   pipeline of one. [`pipeline::start_stage`] is the only match from a
 //!   stage to its constructor; each stage crate owns its stage
-//!   (`mrrec_distill::open_stage`, `mrrec_recommend::open_stage`,
-//!   `mrrec_reward::open_stage`, `mrrec_train::stage::open_stage`).
+//!   (`mrrec_distill::open_stage`, `mrrec_recommend::start` — the stage
+//!   with its policy and the policy's follower —, `mrrec_reward::open_stage`,
+//!   `mrrec_train::stage::open_stage`).
 //!
 //! Errors are [`ServiceError`]: every variant names what could not be
 //! opened or run, and keeps its source.
 
 pub mod pipeline;
-mod recommend;
-
-pub use recommend::{open_llm, start_recommend, RunningRecommend};
 
 use mrrec_config::{Config, StoreBackend};
 use mrrec_memory::{Keyspace, MemoryStore};
@@ -33,29 +27,18 @@ pub enum ServiceError {
     StoreConnect { url: String, source: StoreError },
     #[error("opening {}: {source}", path.display())]
     StoreOpen { path: PathBuf, source: StoreError },
-    #[error("finding the policy to serve: {0}")]
-    PolicyDir(#[from] mrrec_policy::PolicyError),
-    #[error("opening the policy in {}: {source}", dir.display())]
-    Policy {
-        dir: PathBuf,
-        source: mrrec_llm::LlmError,
-    },
-    #[error("the policy backend: {0}")]
-    Llm(#[from] mrrec_llm::LlmError),
     #[error("starting the broker connection: {0}")]
     Broker(mrrec_stream::StreamError),
     #[error("the distill stage: {0}")]
     Distill(#[from] mrrec_distill::OpenStageError),
     #[error("the recommend stage: {0}")]
-    Recommend(#[from] mrrec_recommend::OpenError),
+    Recommend(#[from] mrrec_recommend::RunningError),
     #[error("the reward stage: {0}")]
     Reward(#[from] mrrec_reward::OpenError),
     #[error("the train stage: {0}")]
     Train(#[from] mrrec_train::TrainStageError),
     #[error("{0}")]
     Run(#[from] mrrec_stream::StreamError),
-    #[error("following mrrec.policy: {0}")]
-    Follower(mrrec_llm::FollowerError),
     #[error("{0} panicked")]
     Panicked(String),
     #[error("serving metrics on {listen}: {problem}")]

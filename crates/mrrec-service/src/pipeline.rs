@@ -120,8 +120,9 @@ pub async fn start_stage(
             // The in-process broker only hears announcements from a trainer
             // in this same process; a real broker always can.
             let follow = !config.kafka.is_embedded() || pipeline.runs(StageKind::Train);
-            let running = crate::start_recommend(config, clients, memory()?, follow).await?;
-            tokio::spawn(running.until(shutdown.clone()))
+            let running = mrrec_recommend::start(config, clients, memory()?, follow).await?;
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { Ok(running.until(shutdown).await?) })
         }
     })
 }

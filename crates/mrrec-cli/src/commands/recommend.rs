@@ -22,7 +22,7 @@ pub async fn ask(
     let clients = KafkaClients::from_config(config, &bootstrap);
     let memory = mrrec_service::open_store(config).await?;
     let running = if config.kafka.is_embedded() {
-        Some(mrrec_service::start_recommend(config, &clients, memory.clone(), false).await?)
+        Some(mrrec_recommend::start(config, &clients, memory.clone(), false).await?)
     } else {
         None
     };

@@ -115,7 +115,7 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<Measured, Loo
         .collect();
     let (model_dir, _model_tmp) = crate::bench::model_dir_for(&config, &titles)?;
     config.llm.model_dir = model_dir.display().to_string();
-    let running = mrrec_service::start_recommend(&config, &clients, memory.clone(), false).await?;
+    let running = mrrec_recommend::start(&config, &clients, memory.clone(), false).await?;
     let client = Arc::new(RecommendClient::connect(&clients, &config.topics.prefix).await?);
     let users = (bench.events / 50).max(1);
     let request = |i: usize| Request {

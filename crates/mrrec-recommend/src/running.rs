@@ -1,61 +1,44 @@
 //! The recommend stage running in this process: the configured policy,
 //! the stage over the request topics, and the follower that hot-swaps the
-//! policy when `mrrec.policy` announces a new version.
+//! policy when `mrrec.policy` announces a new version. What `mrrec run
+//! --stage recommend`, a pipeline, `mrrec recommend`, the in-process loop
+//! and `bench recommend` start.
 
-use crate::ServiceError;
-use mrrec_config::{Config, LlmBackend};
-use mrrec_llm::{EmbeddedLlm, EngineOptions, HttpLlm, Llm, PolicyTarget, RuleLlm};
+use mrrec_config::Config;
 use mrrec_memory::MemoryStore;
 use mrrec_store::KvStore;
 use mrrec_stream::{KafkaClients, Shutdown, StageRunner};
-use std::sync::Arc;
 
-fn panicked() -> ServiceError {
-    ServiceError::Panicked("the recommend stage".into())
+/// Why the running stage could not start, or how it stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunningError {
+    #[error(transparent)]
+    Llm(#[from] mrrec_llm::OpenLlmError),
+    #[error(transparent)]
+    Open(#[from] crate::OpenError),
+    #[error("{0}")]
+    Run(#[from] mrrec_stream::StreamError),
+    #[error("following mrrec.policy: {0}")]
+    Follower(mrrec_llm::FollowerError),
+    #[error("{0} panicked")]
+    Panicked(&'static str),
 }
 
-/// The configured policy backend, and what follows `mrrec.policy` for it
-/// (the embedded engine; an http tier follows on its own).
-pub async fn open_llm(
-    config: &Config,
-) -> Result<(Arc<dyn Llm>, Option<Arc<dyn PolicyTarget>>), ServiceError> {
-    match config.llm.backend {
-        LlmBackend::Embedded => {
-            let dir = mrrec_policy::registry::resolve_model_dir(
-                &config.llm.model_dir,
-                &config.policy.dir,
-            )?;
-            let llm = Arc::new(
-                EmbeddedLlm::open(&dir, EngineOptions::from_config(config))
-                    .await
-                    .map_err(|source| ServiceError::Policy {
-                        dir: dir.clone(),
-                        source,
-                    })?,
-            );
-            tracing::info!(version = llm.serving_version(), dir = %dir.display(), "policy loaded");
-            Ok((llm.clone(), Some(llm)))
-        }
-        LlmBackend::Http => Ok((
-            Arc::new(HttpLlm::new(&config.llm.url)?.with_api_key(&config.llm.api_key)),
-            None,
-        )),
-        // The rule has no versions to follow.
-        LlmBackend::Rule => Ok((Arc::new(RuleLlm::default()), None)),
-    }
+fn panicked() -> RunningError {
+    RunningError::Panicked("the recommend stage")
 }
 
 /// A running recommend stage (and its policy follower) in this process.
 pub struct RunningRecommend {
     pub shutdown: Shutdown,
     runner: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
-    follower: Option<tokio::task::JoinHandle<Result<(), ServiceError>>>,
+    follower: Option<tokio::task::JoinHandle<Result<(), RunningError>>>,
 }
 
 impl RunningRecommend {
     /// Runs until `stop` is triggered (then drains) or until the stage
     /// stops by itself.
-    pub async fn until(mut self, stop: Shutdown) -> Result<mrrec_stream::RunReport, ServiceError> {
+    pub async fn until(mut self, stop: Shutdown) -> Result<mrrec_stream::RunReport, RunningError> {
         let finished = tokio::select! {
             _ = stop.wait() => None,
             result = &mut self.runner => Some(result),
@@ -64,7 +47,7 @@ impl RunningRecommend {
         if let Some(follower) = self.follower {
             follower
                 .await
-                .map_err(|_| ServiceError::Panicked("the policy follower".into()))??;
+                .map_err(|_| RunningError::Panicked("the policy follower"))??;
         }
         match finished {
             Some(result) => Ok(result.map_err(|_| panicked())??),
@@ -72,33 +55,33 @@ impl RunningRecommend {
         }
     }
 
-    pub async fn stop(self) -> Result<mrrec_stream::RunReport, ServiceError> {
+    pub async fn stop(self) -> Result<mrrec_stream::RunReport, RunningError> {
         self.shutdown.trigger();
         if let Some(follower) = self.follower {
             follower
                 .await
-                .map_err(|_| ServiceError::Panicked("the policy follower".into()))??;
+                .map_err(|_| RunningError::Panicked("the policy follower"))??;
         }
         Ok(self.runner.await.map_err(|_| panicked())??)
     }
 }
 
 /// Starts the stage over `memory` on `clients`.
-pub async fn start_recommend<S: KvStore + 'static>(
+pub async fn start<S: KvStore + 'static>(
     config: &Config,
     clients: &KafkaClients,
     memory: MemoryStore<S>,
     follow: bool,
-) -> Result<RunningRecommend, ServiceError> {
-    let (llm, target) = open_llm(config).await?;
+) -> Result<RunningRecommend, RunningError> {
+    let (llm, target) = mrrec_llm::open_configured(config).await?;
     // Polling every few ms costs CPU that the in-process broker shares with
     // the policy on the same cores; only a real broker gets the fast path.
     let request_path = if config.kafka.is_embedded() {
         clients.clone()
     } else {
-        mrrec_recommend::low_latency(clients)
+        crate::low_latency(clients)
     };
-    let stage = mrrec_recommend::open_stage(config, &request_path, llm, memory).await?;
+    let stage = crate::open_stage(config, &request_path, llm, memory).await?;
     let shutdown = Shutdown::new();
     // A pinned version (llm.model_dir, a rollback) stays pinned.
     let pinned = !config.llm.model_dir.is_empty();
@@ -112,24 +95,20 @@ pub async fn start_recommend<S: KvStore + 'static>(
                 mrrec_llm::follow_policy_topic(
                     &clients,
                     &prefix,
-                    mrrec_recommend::STAGE,
+                    crate::STAGE,
                     &policy_dir,
                     target,
                     stop,
                 )
                 .await
-                .map_err(ServiceError::Follower)
+                .map_err(RunningError::Follower)
             }))
         }
         _ => None,
     };
-    let runner = StageRunner::new(
-        request_path,
-        mrrec_recommend::runner_settings(config),
-        stage,
-    )
-    .spawn(shutdown.clone())
-    .task;
+    let runner = StageRunner::new(request_path, crate::runner_settings(config), stage)
+        .spawn(shutdown.clone())
+        .task;
     Ok(RunningRecommend {
         shutdown,
         runner,
