@@ -7,8 +7,9 @@
 use crate::recommender::{Answer, Recommender};
 use crate::STAGE;
 use futures::StreamExt;
-use mrrec_messages::{encode, DeadLetter, Request, Response, Topic};
+use mrrec_messages::{encode, Request, Response, Topic};
 use mrrec_store::KvStore;
+use mrrec_stream::events::DeadLettered;
 use mrrec_stream::{
     decode_message, now_ms, Batch, OutgoingRecord, Poison, Publisher, RecordMeta, Stage, StageError,
 };
@@ -230,21 +231,22 @@ impl<S: KvStore> RecommendStage<S> {
                     ts: now_ms(),
                 };
                 out.extend(self.response_record(&response));
-                let letter = DeadLetter::new(
-                    STAGE,
-                    &meta.topic,
-                    meta.partition,
-                    meta.offset,
-                    &poison.reason,
-                    payload,
-                    now_ms(),
-                );
-                if let Ok(payload) = encode(&letter) {
-                    out.push(OutgoingRecord {
-                        topic: Topic::Dlq.name(&self.prefix),
-                        key: meta.key.clone(),
-                        payload,
-                    });
+                let event = DeadLettered {
+                    stage: STAGE.to_owned(),
+                    topic: meta.topic.to_string(),
+                    partition: meta.partition,
+                    offset: meta.offset,
+                    kind: poison.kind,
+                    reason: poison.reason.clone(),
+                };
+                let dlq = Topic::Dlq.name(&self.prefix);
+                if let Ok(record) =
+                    OutgoingRecord::dead_letter(&dlq, &event, meta.key.clone(), payload)
+                {
+                    out.push(record);
+                    // Counted when answered, as the stage's other request
+                    // metrics are.
+                    event.emit();
                 }
             }
             (Incoming::Request(_), None) => {}

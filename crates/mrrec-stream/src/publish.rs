@@ -14,19 +14,20 @@ pub struct OutgoingRecord {
 }
 
 impl OutgoingRecord {
-    /// The DLQ record (DESIGN §2 dead letter) for the record at `meta`, which
-    /// `event` says who refused and why; keyed by the record's own key.
+    /// The DLQ record (DESIGN §2 dead letter) of the record `event` names
+    /// (who refused it and why), keyed by `key` (the record's own key).
+    /// Every dead letter mrrec writes is built here.
     pub fn dead_letter(
         dlq_topic: &str,
         event: &crate::events::DeadLettered,
-        meta: &crate::RecordMeta,
+        key: Option<Vec<u8>>,
         payload: &[u8],
     ) -> Result<Self, serde_json::Error> {
         let letter = mrrec_messages::DeadLetter::new(
             &event.stage,
-            &meta.topic,
-            meta.partition,
-            meta.offset,
+            &event.topic,
+            event.partition,
+            event.offset,
             &event.reason,
             payload,
             crate::now_ms(),
@@ -39,7 +40,7 @@ impl OutgoingRecord {
         };
         Ok(Self {
             topic: dlq_topic.to_owned(),
-            key: meta.key.clone(),
+            key,
             payload,
         })
     }

@@ -294,7 +294,7 @@ impl<M> InFlight<M> {
             reason: poison.reason,
         };
         let payload = raw.payload.as_deref().unwrap_or_default();
-        let record = OutgoingRecord::dead_letter(dlq_topic, &event, &raw.meta, payload)
+        let record = OutgoingRecord::dead_letter(dlq_topic, &event, raw.meta.key.clone(), payload)
             .map_err(|e| StageError::fatal_from("cannot encode a dead letter", e))?;
         self.dead_letters.push(record);
         self.dead.push(event);

@@ -177,7 +177,8 @@ impl TopicTail {
             kind: poison.kind,
             reason: poison.reason,
         };
-        let record = match OutgoingRecord::dead_letter(&self.dlq_topic, &event, meta, payload) {
+        let key = meta.key.clone();
+        let record = match OutgoingRecord::dead_letter(&self.dlq_topic, &event, key, payload) {
             Ok(record) => record,
             Err(error) => {
                 return DeadLetterLost {

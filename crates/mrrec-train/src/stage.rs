@@ -23,8 +23,9 @@
 use crate::{Decision, Rewarded, RoundReport, TrainError, TrainSettings};
 use mrrec_config::Config;
 use mrrec_llm::{EmbeddedLlm, EngineOptions};
-use mrrec_messages::{encode, DeadLetter, MessageError, Reward, Topic};
+use mrrec_messages::{encode, MessageError, Reward, Topic};
 use mrrec_policy::{PolicyError, PolicyRegistry};
+use mrrec_stream::events::DeadLettered;
 use mrrec_stream::{
     decode_message, Batch, KafkaClients, OutgoingRecord, Poison, Publisher, RecordMeta,
     RunnerSettings, Stage, StageError,
@@ -304,24 +305,11 @@ impl Trainer {
                 dead.push((b, reason.clone()));
             }
         }
-        let mut records = Vec::new();
-        for (b, reason) in &dead {
-            let payload = serde_json::to_vec(&b.reward)?;
-            let letter = DeadLetter::new(
-                STAGE,
-                &b.topic,
-                b.partition,
-                b.offset,
-                reason,
-                &payload,
-                mrrec_stream::now_ms(),
-            );
-            records.push(OutgoingRecord {
-                topic: Topic::Dlq.name(&self.prefix),
-                key: Some(b.reward.request_id.clone().into_bytes()),
-                payload: encode(&letter)?,
-            });
-        }
+        let letters = dead
+            .iter()
+            .map(|(b, reason)| self.dead_letter(b, "skipped", reason.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut records, dead_events): (Vec<_>, Vec<_>) = letters.into_iter().unzip();
         metrics::counter!(SKIPPED, "stage" => STAGE).increment(dead.len() as u64);
         let decision = match &report.decision {
             Decision::Published(version) => {
@@ -354,8 +342,31 @@ impl Trainer {
                 source,
             });
         }
+        dead_events.iter().for_each(DeadLettered::emit);
         self.log(&report, decision, rewards.len())?;
         Ok(report)
+    }
+
+    /// The dead letter of a buffered reward the trainer could not use.
+    fn dead_letter(
+        &self,
+        b: &Buffered,
+        kind: &'static str,
+        reason: String,
+    ) -> Result<(OutgoingRecord, DeadLettered)> {
+        let event = DeadLettered {
+            stage: STAGE.to_owned(),
+            topic: b.topic.clone(),
+            partition: b.partition,
+            offset: b.offset,
+            kind,
+            reason,
+        };
+        let payload = serde_json::to_vec(&b.reward)?;
+        let key = Some(b.reward.request_id.clone().into_bytes());
+        let record =
+            OutgoingRecord::dead_letter(&Topic::Dlq.name(&self.prefix), &event, key, &payload)?;
+        Ok((record, event))
     }
 
     /// The newest version when its metadata says it was trained on rewards
@@ -416,29 +427,20 @@ impl Trainer {
     /// A round that failed on its input: every reward goes to the DLQ with
     /// the reason, and the round is logged as failed.
     async fn fail_round(&self, rewards: &[Buffered], reason: &str) -> Result<()> {
-        let mut records = Vec::new();
-        for b in rewards {
-            let letter = DeadLetter::new(
-                STAGE,
-                &b.topic,
-                b.partition,
-                b.offset,
-                &format!("training round failed on its input: {reason}"),
-                &serde_json::to_vec(&b.reward)?,
-                mrrec_stream::now_ms(),
-            );
-            records.push(OutgoingRecord {
-                topic: Topic::Dlq.name(&self.prefix),
-                key: Some(b.reward.request_id.clone().into_bytes()),
-                payload: encode(&letter)?,
-            });
-        }
+        let letter_reason = format!("training round failed on its input: {reason}");
+        let (records, events): (Vec<_>, Vec<_>) = rewards
+            .iter()
+            .map(|b| self.dead_letter(b, "round_failed", letter_reason.clone()))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         if let Err((source, _)) = self.publisher.publish_all(records).await {
             return Err(TrainStageError::Publish {
                 what: "dead-lettering a failed round's rewards",
                 source,
             });
         }
+        events.iter().for_each(DeadLettered::emit);
         tracing::error!(%reason, rewards = rewards.len(), "training round failed on its input; its rewards are in the DLQ");
         metrics::counter!(ROUNDS, "stage" => STAGE, "decision" => "failed").increment(1);
         metrics::counter!(SKIPPED, "stage" => STAGE).increment(rewards.len() as u64);
@@ -882,5 +884,44 @@ mod tests {
         // nothing to learn, and it is dead-lettered with that reason).
         assert_eq!(lines[1]["rewards"], 1, "{log}");
         assert_eq!(lines.len(), 2, "{log}");
+
+        // A round that fails on its input dead-letters every reward with
+        // the reason, and logs itself as failed.
+        stage
+            .trainer
+            .fail_round(&[buffered(5), buffered(6)], "bad input")
+            .await
+            .unwrap();
+        let dlq: StreamConsumer = clients.reader("dlq-check").create().unwrap();
+        dlq.subscribe(&["mrrec.dlq"]).unwrap();
+        let mut letters = Vec::new();
+        for _ in 0..3 {
+            let record = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
+                .await
+                .expect("a dead letter")
+                .unwrap();
+            let letter: mrrec_messages::DeadLetter =
+                mrrec_messages::decode(record.payload().unwrap()).unwrap();
+            letters.push(letter);
+        }
+        letters.sort_by_key(|l| l.offset);
+        assert!(letters
+            .iter()
+            .all(|l| l.stage == "train" && l.source_topic == "mrrec.rewards"));
+        assert_eq!(
+            letters.iter().map(|l| l.offset).collect::<Vec<_>>(),
+            [2, 5, 6]
+        );
+        assert!(
+            letters[1]
+                .error
+                .contains("training round failed on its input: bad input"),
+            "{}",
+            letters[1].error
+        );
+        let log = std::fs::read_to_string(config.policy.dir.join("train-log.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(last["decision"], "failed", "{log}");
+        assert_eq!(last["reason"], "bad input", "{log}");
     }
 }
