@@ -177,8 +177,7 @@ impl EmbeddedLlm {
             runner = runner.with_loader_config(loader);
         }
         let runner = runner.build().await;
-        tracing::info!(version, dir = %dir.display(), "policy loaded");
-        metrics::gauge!(crate::POLICY_VERSION).set(version as f64);
+        crate::events::PolicyLoaded { version, dir }.emit();
         Ok(Self {
             model: Arc::new(Model::new(runner.clone())),
             runner,
@@ -251,14 +250,12 @@ impl EmbeddedLlm {
                 }),
             )
         };
-        metrics::gauge!(crate::POLICY_VERSION).set(version as f64);
-        metrics::counter!(crate::SWAPS).increment(1);
-        tracing::info!(
-            from = old.version,
-            to = version,
-            load_ms = started.elapsed().as_millis() as u64,
-            "policy switched; the old version unloads when its calls finish"
-        );
+        crate::events::PolicySwitched {
+            from: old.version,
+            to: version,
+            load_ms: started.elapsed().as_millis() as u64,
+        }
+        .emit();
         let runner = self.runner.clone();
         tokio::spawn(async move {
             while Arc::strong_count(&old) > 1 {

@@ -5,6 +5,7 @@
 //! announced. A version that fails to load is logged and skipped: the
 //! serving version stays. An unreadable announcement goes to the DLQ.
 
+use crate::events::{AnnouncementRefused, PolicyLoadFailed};
 use crate::{EmbeddedLlm, LlmError};
 use async_trait::async_trait;
 use mrrec_messages::{PolicyAnnouncement, Topic};
@@ -130,28 +131,23 @@ pub async fn follow_policy_topic(
         let announcement = &tailed.message;
         match apply_announcement(target.as_ref(), announcement, policy_dir).await {
             Ok(_) => {}
-            Err(FollowError::Load(e)) => {
-                metrics::counter!(crate::LOAD_FAILURES).increment(1);
-                tracing::error!(
-                    version = announcement.version,
-                    path = %announcement.path,
-                    error = %e,
-                    "announced policy failed to load; still serving version {}",
-                    target.serving_version()
-                );
+            Err(FollowError::Load(e)) => PolicyLoadFailed {
+                announcement,
+                error: &e,
+                serving: target.serving_version(),
             }
+            .emit(),
             Err(refused @ FollowError::Refused(_)) => {
-                metrics::counter!(crate::REFUSED).increment(1);
-                tracing::warn!(
-                    version = announcement.version,
-                    path = %announcement.path,
-                    reason = %refused,
-                    "policy announcement refused; still serving version {}",
-                    target.serving_version()
-                );
+                let reason = refused.to_string();
+                AnnouncementRefused {
+                    announcement,
+                    reason: &reason,
+                    serving: target.serving_version(),
+                }
+                .emit();
                 let poison = Poison {
                     kind: "refused",
-                    reason: refused.to_string(),
+                    reason,
                 };
                 tail.dead_letter(&tailed.meta, &tailed.payload, poison)
                     .await;

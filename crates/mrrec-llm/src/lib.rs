@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod embedded;
+pub mod events;
 pub mod follow;
 pub mod http;
 mod open;
@@ -16,31 +17,10 @@ pub mod rule;
 pub mod serve;
 
 pub use embedded::{EmbeddedLlm, EngineOptions};
+pub use events::describe_metrics;
 pub use follow::{follow_policy_topic, trusted_dir, FollowError, FollowerError, PolicyTarget};
 pub use open::{open_configured, OpenLlmError};
 
-/// Gauge: the policy version this process serves.
-pub const POLICY_VERSION: &str = "mrrec_policy_version";
-/// Counter: policy versions switched to while serving.
-pub const SWAPS: &str = "mrrec_policy_swaps_total";
-/// Counter: trusted versions that failed to load.
-pub const LOAD_FAILURES: &str = "mrrec_policy_load_failures_total";
-/// Counter: announcements refused before anything loaded.
-pub const REFUSED: &str = "mrrec_policy_announcements_refused_total";
-
-/// Registers the HELP text of the served policy's metrics.
-pub fn describe_metrics() {
-    metrics::describe_gauge!(POLICY_VERSION, "The policy version this process serves");
-    metrics::describe_counter!(SWAPS, "Policy versions switched to while serving");
-    metrics::describe_counter!(
-        REFUSED,
-        "Policy announcements refused: path not policy.dir/vNNNN for their version, or not a usable model"
-    );
-    metrics::describe_counter!(
-        LOAD_FAILURES,
-        "Trusted policy versions that failed to load; the serving version stays"
-    );
-}
 pub use http::HttpLlm;
 pub use mrrec_policy::protocol::{ChatMessage, Role};
 pub use rule::RuleLlm;

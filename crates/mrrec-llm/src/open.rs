@@ -37,7 +37,6 @@ pub async fn open_configured(
                         source,
                     })?,
             );
-            tracing::info!(version = llm.serving_version(), dir = %dir.display(), "policy loaded");
             Ok((llm.clone(), Some(llm)))
         }
         LlmBackend::Http => Ok((

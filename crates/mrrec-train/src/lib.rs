@@ -10,18 +10,18 @@
 //! round left out.
 
 pub mod bench;
+pub mod events;
 pub mod grpo;
 pub mod model;
 pub mod samples;
 pub mod sft;
 pub mod stage;
 
+pub use events::describe_metrics;
 pub use grpo::{AdamW, GrpoSettings, UpdateReport};
 pub use model::{LlamaShape, PolicyModel};
 pub use samples::{build_sample, Rewarded, Sample};
-pub use stage::{
-    describe_metrics, Buffered, Once, OnceError, RewardBuffer, TrainStage, TrainStageError, Trainer,
-};
+pub use stage::{Buffered, Once, OnceError, RewardBuffer, TrainStage, TrainStageError, Trainer};
 
 use mrrec_policy::{PolicyMeta, PolicyRegistry, PolicyVersion};
 use std::collections::{BTreeMap, HashMap};

@@ -20,6 +20,7 @@
 //! that would recur on every retry) is logged, its rewards dead-lettered
 //! with the reason and the buffer cleared, instead of being retried forever.
 
+use crate::events::{RoundEnded, SKIPPED};
 use crate::{Decision, Rewarded, RoundReport, TrainError, TrainSettings};
 use mrrec_config::Config;
 use mrrec_llm::{EmbeddedLlm, EngineOptions};
@@ -89,20 +90,6 @@ type Result<T, E = TrainStageError> = std::result::Result<T, E>;
 
 /// Stage name (group id suffix, metric label, dead-letter stage).
 pub const STAGE: &str = "train";
-const ROUNDS: &str = "mrrec_train_rounds_total";
-const SKIPPED: &str = "mrrec_train_skipped_total";
-
-/// Registers the HELP text of the train stage's own metrics.
-pub fn describe_metrics() {
-    metrics::describe_counter!(
-        ROUNDS,
-        "Training rounds, by decision: published, rejected (by the gate), nothing_to_learn, reannounced (published before, announced now), failed"
-    );
-    metrics::describe_counter!(
-        SKIPPED,
-        "Rewards the trainer could not use (dead-lettered with the reason)"
-    );
-}
 
 /// The trainer's settings from `[train]`.
 pub fn settings(config: &Config) -> TrainSettings {
@@ -311,31 +298,16 @@ impl Trainer {
             .collect::<Result<Vec<_>>>()?;
         let (mut records, dead_events): (Vec<_>, Vec<_>) = letters.into_iter().unzip();
         metrics::counter!(SKIPPED, "stage" => STAGE).increment(dead.len() as u64);
-        let decision = match &report.decision {
-            Decision::Published(version) => {
-                let announcement = self.registry.announcement(
-                    version,
-                    Some(report.parent),
-                    report.metrics.clone(),
-                );
-                records.push(OutgoingRecord {
-                    topic: Topic::Policy.name(&self.prefix),
-                    key: None,
-                    payload: encode(&announcement)?,
-                });
-                tracing::info!(version = version.version, parent = report.parent, metrics = ?report.metrics, "published a new policy version");
-                "published"
-            }
-            Decision::Rejected(reason) => {
-                tracing::warn!(parent = report.parent, %reason, "candidate rejected; nothing published");
-                "rejected"
-            }
-            Decision::NothingToLearn(reason) => {
-                tracing::info!(%reason, "nothing to learn this round");
-                "nothing_to_learn"
-            }
-        };
-        metrics::counter!(ROUNDS, "stage" => STAGE, "decision" => decision).increment(1);
+        if let Decision::Published(version) = &report.decision {
+            let announcement =
+                self.registry
+                    .announcement(version, Some(report.parent), report.metrics.clone());
+            records.push(OutgoingRecord {
+                topic: Topic::Policy.name(&self.prefix),
+                key: None,
+                payload: encode(&announcement)?,
+            });
+        }
         if let Err((source, _)) = self.publisher.publish_all(records).await {
             return Err(TrainStageError::Publish {
                 what: "publishing the round's announcement and dead letters",
@@ -343,7 +315,12 @@ impl Trainer {
             });
         }
         dead_events.iter().for_each(DeadLettered::emit);
-        self.log(&report, decision, rewards.len())?;
+        let ended = RoundEnded::Decided {
+            report: &report,
+            rewards: rewards.len(),
+        };
+        ended.emit();
+        self.append_log(&ended.log_line())?;
         Ok(report)
     }
 
@@ -408,20 +385,13 @@ impl Trainer {
                 source,
             });
         }
-        tracing::warn!(
-            version = version.version,
+        let ended = RoundEnded::Reannounced {
+            version: version.version,
+            parent: meta.parent,
             dropped,
-            "the round that published this version had not finished: announced it again, and dropped the rewards it was trained on instead of training them twice"
-        );
-        metrics::counter!(ROUNDS, "stage" => STAGE, "decision" => "reannounced").increment(1);
-        let line = serde_json::json!({
-            "ts": mrrec_stream::now_ms(),
-            "decision": "reannounced",
-            "version": version.version,
-            "parent": meta.parent,
-            "rewards": dropped,
-        });
-        self.append_log(&line)
+        };
+        ended.emit();
+        self.append_log(&ended.log_line())
     }
 
     /// A round that failed on its input: every reward goes to the DLQ with
@@ -441,38 +411,17 @@ impl Trainer {
             });
         }
         events.iter().for_each(DeadLettered::emit);
-        tracing::error!(%reason, rewards = rewards.len(), "training round failed on its input; its rewards are in the DLQ");
-        metrics::counter!(ROUNDS, "stage" => STAGE, "decision" => "failed").increment(1);
-        metrics::counter!(SKIPPED, "stage" => STAGE).increment(rewards.len() as u64);
-        self.append_log(&serde_json::json!({
-            "ts": mrrec_stream::now_ms(),
-            "decision": "failed",
-            "reason": reason,
-            "rewards": rewards.len(),
-        }))
+        let ended = RoundEnded::Failed {
+            reason,
+            rewards: rewards.len(),
+        };
+        ended.emit();
+        self.append_log(&ended.log_line())
     }
 
     fn append_log(&self, line: &serde_json::Value) -> Result<()> {
         let mut file = open_append(&self.log_path)?;
         writeln!(file, "{line}").map_err(TrainStageError::io("appending to", &self.log_path))
-    }
-
-    fn log(&self, report: &RoundReport, decision: &str, rewards: usize) -> Result<()> {
-        let (version, reason) = match &report.decision {
-            Decision::Published(v) => (Some(v.version), None),
-            Decision::Rejected(r) | Decision::NothingToLearn(r) => (None, Some(r.clone())),
-        };
-        let line = serde_json::json!({
-            "ts": mrrec_stream::now_ms(),
-            "parent": report.parent,
-            "decision": decision,
-            "version": version,
-            "reason": reason,
-            "rewards": rewards,
-            "skipped": report.skipped.len(),
-            "metrics": report.metrics,
-        });
-        self.append_log(&line)
     }
 }
 
