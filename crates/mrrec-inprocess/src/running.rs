@@ -79,14 +79,16 @@ impl InProcess {
             .await?
             .spawn(stop_distill.clone());
         let bar = crate::produce::progress_bar(total, "distilling");
-        settle(std::slice::from_ref(&distill), total, Some(&bar)).await?;
+        let settled = settle(std::slice::from_ref(&distill), total, Some(&bar), None).await;
         let distill_seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         stop_distill.trigger();
+        // The stage's own error says more than "it stopped".
         distill
             .task
             .await
             .map_err(|_| LoopError::Panicked("the distill stage".into()))??;
+        settled?;
 
         opened
             .serve(config, total as usize, distill_seconds, None)
@@ -503,7 +505,7 @@ impl Opened {
         )
         .spawn(stop.clone())
         .task;
-        let collected = collect_rewards(&clients, &prefix, stop.clone())?;
+        let collected = collect_rewards(&clients, &prefix, stop.clone()).await?;
         let client = RecommendClient::connect(&clients, &prefix).await?;
         let trainer = Trainer::new(config, &clients)?;
         Ok(InProcess {
@@ -529,13 +531,14 @@ impl Opened {
 /// Records a stage is done with: stored, dead-lettered or skipped.
 /// Returns once every runner of `runners` has settled (stored,
 /// dead-lettered or skipped) `total` records; `bar` shows the slowest.
-/// Fails when one stops, or after ten minutes.
+/// Fails when one stops, or once `patience` (if any) has passed.
 pub(crate) async fn settle(
     runners: &[SpawnedRunner],
     total: u64,
     bar: Option<&indicatif::ProgressBar>,
+    patience: Option<Duration>,
 ) -> Result<(), LoopError> {
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let deadline = patience.map(|p| Instant::now() + p);
     loop {
         let done = runners
             .iter()
@@ -551,12 +554,15 @@ pub(crate) async fn settle(
         if runners.iter().any(|r| r.task.is_finished()) {
             return Err(LoopError::DistillStopped { done, total });
         }
-        if Instant::now() > deadline {
+        if deadline.is_some_and(|d| Instant::now() > d) {
             return Err(LoopError::DistillTooSlow { done, total });
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// How long a feed of the live loop may take to be stored.
+const LIVE_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Distill stages that keep running (the loop's, then one per shadow
 /// memory, all reading the same topics), and how much was sent to them.
@@ -575,11 +581,11 @@ impl LiveDistill {
     /// Returns once every distill stage has stored (or dead-lettered)
     /// every record sent.
     async fn wait(&mut self) -> Result<(), LoopError> {
-        settle(&self.runners, self.sent, None).await
+        settle(&self.runners, self.sent, None, Some(LIVE_PATIENCE)).await
     }
 }
 
-fn collect_rewards(
+async fn collect_rewards(
     clients: &KafkaClients,
     prefix: &str,
     stop: Shutdown,
@@ -590,7 +596,8 @@ fn collect_rewards(
         &Topic::Dlq.name(prefix),
         "in-process",
         TailFrom::Beginning,
-    )?;
+    )
+    .await?;
     let collected: Collected = Arc::default();
     let sink = collected.clone();
     tokio::spawn(async move {

@@ -93,9 +93,10 @@ pub async fn apply_announcement(
     Ok(true)
 }
 
-/// Why the follower could not start: `mrrec.policy` could not be tailed.
-/// Once started it stops only at its shutdown (a bad announcement is not an
-/// error: it is dead-lettered and the follower goes on).
+/// Why the follower stopped before its shutdown. It has none today: it
+/// retries opening `mrrec.policy` until it can or until its shutdown, and a
+/// bad announcement is dead-lettered while it goes on. Kept so that the
+/// follower's task keeps one error type if that changes.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowerError {
     #[error(transparent)]
@@ -114,13 +115,24 @@ pub async fn follow_policy_topic(
     shutdown: Shutdown,
 ) -> Result<(), FollowerError> {
     let topic = Topic::Policy.name(prefix);
-    let tail = TopicTail::open(
-        clients,
-        &topic,
-        &Topic::Dlq.name(prefix),
-        stage,
-        TailFrom::Beginning,
-    )?;
+    let dlq = Topic::Dlq.name(prefix);
+    let mut backoff = mrrec_stream::Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
+    let tail = loop {
+        match TopicTail::open(clients, &topic, &dlq, stage, TailFrom::Beginning).await {
+            Ok(tail) => break tail,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot follow policy announcements yet; serving the loaded version meanwhile");
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
     crate::describe_metrics();
     tracing::info!(%topic, "following policy announcements");
     loop {

@@ -52,7 +52,8 @@ impl RecommendClient {
             &Topic::Dlq.name(prefix),
             "recommend-client",
             TailFrom::End,
-        )?;
+        )
+        .await?;
         let waiting: Waiting = Arc::default();
         let dispatch = waiting.clone();
         let reader = tokio::spawn(async move {

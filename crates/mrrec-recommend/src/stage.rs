@@ -83,6 +83,14 @@ pub fn describe_metrics() {
     );
 }
 
+/// A batch's records to publish, and the dead letters among them (counted
+/// once they are published).
+#[derive(Default)]
+struct Outgoing {
+    records: Vec<OutgoingRecord>,
+    dead_letters: Vec<DeadLettered>,
+}
+
 /// A record of `mrrec.requests` as the stage sees it.
 #[derive(Debug, Clone)]
 pub enum Incoming {
@@ -121,7 +129,7 @@ pub struct RecommendStage<S> {
     prefix: String,
     /// Output of a batch whose publication failed, kept for the retry (so a
     /// retry does not answer the requests again).
-    unsent: Option<((String, i32, i64), Vec<OutgoingRecord>)>,
+    unsent: Option<((String, i32, i64), Outgoing)>,
 }
 
 impl<S: KvStore> RecommendStage<S> {
@@ -160,13 +168,19 @@ impl<S: KvStore> RecommendStage<S> {
         }
     }
 
+    /// Adds a request's records to `out`: its response and trajectories,
+    /// or, for an invalid request, its error response and dead letter.
     fn outgoing(
         &self,
         meta: &RecordMeta,
         incoming: &Incoming,
         answer: Option<Answer>,
-    ) -> Vec<OutgoingRecord> {
-        let mut out = Vec::new();
+        out: &mut Outgoing,
+    ) {
+        let Outgoing {
+            records: out,
+            dead_letters,
+        } = out;
         match (incoming, answer) {
             (Incoming::Request(_), Some(answer)) => {
                 let outcome = if answer.response.error.is_some() {
@@ -244,14 +258,11 @@ impl<S: KvStore> RecommendStage<S> {
                     OutgoingRecord::dead_letter(&dlq, &event, meta.key.clone(), payload)
                 {
                     out.push(record);
-                    // Counted when answered, as the stage's other request
-                    // metrics are.
-                    event.emit();
+                    dead_letters.push(event);
                 }
             }
             (Incoming::Request(_), None) => {}
         }
-        out
     }
 }
 
@@ -359,8 +370,8 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
             first.meta.partition,
             first.meta.offset,
         );
-        let records = match self.unsent.take() {
-            Some((id, records)) if id == batch_id => records,
+        let outgoing = match self.unsent.take() {
+            Some((id, outgoing)) if id == batch_id => outgoing,
             _ => {
                 let started = Instant::now();
                 let recommender = &self.recommender;
@@ -377,7 +388,7 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
                     .buffered(concurrency)
                     .collect()
                     .await;
-                let mut records = Vec::new();
+                let mut outgoing = Outgoing::default();
                 for (decoded, answer) in batch.records.iter().zip(answers) {
                     let answer = answer.map_err(|e| {
                         if e.is_retryable() {
@@ -386,20 +397,29 @@ impl<S: KvStore + 'static> Stage for RecommendStage<S> {
                             StageError::fatal_from("answering a request", e)
                         }
                     })?;
-                    records.extend(self.outgoing(&decoded.meta, &decoded.message, answer));
+                    self.outgoing(&decoded.meta, &decoded.message, answer, &mut outgoing);
                 }
                 tracing::debug!(
                     requests = batch.len(),
                     ms = started.elapsed().as_millis() as u64,
                     "batch answered"
                 );
-                records
+                outgoing
             }
         };
+        let Outgoing {
+            records,
+            dead_letters,
+        } = outgoing;
         if let Err((e, unsent)) = self.publisher.publish_all(records).await {
-            self.unsent = Some((batch_id, unsent));
+            let outgoing = Outgoing {
+                records: unsent,
+                dead_letters,
+            };
+            self.unsent = Some((batch_id, outgoing));
             return Err(StageError::retryable_from("publishing answers", e));
         }
+        dead_letters.iter().for_each(DeadLettered::emit);
         Ok(())
     }
 }

@@ -22,9 +22,11 @@ pub struct DeadLettered {
 
 impl DeadLettered {
     /// Logs the dead letter and counts it in `mrrec_dlq_total`. Call once the
-    /// dead letter is durable in the DLQ.
+    /// dead letter is durable in the DLQ. Logged at debug: a producer that
+    /// sends bad records can send millions, and the counter and the DLQ
+    /// (which keeps each reason) carry the signal.
     pub fn emit(&self) {
-        tracing::warn!(
+        tracing::debug!(
             stage = %self.stage,
             topic = %self.topic,
             partition = self.partition,

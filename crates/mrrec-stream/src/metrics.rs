@@ -33,7 +33,7 @@ pub fn describe() {
     describe_counter!(DEAD_LETTERED, "Records sent to the DLQ, by reason kind");
     describe_counter!(
         DEAD_LETTERS_LOST,
-        "Records a topic tail reader could not write to the DLQ (after retrying for 30 s)"
+        "Dead letters of a topic tail reader the DLQ did not take (failed for good, or still failing after 30 s); the reason is only in the log"
     );
     describe_counter!(
         OFFSET_GAPS,

@@ -345,7 +345,8 @@ struct RunnerContext<S: Stage> {
 impl<S: Stage> RunnerContext<S> {
     fn lock(&self) -> MutexGuard<'_, LoopState<S>> {
         // A panic inside a stage poisons the lock; the state itself stays consistent
-        // (every step is retried from its own flags), so keep going.
+        // (a batch stays in flight until committed, every step retried from
+        // its own flags), so keep going.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -969,63 +970,19 @@ impl<S: Stage> LoopState<S> {
     }
 
     /// Dead letters, then the stage, then the commit — each step at most
-    /// once. On an error the batch stays in flight, its finished steps done.
+    /// once. The batch stays in flight until its commit (also through an
+    /// error or a panic in the stage), its finished steps remembered.
     fn advance(&mut self, consumer: &BaseConsumer<RunnerContext<S>>) -> Result<(), StageError> {
-        let Some(mut flight) = self.in_flight.take() else {
+        let Some(flight) = self.in_flight.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = self
-            .send_dead_letters(&mut flight)
-            .and_then(|()| self.process(&mut flight))
-        {
-            self.in_flight = Some(flight);
-            return Err(e);
-        }
+        send_dead_letters(&self.handle, &self.dlq, &self.name, flight)?;
+        process(&self.handle, &mut self.stage, &self.name, flight)?;
+        let flight = self.in_flight.take().expect("checked above");
         self.commit(consumer, &flight);
         // Time spent processing is not time the partitions were fetched.
         self.restart_stall_clocks();
         self.record(flight);
-        Ok(())
-    }
-
-    /// Writes the batch's dead letters; those not acknowledged stay for a retry.
-    fn send_dead_letters(&mut self, flight: &mut InFlight<S::Message>) -> Result<(), StageError> {
-        if flight.dead_letters.is_empty() {
-            return Ok(());
-        }
-        let letters = std::mem::take(&mut flight.dead_letters);
-        let Err((error, unsent)) = self.handle.block_on(self.dlq.publish_all(letters)) else {
-            return Ok(());
-        };
-        flight.dead_letters = unsent;
-        metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "dlq").increment(1);
-        Err(if crate::publish::is_retryable_kafka(&error) {
-            StageError::retryable_from("writing to the DLQ", error)
-        } else {
-            StageError::fatal_from("writing to the DLQ", error)
-        })
-    }
-
-    /// Hands the batch to the stage, once, in a `batch` span.
-    fn process(&mut self, flight: &mut InFlight<S::Message>) -> Result<(), StageError> {
-        if flight.processed || flight.batch.is_empty() {
-            flight.processed = true;
-            return Ok(());
-        }
-        let span = tracing::info_span!(
-            "batch",
-            records = flight.batch.records.len(),
-            ranges = %ranges_field(&flight.batch.ranges),
-        );
-        let _entered = span.enter();
-        if let Err(e) = self.handle.block_on(self.stage.process(&flight.batch)) {
-            if e.is_retryable() {
-                metrics::counter!(m::RETRIES, "stage" => self.name.clone(), "phase" => "process")
-                    .increment(1);
-            }
-            return Err(e);
-        }
-        flight.processed = true;
         Ok(())
     }
 
@@ -1256,6 +1213,57 @@ impl<S: Stage> LoopState<S> {
         }
         self.paused = false;
     }
+}
+
+/// Writes the batch's dead letters; those not acknowledged stay for a retry.
+fn send_dead_letters<M>(
+    handle: &Handle,
+    dlq: &Publisher,
+    stage: &str,
+    flight: &mut InFlight<M>,
+) -> Result<(), StageError> {
+    if flight.dead_letters.is_empty() {
+        return Ok(());
+    }
+    let letters = std::mem::take(&mut flight.dead_letters);
+    let Err((error, unsent)) = handle.block_on(dlq.publish_all(letters)) else {
+        return Ok(());
+    };
+    flight.dead_letters = unsent;
+    metrics::counter!(m::RETRIES, "stage" => stage.to_owned(), "phase" => "dlq").increment(1);
+    Err(if crate::publish::is_retryable_kafka(&error) {
+        StageError::retryable_from("writing to the DLQ", error)
+    } else {
+        StageError::fatal_from("writing to the DLQ", error)
+    })
+}
+
+/// Hands the batch to the stage, once, in a `batch` span.
+fn process<S: Stage>(
+    handle: &Handle,
+    stage: &mut S,
+    name: &str,
+    flight: &mut InFlight<S::Message>,
+) -> Result<(), StageError> {
+    if flight.processed || flight.batch.is_empty() {
+        flight.processed = true;
+        return Ok(());
+    }
+    let span = tracing::info_span!(
+        "batch",
+        records = flight.batch.records.len(),
+        ranges = %ranges_field(&flight.batch.ranges),
+    );
+    let _entered = span.enter();
+    if let Err(e) = handle.block_on(stage.process(&flight.batch)) {
+        if e.is_retryable() {
+            metrics::counter!(m::RETRIES, "stage" => name.to_owned(), "phase" => "process")
+                .increment(1);
+        }
+        return Err(e);
+    }
+    flight.processed = true;
+    Ok(())
 }
 
 /// A batch's partition ranges as one span field: `topic:partition first..=last`, comma-separated.

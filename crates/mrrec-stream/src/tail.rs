@@ -8,8 +8,12 @@
 //! reason ([`DeadLettered`]) and the tail goes on. A record that does not
 //! decode is dead-lettered by [`TopicTail::next`]; one that decodes but is
 //! refused by its reader is dead-lettered by [`TopicTail::dead_letter`].
-//! Read errors are retried with backoff, never returned: a tail waits out a
-//! broker that is away.
+//! Once open, read errors are retried with backoff, never returned: a tail
+//! waits out a broker that is away. Opening can fail (the broker does not
+//! answer, the topic does not exist); [`TopicTail::open`] says why, and a
+//! reader that must not give up retries it. Each reader dead-letters what
+//! it cannot use: a record every reader of a topic refuses (every request
+//! client reads every response) is dead-lettered once per reader.
 
 use crate::events::{DeadLetterLost, DeadLettered};
 use crate::metrics as m;
@@ -61,8 +65,30 @@ pub struct TopicTail {
 
 impl TopicTail {
     /// Opens a tail of `topic` from `from`. `name` names the reader in its
-    /// dead letters and metrics; bad records go to `dlq_topic`.
-    pub fn open(
+    /// dead letters and metrics; bad records go to `dlq_topic`. Asks the
+    /// broker for the topic's partitions (and, from the end, their
+    /// watermarks), waiting up to 10 s for each answer, on a blocking thread.
+    pub async fn open(
+        clients: &KafkaClients,
+        topic: &str,
+        dlq_topic: &str,
+        name: &str,
+        from: TailFrom,
+    ) -> Result<Self, TailError> {
+        let (clients, topic, dlq_topic, name) = (
+            clients.clone(),
+            topic.to_owned(),
+            dlq_topic.to_owned(),
+            name.to_owned(),
+        );
+        tokio::task::spawn_blocking(move || {
+            Self::open_blocking(&clients, &topic, &dlq_topic, &name, from)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    fn open_blocking(
         clients: &KafkaClients,
         topic: &str,
         dlq_topic: &str,
@@ -166,8 +192,10 @@ impl TopicTail {
     }
 
     /// Sends a record this tail read to the DLQ with `poison`'s reason,
-    /// retrying for up to 30 s; a dead letter that still cannot be written
-    /// is logged and counted as lost.
+    /// retrying retryable failures for up to 30 s; a dead letter that still
+    /// cannot be written (or fails for good) is logged and counted as lost.
+    /// The write runs on a task of its own: dropping this future (a reader
+    /// stopping) does not drop the dead letter.
     pub async fn dead_letter(&self, meta: &RecordMeta, payload: &[u8], poison: Poison) {
         let event = DeadLettered {
             stage: self.name.clone(),
@@ -188,24 +216,34 @@ impl TopicTail {
                 .emit()
             }
         };
-        let started = Instant::now();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut records = vec![record];
-        loop {
-            match self.dlq.publish_all(records).await {
-                Ok(()) => return event.emit(),
-                Err((error, unsent)) if started.elapsed() >= DLQ_PATIENCE => {
-                    drop(unsent);
-                    return DeadLetterLost {
-                        event: &event,
-                        error: error.to_string(),
+        let dlq = self.dlq.clone();
+        let write = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut records = vec![record];
+            loop {
+                match dlq.publish_all(records).await {
+                    Ok(()) => return event.emit(),
+                    Err((error, unsent))
+                        if crate::publish::is_retryable_kafka(&error)
+                            && started.elapsed() < DLQ_PATIENCE =>
+                    {
+                        records = unsent;
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
-                    .emit();
+                    Err((error, _)) => {
+                        return DeadLetterLost {
+                            event: &event,
+                            error: error.to_string(),
+                        }
+                        .emit()
+                    }
                 }
-                Err((_, unsent)) => {
-                    records = unsent;
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
+            }
+        });
+        if let Err(e) = write.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
             }
         }
     }

@@ -440,9 +440,12 @@ async fn a_topic_tail_starts_where_asked_and_dead_letters_what_it_cannot_use() {
     let dlq = Topic::Dlq.name("tail.");
     produce(&clients, &events, (0..3).map(event).collect()).await;
 
-    let from_start =
-        TopicTail::open(&clients, &events, &dlq, "start", TailFrom::Beginning).unwrap();
-    let from_end = TopicTail::open(&clients, &events, &dlq, "end", TailFrom::End).unwrap();
+    let from_start = TopicTail::open(&clients, &events, &dlq, "start", TailFrom::Beginning)
+        .await
+        .unwrap();
+    let from_end = TopicTail::open(&clients, &events, &dlq, "end", TailFrom::End)
+        .await
+        .unwrap();
     let broken = OutgoingRecord {
         topic: String::new(),
         key: Some(b"u1".to_vec()),

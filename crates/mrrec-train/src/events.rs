@@ -31,6 +31,8 @@ pub enum RoundEnded<'a> {
     Decided {
         report: &'a RoundReport,
         rewards: usize,
+        /// The rewards it could not use, now in the DLQ.
+        dead_lettered: usize,
     },
     /// A round that had published `version` but not finished was finished
     /// by announcing it again; its `dropped` rewards were not trained twice.
@@ -57,8 +59,17 @@ impl RoundEnded<'_> {
         }
     }
 
-    /// Logs the round and counts it (and a failed round's rewards as skipped).
+    /// Logs the round and counts it, and the rewards it dead-lettered as
+    /// skipped.
     pub fn emit(&self) {
+        let skipped = match self {
+            RoundEnded::Decided { dead_lettered, .. } => *dead_lettered,
+            RoundEnded::Reannounced { .. } => 0,
+            RoundEnded::Failed { rewards, .. } => *rewards,
+        };
+        if skipped > 0 {
+            metrics::counter!(SKIPPED, "stage" => crate::stage::STAGE).increment(skipped as u64);
+        }
         match self {
             RoundEnded::Decided { report, .. } => match &report.decision {
                 Decision::Published(version) => tracing::info!(
@@ -81,14 +92,11 @@ impl RoundEnded<'_> {
                 dropped,
                 "the round that published this version had not finished: announced it again, and dropped the rewards it was trained on instead of training them twice"
             ),
-            RoundEnded::Failed { reason, rewards } => {
-                tracing::error!(
-                    %reason,
-                    rewards,
-                    "training round failed on its input; its rewards are in the DLQ"
-                );
-                metrics::counter!(SKIPPED, "stage" => crate::stage::STAGE).increment(*rewards as u64);
-            }
+            RoundEnded::Failed { reason, rewards } => tracing::error!(
+                %reason,
+                rewards,
+                "training round failed on its input; its rewards are in the DLQ"
+            ),
         }
         metrics::counter!(ROUNDS, "stage" => crate::stage::STAGE, "decision" => self.decision())
             .increment(1);
@@ -98,7 +106,9 @@ impl RoundEnded<'_> {
     pub fn log_line(&self) -> serde_json::Value {
         let ts = mrrec_stream::now_ms();
         match self {
-            RoundEnded::Decided { report, rewards } => {
+            RoundEnded::Decided {
+                report, rewards, ..
+            } => {
                 let (version, reason) = match &report.decision {
                     Decision::Published(v) => (Some(v.version), None),
                     Decision::Rejected(r) | Decision::NothingToLearn(r) => (None, Some(r)),

@@ -20,7 +20,7 @@
 //! that would recur on every retry) is logged, its rewards dead-lettered
 //! with the reason and the buffer cleared, instead of being retried forever.
 
-use crate::events::{RoundEnded, SKIPPED};
+use crate::events::RoundEnded;
 use crate::{Decision, Rewarded, RoundReport, TrainError, TrainSettings};
 use mrrec_config::Config;
 use mrrec_llm::{EmbeddedLlm, EngineOptions};
@@ -297,7 +297,6 @@ impl Trainer {
             .map(|(b, reason)| self.dead_letter(b, "skipped", reason.clone()))
             .collect::<Result<Vec<_>>>()?;
         let (mut records, dead_events): (Vec<_>, Vec<_>) = letters.into_iter().unzip();
-        metrics::counter!(SKIPPED, "stage" => STAGE).increment(dead.len() as u64);
         if let Decision::Published(version) = &report.decision {
             let announcement =
                 self.registry
@@ -318,6 +317,7 @@ impl Trainer {
         let ended = RoundEnded::Decided {
             report: &report,
             rewards: rewards.len(),
+            dead_lettered: dead.len(),
         };
         ended.emit();
         self.append_log(&ended.log_line())?;

@@ -100,13 +100,14 @@ pub async fn run(config: &Config, bench: RecommendBench) -> Result<Measured, Loo
     )
     .await?;
     let bar = crate::produce::progress_bar(total, "distilling");
-    let settled =
-        crate::running::settle(std::slice::from_ref(&distill.runner), total, Some(&bar)).await;
+    let patience = Some(Duration::from_secs(600));
+    let runners = std::slice::from_ref(&distill.runner);
+    let settled = crate::running::settle(runners, total, Some(&bar), patience).await;
     bar.finish_and_clear();
     distill.shutdown.trigger();
-    let stopped = distill.runner.task.await?;
+    // The stage's own error says more than "it stopped".
+    distill.runner.task.await??;
     settled?;
-    stopped?;
 
     // The policy: the configured one, else a fresh default model.
     let titles: Vec<String> = items
