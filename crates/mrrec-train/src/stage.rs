@@ -307,12 +307,11 @@ impl Trainer {
                 payload: encode(&announcement)?,
             });
         }
-        if let Err((source, _)) = self.publisher.publish_all(records).await {
-            return Err(TrainStageError::Publish {
-                what: "publishing the round's announcement and dead letters",
-                source,
-            });
-        }
+        self.publish(
+            records,
+            "publishing the round's announcement and dead letters",
+        )
+        .await?;
         dead_events.iter().for_each(DeadLettered::emit);
         let ended = RoundEnded::Decided {
             report: &report,
@@ -322,6 +321,14 @@ impl Trainer {
         ended.emit();
         self.append_log(&ended.log_line())?;
         Ok(report)
+    }
+
+    /// Publishes `records` and waits for the broker's acknowledgement.
+    async fn publish(&self, records: Vec<OutgoingRecord>, what: &'static str) -> Result<()> {
+        self.publisher
+            .publish_all(records)
+            .await
+            .map_err(|(source, _)| TrainStageError::Publish { what, source })
     }
 
     /// The dead letter of a buffered reward the trainer could not use.
@@ -379,12 +386,11 @@ impl Trainer {
             key: None,
             payload: encode(&announcement)?,
         };
-        if let Err((source, _)) = self.publisher.publish_all(vec![record]).await {
-            return Err(TrainStageError::Publish {
-                what: "announcing the finished round's version again",
-                source,
-            });
-        }
+        self.publish(
+            vec![record],
+            "announcing the finished round's version again",
+        )
+        .await?;
         let ended = RoundEnded::Reannounced {
             version: version.version,
             parent: meta.parent,
@@ -404,12 +410,8 @@ impl Trainer {
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .unzip();
-        if let Err((source, _)) = self.publisher.publish_all(records).await {
-            return Err(TrainStageError::Publish {
-                what: "dead-lettering a failed round's rewards",
-                source,
-            });
-        }
+        self.publish(records, "dead-lettering a failed round's rewards")
+            .await?;
         events.iter().for_each(DeadLettered::emit);
         let ended = RoundEnded::Failed {
             reason,
