@@ -93,19 +93,11 @@ pub async fn apply_announcement(
     Ok(true)
 }
 
-/// Why the follower stopped before its shutdown. It has none today: it
-/// retries opening `mrrec.policy` until it can or until its shutdown, and a
-/// bad announcement is dead-lettered while it goes on. Kept so that the
-/// follower's task keeps one error type if that changes.
-#[derive(Debug, thiserror::Error)]
-pub enum FollowerError {
-    #[error(transparent)]
-    Tail(#[from] mrrec_stream::TailError),
-}
-
 /// Reads `mrrec.policy` from the beginning until `shutdown`, switching
 /// `target` to each newer announced version found under `policy_dir`.
-/// `stage` names this process in DLQ records.
+/// `stage` names this process in DLQ records. Nothing stops it but its
+/// shutdown: it retries opening the topic (the loaded version serves
+/// meanwhile), and a bad announcement is dead-lettered while it goes on.
 pub async fn follow_policy_topic(
     clients: &KafkaClients,
     prefix: &str,
@@ -113,7 +105,7 @@ pub async fn follow_policy_topic(
     policy_dir: &Path,
     target: Arc<dyn PolicyTarget>,
     shutdown: Shutdown,
-) -> Result<(), FollowerError> {
+) {
     let topic = Topic::Policy.name(prefix);
     let dlq = Topic::Dlq.name(prefix);
     let mut backoff = mrrec_stream::Backoff::new(
@@ -121,13 +113,17 @@ pub async fn follow_policy_topic(
         std::time::Duration::from_secs(30),
     );
     let tail = loop {
-        match TopicTail::open(clients, &topic, &dlq, stage, TailFrom::Beginning).await {
+        let opened = tokio::select! {
+            _ = shutdown.wait() => return,
+            opened = TopicTail::open(clients, &topic, &dlq, stage, TailFrom::Beginning) => opened,
+        };
+        match opened {
             Ok(tail) => break tail,
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "cannot follow policy announcements yet; serving the loaded version meanwhile");
                 tokio::select! {
-                    _ = shutdown.wait() => return Ok(()),
+                    _ = shutdown.wait() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -137,7 +133,7 @@ pub async fn follow_policy_topic(
     tracing::info!(%topic, "following policy announcements");
     loop {
         let tailed = tokio::select! {
-            _ = shutdown.wait() => return Ok(()),
+            _ = shutdown.wait() => return,
             tailed = tail.next::<PolicyAnnouncement>() => tailed,
         };
         let announcement = &tailed.message;
@@ -165,5 +161,47 @@ pub async fn follow_policy_topic(
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    struct Serving;
+
+    #[async_trait]
+    impl PolicyTarget for Serving {
+        fn serving_version(&self) -> u32 {
+            0
+        }
+        async fn switch_to(&self, dir: &Path) -> Result<u32, LlmError> {
+            panic!("nothing to switch to: {}", dir.display())
+        }
+    }
+
+    /// With no broker to open `mrrec.policy` on, the follower keeps trying
+    /// (it used to give up, leaving the stage without hot swap) and stops
+    /// only at its shutdown, at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_follower_waits_for_the_policy_topic_until_its_shutdown() {
+        // Nothing listens on port 1.
+        let clients = KafkaClients::new("127.0.0.1:1", &Default::default());
+        let shutdown = Shutdown::new();
+        let follower = {
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let dir = std::env::temp_dir();
+                follow_policy_topic(&clients, "mrrec.", "test", &dir, Arc::new(Serving), stop).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!follower.is_finished(), "the follower gave up");
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(2), follower)
+            .await
+            .expect("it stops at its shutdown")
+            .unwrap();
     }
 }

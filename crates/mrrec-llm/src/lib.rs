@@ -18,7 +18,7 @@ pub mod serve;
 
 pub use embedded::{EmbeddedLlm, EngineOptions};
 pub use events::describe_metrics;
-pub use follow::{follow_policy_topic, trusted_dir, FollowError, FollowerError, PolicyTarget};
+pub use follow::{follow_policy_topic, trusted_dir, FollowError, PolicyTarget};
 pub use open::{open_configured, OpenLlmError};
 
 pub use http::HttpLlm;

@@ -339,7 +339,7 @@ async fn announcements_on_the_policy_topic_are_followed() {
     );
 
     shutdown.trigger();
-    follower.await.unwrap().unwrap();
+    follower.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,6 @@ pub enum RunningError {
     Open(#[from] crate::OpenError),
     #[error("{0}")]
     Run(#[from] mrrec_stream::StreamError),
-    #[error("following mrrec.policy: {0}")]
-    Follower(mrrec_llm::FollowerError),
     #[error("{0} panicked")]
     Panicked(&'static str),
 }
@@ -32,7 +30,7 @@ fn panicked() -> RunningError {
 pub struct RunningRecommend {
     pub shutdown: Shutdown,
     runner: tokio::task::JoinHandle<Result<mrrec_stream::RunReport, mrrec_stream::StreamError>>,
-    follower: Option<tokio::task::JoinHandle<Result<(), RunningError>>>,
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningRecommend {
@@ -44,11 +42,7 @@ impl RunningRecommend {
             result = &mut self.runner => Some(result),
         };
         self.shutdown.trigger();
-        if let Some(follower) = self.follower {
-            follower
-                .await
-                .map_err(|_| RunningError::Panicked("the policy follower"))??;
-        }
+        join(self.follower).await?;
         match finished {
             Some(result) => Ok(result.map_err(|_| panicked())??),
             None => Ok(self.runner.await.map_err(|_| panicked())??),
@@ -57,12 +51,18 @@ impl RunningRecommend {
 
     pub async fn stop(self) -> Result<mrrec_stream::RunReport, RunningError> {
         self.shutdown.trigger();
-        if let Some(follower) = self.follower {
-            follower
-                .await
-                .map_err(|_| RunningError::Panicked("the policy follower"))??;
-        }
+        join(self.follower).await?;
         Ok(self.runner.await.map_err(|_| panicked())??)
+    }
+}
+
+/// Waits for the follower (if any) after its shutdown.
+async fn join(follower: Option<tokio::task::JoinHandle<()>>) -> Result<(), RunningError> {
+    match follower {
+        Some(follower) => follower
+            .await
+            .map_err(|_| RunningError::Panicked("the policy follower")),
+        None => Ok(()),
     }
 }
 
@@ -101,7 +101,6 @@ pub async fn start<S: KvStore + 'static>(
                     stop,
                 )
                 .await
-                .map_err(RunningError::Follower)
             }))
         }
         _ => None,

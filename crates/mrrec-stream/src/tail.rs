@@ -150,11 +150,6 @@ impl TopicTail {
         Ok(assignment)
     }
 
-    /// The topic this tail reads.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// The next record that decodes as `M` (its key checked, DESIGN §2).
     /// Records that do not are dead-lettered on the way.
     pub async fn next<M: mrrec_messages::Message>(&self) -> Tailed<M> {

@@ -74,7 +74,7 @@ pub async fn serve(config: &Config, listen: Option<&str>, follow: bool) -> Resul
     .await?;
     shutdown.trigger();
     if let Some(follower) = follower {
-        follower.await??;
+        follower.await?;
     }
     Ok(())
 }
