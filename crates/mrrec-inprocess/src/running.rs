@@ -528,7 +528,6 @@ impl Opened {
     }
 }
 
-/// Records a stage is done with: stored, dead-lettered or skipped.
 /// Returns once every runner of `runners` has settled (stored,
 /// dead-lettered or skipped) `total` records; `bar` shows the slowest.
 /// Fails when one stops, or once `patience` (if any) has passed.
